@@ -1,0 +1,160 @@
+"""Small synthetic data sets in the real on-disk formats (METHOD.md section 6), for the demo and the tests.
+
+* ``roco``: the ROCO layout, ``{train,validation,test}/radiology/{captions.txt, keywords.txt, dlinks.txt,
+  images/<ROCO_ID>.jpg}``; each image is an axial slice through the abdomen phantom (or the heart phantom for
+  cardiac cases) and each caption a report-like sentence naming a random subset of the organs that are
+  visible, with synonyms, abbreviations, sides, negated findings and omissions: noisy positive tags, as in
+  real reports.
+* ``btcv``: ``RawData/Training/{img,label}/img00XX.nii.gz / label00XX.nii.gz``, 3D abdomen phantoms with the 13
+  BTCV labels, CT Hounsfield units with noise, scanner-like (LPS-stored) affines.
+
+Everything is deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from mosmos_components.data.phantom import BTCV_CLASSES, MMWHS_VALUES, AbdomenPhantom, HeartPhantom
+
+__all__ = ["write_roco", "write_btcv", "DEMO_KINDS", "write_demo_data"]
+
+# Ways a report names each organ; "{side}" is filled with a side word. Mentions of findings, normal or negated.
+_MENTIONS: dict[str, list[str]] = {
+    "spleen": ["splenomegaly", "no splenomegaly", "a hypodense splenic lesion", "the spleen is normal in size",
+               "an enlarged spleen"],
+    "right kidney": ["a {right} renal cyst", "{right} kidney stone", "hydronephrosis of the {right} kidney"],
+    "left kidney": ["a {left} renal cyst", "{left} kidney lesion", "a mass in the {left} kidney"],
+    "gallbladder": ["gallstones", "a distended gall bladder", "gallbladder wall thickening", "no cholecystitis",
+                    "GB sludge"],
+    "esophagus": ["esophageal wall thickening", "a dilated oesophagus", "thickening of the esophagus"],
+    "liver": ["hepatomegaly", "a hypodense liver lesion", "hepatic steatosis", "multiple hepatic metastases",
+              "a cirrhotic liver"],
+    "stomach": ["gastric wall thickening", "a distended stomach", "a gastric mass"],
+    "aorta": ["an abdominal aortic aneurysm", "aortic calcification", "a normal calibre aorta", "AAA"],
+    "inferior vena cava": ["a filling defect in the IVC", "thrombus in the inferior vena cava",
+                           "a compressed postcava"],
+    "portal vein and splenic vein": ["portal vein thrombosis", "a dilated splenic vein", "patent portal vein"],
+    "pancreas": ["a pancreatic head mass", "acute pancreatitis", "an atrophic pancreas", "a dilated pancreatic duct"],
+    "right adrenal gland": ["a {right} adrenal nodule", "a {right} adrenal adenoma"],
+    "left adrenal gland": ["a {left} adrenal mass", "a {left} suprarenal nodule"],
+    "myocardium": ["myocardial thickening", "a myocardial infarct", "hypertrophic cardiomyopathy"],
+    "left atrium": ["an enlarged left atrium", "a dilated LA", "thrombus in the left atrial appendage"],
+    "left ventricle": ["LV dilatation", "a dilated left ventricle", "left ventricular hypertrophy"],
+    "right atrium": ["a dilated right atrium", "an enlarged RA"],
+    "right ventricle": ["RV enlargement", "a dilated right ventricle"],
+    "ascending aorta": ["a dilated ascending aorta", "an aneurysm of the aortic root"],
+    "pulmonary artery": ["a dilated pulmonary trunk", "pulmonary artery enlargement", "a main pulmonary artery embolus"],
+}
+_SIDES = {"right": ["right", "right", "R", "rt"], "left": ["left", "left", "L", "lt"]}
+_ABDOMEN_OPENERS = ["Axial contrast-enhanced CT of the abdomen showing", "CT abdomen demonstrates",
+                    "Axial CT image reveals", "Contrast-enhanced computed tomography shows"]
+_HEART_OPENERS = ["Cardiac CT angiography showing", "Axial CT of the chest demonstrates", "CT image of the heart reveals"]
+_FILLERS = ["", " (arrow)", " (arrowheads)", ", consistent with the clinical history"]
+_TAG_OF_BTCV = BTCV_CLASSES
+_TAG_OF_MMWHS = MMWHS_VALUES
+_ROCO_SPLITS = (("train", 1.0), ("validation", 0.25), ("test", 0.25))
+_ROCO_WINDOW_HU = (-175.0, 250.0)  # the same window the segmentation bundles use: what is learned transfers
+_CARDIAC_FRACTION = 0.2
+
+
+def _caption(rng: np.random.Generator, visible: list[str], cardiac: bool) -> str:
+    """A report sentence naming a random non-empty subset of the visible organs (the rest are omitted)."""
+    n = int(rng.integers(1, min(4, len(visible)) + 1))
+    chosen = [visible[i] for i in rng.choice(len(visible), size=n, replace=False)]
+    findings = []
+    for organ in chosen:
+        m = str(rng.choice(_MENTIONS[organ]))
+        m = m.replace("{right}", str(rng.choice(_SIDES["right"]))).replace("{left}", str(rng.choice(_SIDES["left"])))
+        findings.append(m)
+    text = findings[0] if n == 1 else ", ".join(findings[:-1]) + " and " + findings[-1]
+    opener = str(rng.choice(_HEART_OPENERS if cardiac else _ABDOMEN_OPENERS))
+    return f"{opener} {text}{rng.choice(_FILLERS)}."
+
+
+def _to_uint8(hu: np.ndarray, window=_ROCO_WINDOW_HU) -> np.ndarray:
+    lo, hi = window
+    return (np.clip((hu - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def write_roco(out_dir: str | os.PathLike, n: int = 64, seed: int = 0, size: int = 128) -> Path:
+    """Write a ROCO-layout data set of ``n`` training pairs (+ n/4 validation, n/4 test) under ``out_dir/data``.
+
+    Returns the ``data`` folder (the one holding ``train/``, ``validation/``, ``test/``).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    root = Path(out_dir) / "data"
+    counter = 0
+    for split, frac in _ROCO_SPLITS:
+        folder = root / split / "radiology"
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        captions, keywords, dlinks = [], [], []
+        for _ in range(max(2, int(round(n * frac)))):
+            counter += 1
+            roco_id = f"ROCO_{counter:05d}"
+            cardiac = rng.random() < _CARDIAC_FRACTION
+            phantom = (HeartPhantom if cardiac else AbdomenPhantom)(rng)
+            names = _TAG_OF_MMWHS if cardiac else _TAG_OF_BTCV
+            while True:  # a slice that shows at least one structure
+                z = float(rng.uniform(*phantom.z_range))
+                hu, label = phantom.axial_slice(z, size, fov_mm=360.0 if not cardiac else 260.0)
+                present, counts = np.unique(label[label > 0], return_counts=True)
+                visible = [names[int(v)] for v, c in zip(present, counts) if c >= 8]
+                if visible:
+                    break
+            hu = hu + rng.normal(0, 12.0, hu.shape)
+            Image.fromarray(_to_uint8(hu)).save(folder / "images" / f"{roco_id}.jpg", quality=92)
+            caption = _caption(rng, visible, cardiac)
+            captions.append(f"{roco_id}\t {caption}")
+            keywords.append(f"{roco_id}\t {'cardiac ct' if cardiac else 'abdominal ct'}")
+            pmc = f"PMC{1000000 + counter}"
+            dlinks.append(f"{roco_id}\t wget https://example.invalid/{pmc}.tar.gz\t {pmc}_{roco_id.lower()}.jpg")
+        for name, lines in (("captions.txt", captions), ("keywords.txt", keywords), ("dlinks.txt", dlinks)):
+            (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def write_btcv(
+    out_dir: str | os.PathLike,
+    n: int = 10,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (96, 96, 48),
+    spacing: tuple[float, float, float] = (4.0, 4.0, 4.5),
+) -> Path:
+    """Write ``n`` BTCV-layout cases (``RawData/Training/img|label``) under ``out_dir``; returns ``out_dir``."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    root = Path(out_dir)
+    img_dir, lab_dir = root / "RawData" / "Training" / "img", root / "RawData" / "Training" / "label"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        phantom = AbdomenPhantom(rng)
+        case_spacing = tuple(float(s) * float(rng.uniform(0.95, 1.05)) for s in spacing)
+        hu, label, affine = phantom.volume(tuple(shape), case_spacing)
+        img = nib.Nifti1Image(hu, affine)
+        img.header.set_xyzt_units("mm")
+        lab = nib.Nifti1Image(label.astype(np.uint8), affine)
+        lab.header.set_xyzt_units("mm")
+        nib.save(img, img_dir / f"img{i:04d}.nii.gz")
+        nib.save(lab, lab_dir / f"label{i:04d}.nii.gz")
+    return root
+
+
+DEMO_KINDS = {"roco": write_roco, "btcv": write_btcv}
+
+
+def write_demo_data(out_dir: str | os.PathLike, kind: str = "roco", n: int | None = None, seed: int = 0) -> Path:
+    """Dispatch to the writer of ``kind`` (see :data:`DEMO_KINDS`)."""
+    if kind not in DEMO_KINDS:
+        raise ValueError(f"unknown demo data kind '{kind}'; choose one of {sorted(DEMO_KINDS)}")
+    kwargs = {"seed": seed} if n is None else {"seed": seed, "n": n}
+    return DEMO_KINDS[kind](out_dir, **kwargs)

@@ -1,0 +1,102 @@
+"""MOSMOS losses (METHOD.md sections 3-4).
+
+Functional cores first, ``nn.Module`` wrappers after (as in ``monai.losses``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "image_report_contrastive_loss",
+    "weak_assume_negative_loss",
+    "ImageReportContrastiveLoss",
+    "WeakAssumeNegativeLoss",
+    "MosmosPretrainLoss",
+]
+
+
+def image_report_contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """L_irc (eq. 3-5): symmetric InfoNCE over the batch.
+
+    ``s_ij = logit_scale * <g_i/|g_i|, t_j/|t_j|>``; ``L = (CE(s, diag) + CE(s^T, diag)) / 2``.
+    ``image_features``, ``text_features``: (B, d); pair i is (image i, report i).
+    """
+    if image_features.shape != text_features.shape:
+        raise ValueError(f"image {tuple(image_features.shape)} and text {tuple(text_features.shape)} features differ")
+    s = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
+    target = torch.arange(s.shape[0], device=s.device)
+    return (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target)) / 2
+
+
+def weak_assume_negative_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
+    """L_mlr (eq. 10), "weak assume negative" (Cole et al. 2021).
+
+    ``-(1/(B K)) sum_ik [ y log p + gamma (1 - y) log(1 - p) ]`` with ``p = sigmoid(logits)`` and
+    ``gamma = 1 / (K - 1)`` by default. ``logits``, ``targets``: (B, K), targets in {0, 1}.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ")
+    k = logits.shape[-1]
+    if gamma is None:
+        gamma = 1.0 / max(k - 1, 1)
+    targets = targets.to(logits.dtype)
+    # log(1 - sigmoid(x)) = logsigmoid(-x): stable for large |x|
+    loss = targets * F.logsigmoid(logits) + gamma * (1 - targets) * F.logsigmoid(-logits)
+    return -loss.mean()
+
+
+class ImageReportContrastiveLoss(nn.Module):
+    """Module form of :func:`image_report_contrastive_loss`."""
+
+    def forward(self, image_features, text_features, logit_scale):
+        return image_report_contrastive_loss(image_features, text_features, logit_scale)
+
+
+class WeakAssumeNegativeLoss(nn.Module):
+    """Module form of :func:`weak_assume_negative_loss`; ``gamma=None`` means ``1/(K-1)``."""
+
+    def __init__(self, gamma: float | None = None) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits, targets):
+        return weak_assume_negative_loss(logits, targets, self.gamma)
+
+
+class MosmosPretrainLoss(nn.Module):
+    """L_pre = L_irc + L_mlr (eq. 11) on the output dict of :class:`~mosmos_components.networks.MosmosPretrainNet`.
+
+    Args:
+        use_irc: ``False`` for the "without L_irc" ablation.
+        use_mlr: ``False`` drops the tag loss (CLIP-only pre-training).
+        gamma: WAN weight of assumed negatives (``None``: 1/(K-1)).
+
+    The components are written back into the prediction dict as ``loss_irc`` / ``loss_mlr`` (detached) so that
+    metrics and loggers can report them.
+    """
+
+    def __init__(self, use_irc: bool = True, use_mlr: bool = True, gamma: float | None = None) -> None:
+        super().__init__()
+        if not (use_irc or use_mlr):
+            raise ValueError("MosmosPretrainLoss needs at least one of use_irc / use_mlr")
+        self.use_irc, self.use_mlr = use_irc, use_mlr
+        self.mlr = WeakAssumeNegativeLoss(gamma)
+
+    def forward(self, pred: dict, tags: torch.Tensor) -> torch.Tensor:
+        total = pred["tag_logits"].new_zeros(())
+        irc = mlr = total.detach()
+        if self.use_irc:
+            if pred.get("text_features") is None:
+                raise ValueError("L_irc needs report features: call the network with the report tokens")
+            irc = image_report_contrastive_loss(pred["image_features"], pred["text_features"], pred["logit_scale"])
+            total = total + irc
+        if self.use_mlr:
+            mlr = self.mlr(pred["tag_logits"], tags)
+            total = total + mlr
+        pred["loss_irc"], pred["loss_mlr"] = irc.detach(), mlr.detach()
+        return total

@@ -1,0 +1,136 @@
+"""Query2Label tag decoder (METHOD.md section 3, eq. 8) and its position encoding.
+
+The decoder takes K tag (or class) queries and cross-attends to an image's spatial features. In pre-training
+its outputs feed a class-wise classifier; in fine-tuning its last cross-attention weights are the pixel-tag
+attention maps (eq. 12), which is why every layer here returns them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["sine_position_encoding", "TagDecoderLayer", "TagDecoder", "GroupWiseLinear"]
+
+
+def sine_position_encoding(spatial: tuple[int, ...], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed sine/cosine encoding of an N-D grid (DETR, generalised to N axes).
+
+    Args:
+        spatial: grid size, e.g. ``(h, w)`` or ``(h, w, d)``.
+        dim: channels; each axis gets ``2 * (dim // (2 * N))`` channels, the rest are zero.
+
+    Returns:
+        ``(prod(spatial), dim)`` float32, axis order matching ``tensor.flatten`` of the grid.
+    """
+    n_axes = len(spatial)
+    per_axis = dim // (2 * n_axes)
+    if per_axis == 0:
+        raise ValueError(f"dim={dim} is too small for a {n_axes}-D position encoding")
+    freqs = temperature ** (-torch.arange(per_axis, dtype=torch.float32) / per_axis)
+    grids = torch.meshgrid(*[torch.linspace(0, 2 * math.pi, s) for s in spatial], indexing="ij")
+    parts = []
+    for g in grids:
+        angle = g.reshape(-1, 1) * freqs  # (N, per_axis)
+        parts += [angle.sin(), angle.cos()]
+    pe = torch.cat(parts, dim=1)
+    if pe.shape[1] < dim:
+        pe = torch.cat([pe, pe.new_zeros(pe.shape[0], dim - pe.shape[1])], dim=1)
+    return pe
+
+
+class TagDecoderLayer(nn.Module):
+    """Post-norm transformer decoder layer (self-attention, cross-attention, MLP) returning cross-attention.
+
+    Args:
+        d_model: query and memory width.
+        heads: attention heads.
+        mlp_ratio: hidden width of the MLP relative to ``d_model``.
+        dropout: dropout in attention and MLP.
+    """
+
+    def __init__(self, d_model: int, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        hidden = int(d_model * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model)
+        )
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, q: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q`` (B, K, d), ``memory`` (B, N, d), ``pos`` (N, d) -> (queries (B, K, d), attention (B, K, N))."""
+        q = self.norm1(q + self.drop(self.self_attn(q, q, q, need_weights=False)[0]))
+        key = memory if pos is None else memory + pos.to(memory.dtype)
+        out, attn = self.cross_attn(q, key, memory, need_weights=True, average_attn_weights=True)
+        q = self.norm2(q + self.drop(out))
+        q = self.norm3(q + self.drop(self.mlp(q)))
+        return q, attn
+
+
+class TagDecoder(nn.Module):
+    """A stack of :class:`TagDecoderLayer` (Query2Label; 2 layers, 8 heads in the paper's setting).
+
+    Args:
+        d_model: width of queries and memory (the CLIP embedding dimension).
+        layers: number of decoder layers.
+        heads: attention heads; must divide ``d_model``.
+        dropout: dropout inside the layers.
+
+    >>> dec = TagDecoder(64, layers=2, heads=8)
+    >>> out, attn = dec(torch.randn(20, 64), torch.randn(2, 36, 64), spatial=(6, 6))
+    >>> out.shape, attn.shape
+    (torch.Size([2, 20, 64]), torch.Size([2, 20, 36]))
+    """
+
+    def __init__(self, d_model: int, layers: int = 2, heads: int = 8, dropout: float = 0.1) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"tag decoder: heads={heads} must divide d_model={d_model}")
+        self.d_model = d_model
+        self.layers = nn.ModuleList([TagDecoderLayer(d_model, heads, dropout=dropout) for _ in range(layers)])
+        self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def position(self, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        key = tuple(int(s) for s in spatial)
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sine_position_encoding(key, self.d_model)
+        return self._pos_cache[key].to(device)
+
+    def forward(
+        self, queries: torch.Tensor, memory: torch.Tensor, spatial: tuple[int, ...] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries`` (K, d) shared by the batch or (B, K, d); ``memory`` (B, N, d) with N = prod(spatial).
+
+        Returns the decoded queries (B, K, d) and the last layer's cross-attention (B, K, N).
+        """
+        if queries.dim() == 2:
+            queries = queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        pos = self.position(spatial, memory.device) if spatial is not None else None
+        attn = None
+        q = queries
+        for layer in self.layers:
+            q, attn = layer(q, memory, pos)
+        return q, attn
+
+
+class GroupWiseLinear(nn.Module):
+    """Class-wise classifier (eq. 9): ``logit_k = w_k . q'_k + b_k`` with weight (K, d) and bias (K,)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        self.bias = nn.Parameter(torch.empty(num_classes))
+        bound = 1.0 / math.sqrt(dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, K, d) -> logits (B, K)."""
+        return (q * self.weight).sum(-1) + self.bias

@@ -1,0 +1,208 @@
+"""Organ tags from radiology reports (METHOD.md section 2, paper section 3.1.1).
+
+A report is scanned once with one regular expression built from the vocabulary in
+``resources/tags.json`` (extendable by the user's own files of the same shape). Rules:
+
+* whole words, longest phrase first, case-insensitive; abbreviations (``LV``, ``IVC``, ``GB``) only as written;
+* a mention means the organ is in the image, so a negated finding ("no splenomegaly") still tags it;
+* sided organs (kidney, adrenal gland, atrium, ventricle) take their side from the nearest side word in the
+  same phrase ("left renal cyst", "L kidney"); a plural or bilateral mention ("kidneys", "both adrenals")
+  tags both sides; an unsided singular mention tags both sides unless ``unsided="none"``;
+* repeated mentions are aggregated: the result is the set of tags, in vocabulary order.
+
+Input contract (documented for users): ``str`` or UTF-8 ``bytes``. An empty or blank text gives ``[]``;
+any other type raises ``TypeError``; bytes that are not UTF-8 raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from importlib import resources
+
+import torch
+
+__all__ = ["TagVocabulary", "TagExtractor", "extract_tags", "tags_to_multi_hot", "default_vocabulary", "DEFAULT_TAGS"]
+
+_PHRASE_BREAK = re.compile(r"[,.;:()\[\]!?\n]")
+_MAX_SIDE_GAP_WORDS = 2  # "left lower pole renal cyst": the side word may precede the organ word by two words
+
+
+def _vocab_path() -> str:
+    return str(resources.files("mosmos_components") / "resources" / "tags.json")
+
+
+class TagVocabulary:
+    """The tag list and its synonyms, loaded from one or more JSON files (later files extend earlier ones).
+
+    Args:
+        paths: JSON files with the keys of ``resources/tags.json``; ``None`` loads only the shipped file.
+        include_default: start from the shipped vocabulary before reading ``paths``.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike] | None = None, include_default: bool = True) -> None:
+        self.tags: list[str] = []
+        self.phrases: dict[str, tuple[str, ...]] = {}  # lower-case phrase -> tags
+        self.abbreviations: dict[str, tuple[str, ...]] = {}  # exact text -> tags
+        self.sided: dict[str, tuple[str, str, bool]] = {}  # lower-case phrase -> (right tag, left tag, plural)
+        self.ignore: set[str] = set()
+        self.side_words: dict[str, str] = {}
+        files = ([_vocab_path()] if include_default else []) + [os.fspath(p) for p in (paths or [])]
+        if not files:
+            raise ValueError("TagVocabulary needs at least one vocabulary file.")
+        for f in files:
+            self._merge(f)
+
+    def _merge(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tag vocabulary file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"tag vocabulary {path} is not valid UTF-8 JSON: {e}") from e
+        for tag in data.get("tags", []):
+            if tag not in self.tags:
+                self.tags.append(tag)
+
+        def known(tags: Iterable[str], where: str) -> tuple[str, ...]:
+            tags = tuple(tags)
+            for t in tags:
+                if t not in self.tags:
+                    raise ValueError(f"tag vocabulary {path}: {where} names '{t}', which is not in 'tags'")
+            return tags
+
+        for tag, words in data.get("terms", {}).items():
+            known([tag], f"terms['{tag}']")
+            for w in words:
+                self.phrases[w.lower()] = (tag,)
+        for word, tags in data.get("multi_terms", {}).items():
+            self.phrases[word.lower()] = known(tags, f"multi_terms['{word}']")
+        for word, tags in data.get("abbreviations", {}).items():
+            self.abbreviations[word] = known(tags, f"abbreviations['{word}']")
+        for organ, spec in data.get("sided_terms", {}).items():
+            right, left = known([spec["right"], spec["left"]], f"sided_terms['{organ}']")
+            for w in spec.get("singular", []):
+                self.sided[w.lower()] = (right, left, False)
+            for w in spec.get("plural", []):
+                self.sided[w.lower()] = (right, left, True)
+        for side, words in data.get("side_words", {}).items():
+            if side not in ("right", "left", "both"):
+                raise ValueError(f"tag vocabulary {path}: side_words has unknown side '{side}'")
+            for w in words:
+                self.side_words[w.lower()] = side
+        self.ignore.update(w.lower() for w in data.get("ignore", []))
+
+
+class TagExtractor:
+    """Extract unified organ tags from report text (see the module docstring for the rules).
+
+    Args:
+        vocabulary: a :class:`TagVocabulary`; the shipped one by default.
+        unsided: what an unsided singular mention of a sided organ tags: ``"both"`` (default) or ``"none"``.
+
+    >>> TagExtractor()("No splenomegaly. Left renal cyst; the IVC is patent.")
+    ['spleen', 'left kidney', 'inferior vena cava']
+    """
+
+    def __init__(self, vocabulary: TagVocabulary | None = None, unsided: str = "both") -> None:
+        if unsided not in ("both", "none"):
+            raise ValueError(f"unsided must be 'both' or 'none', got {unsided!r}")
+        self.vocabulary = vocabulary or TagVocabulary()
+        self.unsided = unsided
+        v = self.vocabulary
+        alternatives = []  # (length, pattern); longest first makes the regex take the longest phrase
+        for phrase in set(v.phrases) | set(v.sided) | v.ignore:
+            alternatives.append((len(phrase), "(?i:" + self._pattern(phrase) + ")"))
+        for abbr in v.abbreviations:
+            alternatives.append((len(abbr), self._pattern(abbr)))
+        alternatives.sort(key=lambda a: -a[0])
+        self._regex = re.compile(r"(?<![\w-])(?:" + "|".join(p for _, p in alternatives) + r")(?![\w-])")
+        self._space = re.compile(r"[\s\-]+")
+
+    @staticmethod
+    def _pattern(phrase: str) -> str:
+        return r"[\s\-]+".join(re.escape(w) for w in re.split(r"[\s\-]+", phrase.strip()))
+
+    @property
+    def tags(self) -> list[str]:
+        return self.vocabulary.tags
+
+    def _side(self, text: str, start: int) -> str | None:
+        """The nearest side word before ``start`` within the same phrase (at most a few words back)."""
+        before = _PHRASE_BREAK.split(text[:start])[-1]
+        words = re.findall(r"[A-Za-z]+", before)[-(_MAX_SIDE_GAP_WORDS + 1) :]
+        for w in reversed(words):
+            side = self.vocabulary.side_words.get(w.lower())
+            if side is not None:
+                return side
+        return None
+
+    def __call__(self, text: str | bytes) -> list[str]:
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"report bytes are not valid UTF-8: {e}") from e
+        if not isinstance(text, str):
+            raise TypeError(f"extract_tags expects a str (or UTF-8 bytes), got {type(text).__name__}")
+        found: set[str] = set()
+        v = self.vocabulary
+        for m in self._regex.finditer(text):
+            raw = m.group(0)
+            if raw in v.abbreviations:
+                found.update(v.abbreviations[raw])
+                continue
+            key = self._space.sub(" ", raw.lower())
+            if key in v.ignore:
+                continue
+            if key in v.phrases:
+                found.update(v.phrases[key])
+            elif key in v.sided:
+                right, left, plural = v.sided[key]
+                side = self._side(text, m.start())
+                if plural or side == "both":
+                    found.update((right, left))
+                elif side == "right":
+                    found.add(right)
+                elif side == "left":
+                    found.add(left)
+                elif self.unsided == "both":
+                    found.update((right, left))
+        return [t for t in v.tags if t in found]
+
+
+@lru_cache(maxsize=1)
+def default_vocabulary() -> TagVocabulary:
+    return TagVocabulary()
+
+
+@lru_cache(maxsize=1)
+def _default_extractor() -> TagExtractor:
+    return TagExtractor(default_vocabulary())
+
+
+DEFAULT_TAGS: tuple[str, ...] = tuple(default_vocabulary().tags)
+
+
+def extract_tags(text: str | bytes, extractor: TagExtractor | None = None) -> list[str]:
+    """Unified tag names found in ``text``, in vocabulary order, without duplicates.
+
+    ``str`` or UTF-8 ``bytes``; blank text gives ``[]``; another type raises ``TypeError``; invalid UTF-8 raises
+    ``ValueError``.
+    """
+    return (extractor or _default_extractor())(text)
+
+
+def tags_to_multi_hot(tags: Iterable[str], tag_list: Sequence[str] = DEFAULT_TAGS) -> torch.Tensor:
+    """``y in {0,1}^K`` (float32) for the tags present; a tag outside ``tag_list`` is an error."""
+    y = torch.zeros(len(tag_list), dtype=torch.float32)
+    index = {t: i for i, t in enumerate(tag_list)}
+    for t in tags:
+        if t not in index:
+            raise ValueError(f"tag '{t}' is not in the tag list {list(tag_list)}")
+        y[index[t]] = 1.0
+    return y
