@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_torch_save", "atomic_json_save", "save_network", "load_state_dict", "read_sidecar",
-           "load_pretrain_network"]
+           "load_pretrain_network", "load_weights"]
 
 
 def _atomic_write(path: str | os.PathLike, write) -> None:
@@ -27,6 +27,9 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
     except BaseException:
         if os.path.exists(tmp):
@@ -88,11 +91,20 @@ def load_pretrain_network(path: str | os.PathLike):
         net = MosmosPretrainNet.from_config(cfg)
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: sidecar does not describe a MOSMOS pre-training network: {e}") from e
-    state = load_state_dict(path, "pre-trained MOSMOS checkpoint")
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    load_weights(net, path, "pre-trained MOSMOS checkpoint")
+    return net
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, what: str = "model checkpoint") -> torch.nn.Module:
+    """Load the plain state_dict at ``path`` into ``network`` (every key must match); returns ``network``."""
+    state = load_state_dict(path, what)
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise RuntimeError(f"{what} {path} does not fit {type(network).__name__}: {e}") from e
     if missing or unexpected:
         raise RuntimeError(
-            f"{path} does not match the network its sidecar describes: missing {missing[:8]}"
+            f"{what} {path} does not fit {type(network).__name__}: missing {missing[:8]}"
             f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
-    return net
+    return network

@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -32,7 +32,7 @@ _MAX_SIDE_GAP_WORDS = 2  # "left lower pole renal cyst": the side word may prece
 
 
 def _vocab_path() -> str:
-    return str(resources.files("mosmos_components") / "resources" / "tags.json")
+    return str(Path(__file__).resolve().parent / "resources" / "tags.json")
 
 
 class TagVocabulary:

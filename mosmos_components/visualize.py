@@ -1,0 +1,66 @@
+"""Pictures of results: training curves, tag attention maps, segmentation overlays (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["read_history", "plot_curves", "plot_tag_attention"]
+
+
+def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Columns of a :class:`~mosmos_components.handlers.MetricsHistory` CSV."""
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
+
+
+def plot_curves(histories: dict[str, str | os.PathLike], out_png: str | os.PathLike, title: str = "") -> str:
+    """One panel per metric file (``{label: csv}``), every column against epoch."""
+    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.5), squeeze=False)
+    for ax, (label, path) in zip(axes[0], histories.items()):
+        h = read_history(path)
+        for k, v in h.items():
+            if k != "epoch":
+                ax.plot(h["epoch"], v, marker=".", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return str(out_png)
+
+
+def plot_tag_attention(
+    image: np.ndarray, attention: np.ndarray, names: Sequence[str], out_png: str | os.PathLike, caption: str = ""
+) -> str:
+    """``image`` (H, W) and ``attention`` (K, h, w): the image, then each map upsampled over it."""
+    k = len(names)
+    fig, axes = plt.subplots(1, k + 1, figsize=(2.6 * (k + 1), 2.9), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("image", fontsize=8)
+    h, w = image.shape
+    for ax, name, a in zip(axes[1:], names, attention):
+        up = np.kron(a, np.ones((int(np.ceil(h / a.shape[0])), int(np.ceil(w / a.shape[1])))))[:h, :w]
+        ax.imshow(image, cmap="gray")
+        ax.imshow(up, cmap="jet", alpha=0.45)
+        ax.set_title(name, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    if caption:
+        fig.suptitle(caption if len(caption) < 110 else caption[:107] + "...", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return str(out_png)

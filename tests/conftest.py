@@ -1,0 +1,33 @@
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("MOSMOS_QUIET", "1")
+warnings.filterwarnings("ignore", message=".*initialised RANDOMLY.*")
+
+
+@pytest.fixture(scope="session")
+def roco_dir(tmp_path_factory):
+    from mosmos_components.data.demo import write_roco
+
+    return write_roco(tmp_path_factory.mktemp("roco"), n=48, seed=1)
+
+
+@pytest.fixture(scope="session")
+def btcv_dir(tmp_path_factory):
+    from mosmos_components.data.demo import write_btcv
+
+    return write_btcv(tmp_path_factory.mktemp("btcv"), n=5, seed=1, shape=(48, 48, 24), spacing=(8.0, 8.0, 9.0))
+
+
+@pytest.fixture(scope="session")
+def real_ct():
+    folder = SHARED_DATA / "abdomen_ct_crop"
+    if not (folder / "image.nii.gz").is_file():
+        pytest.skip(f"real CT sample not available at {folder}")
+    return folder

@@ -1,0 +1,34 @@
+"""The model zoo's static checks on every bundle: required files, metadata schema, version in changelog, JSON style."""
+
+import json
+
+import jsonschema
+import pytest
+
+from conftest import REPO
+
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+REQUIRED = ["LICENSE", "configs/metadata.json", "configs/train.json", "configs/evaluate.json",
+            "configs/multi_gpu_train.json", "configs/logging.conf", "configs/demo.json", "docs/README.md"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_required_files(bundle):
+    missing = [f for f in REQUIRED if not (bundle / f).is_file()]
+    assert not missing, f"{bundle.name} lacks {missing}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_metadata_schema_and_changelog(bundle):
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    jsonschema.validate(meta, json.loads((REPO / "bundles" / "metadata_schema.json").read_text()))
+    assert meta["version"] in meta["changelog"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_configs_are_valid_json_with_4_space_indent(bundle):
+    for f in (bundle / "configs").glob("*.json"):
+        text = f.read_text()
+        json.loads(text)
+        indents = {len(line) - len(line.lstrip(" ")) for line in text.splitlines() if line.startswith(" ")}
+        assert all(i % 4 == 0 for i in indents), f"{f} is not indented by 4 spaces"

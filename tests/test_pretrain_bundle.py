@@ -1,0 +1,110 @@
+"""The mosmos_pretrain bundle through MONAI's bundle API, on tiny generated ROCO data."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from monai.bundle import run
+
+from conftest import REPO
+from mosmos_components.checkpoint import load_pretrain_network
+
+BUNDLE = REPO / "bundles" / "mosmos_pretrain"
+CONFIGS = [str(BUNDLE / "configs" / c) for c in ("train.json", "demo.json")]
+
+
+def _overrides(roco_dir, tmp_path, **kw):
+    over = dict(bundle_root=str(BUNDLE), dataset_dir=str(roco_dir), ckpt_dir=str(tmp_path / "models"),
+                output_dir=str(tmp_path / "eval"), batch_size=16, num_workers=0, show_progress=False,
+                logging_file=str(BUNDLE / "configs" / "logging.conf"))
+    over.update(kw)
+    return over
+
+
+def _history(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trained(roco_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pretrain")
+    run(config_file=CONFIGS, **_overrides(roco_dir, tmp, max_epochs=4))
+    return tmp
+
+
+def test_loss_goes_down_and_checkpoint_is_written(trained):
+    hist = _history(trained / "eval" / "train_history.csv")
+    assert len(hist) == 4
+    assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
+    val = _history(trained / "eval" / "val_history.csv")
+    assert {"val_loss", "val_irc", "val_mlr", "recall_at_1", "recall_at_5", "recall_at_10", "tag_map"} <= set(val[0])
+    state = torch.load(trained / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    side = json.loads((trained / "models" / "model.json").read_text())
+    assert side["backbone"] == "mosmos-tiny-vit" and len(side["tags"]) == 20 and side["n_ctx"] == 16
+    best = min(float(r["val_loss"]) for r in val)
+    assert side["metric"]["val_loss"] == pytest.approx(best, rel=1e-4)  # the lowest validation loss is kept
+
+
+def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir):
+    """A fresh network rebuilt from model.pt + sidecar gives the very validation loss recorded at saving."""
+    out = trained / "reeval"
+    run(config_file=CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")],
+        **_overrides(roco_dir, trained, output_dir=str(out), **{"validate#split": "validation"}))
+    metrics = dict(row for row in csv.reader(open(out / "metrics.csv")) if len(row) == 2)
+    side = json.loads((trained / "models" / "model.json").read_text())
+    assert float(metrics["val_loss"]) == pytest.approx(side["metric"]["val_loss"], rel=1e-4)
+    assert load_pretrain_network(trained / "models" / "model.pt").tags == side["tags"]
+
+
+def test_resume_continues_from_the_checkpoint(trained, roco_dir):
+    run(config_file=CONFIGS, **_overrides(roco_dir, trained, max_epochs=5))
+    hist = _history(trained / "eval" / "train_history.csv")
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4, 5]  # epoch 5 only: not a restart
+    assert json.loads((trained / "models" / "checkpoint.json").read_text())["epoch"] == 5
+
+
+def test_mlflow_tracking(roco_dir, tmp_path):
+    import mlflow
+
+    run(config_file=CONFIGS, tracking="mlflow", experiment_name="mosmos_test",
+        **_overrides(roco_dir, tmp_path, max_epochs=1))
+    db = tmp_path / "eval" / "mlruns.db"
+    assert db.is_file()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("mosmos_test")
+    runs = client.search_runs([exp.experiment_id])
+    keys = set().union(*(r.data.metrics.keys() for r in runs))
+    assert {"train_loss", "val_loss", "recall_at_1"} <= keys
+    assert any("learning_rate" in r.data.params or "max_epochs" in r.data.params for r in runs) or runs
+
+
+def _chain(exc):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_missing_dataset_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception) as info:
+        run(config_file=CONFIGS, **_overrides(tmp_path / "nowhere", tmp_path, max_epochs=1))
+    # MONAI wraps config errors; the cause the user reads names the folder
+    assert any(isinstance(e, FileNotFoundError) and "nowhere" in str(e) for e in _chain(info.value))
+
+
+def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "monai.bundle", "run", "--config_file",
+           str(CONFIGS + [str(BUNDLE / "configs" / "multi_gpu_train.json")]),
+           "--bundle_root", str(BUNDLE), "--dataset_dir", str(roco_dir), "--ckpt_dir", str(tmp_path / "models"),
+           "--output_dir", str(tmp_path / "eval"), "--max_epochs", "1", "--num_workers", "0", "--batch_size", "8",
+           "--show_progress", "False"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mosmos_components import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot
+
+
+def test_vocabulary_has_the_20_tags_in_order():
+    assert len(DEFAULT_TAGS) == 20
+    assert DEFAULT_TAGS[0] == "spleen" and DEFAULT_TAGS[9] == "portal vein and splenic vein"
+    assert DEFAULT_TAGS[-1] == "pulmonary artery"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("No splenomegaly.", ["spleen"]),  # negated finding still tags the organ
+        ("splenic vein thrombosis", ["portal vein and splenic vein"]),  # longest phrase first: not spleen
+        ("Left renal cyst", ["left kidney"]),
+        ("L kidney lesion", ["left kidney"]),
+        ("rt adrenal mass", ["right adrenal gland"]),
+        ("both adrenals are normal", ["right adrenal gland", "left adrenal gland"]),
+        ("the kidneys are small", ["right kidney", "left kidney"]),
+        ("renal cyst", ["right kidney", "left kidney"]),  # unsided singular: both (default)
+        ("gall bladder stones and oesophageal thickening", ["gallbladder", "esophagus"]),
+        ("Thrombus in the IVC and postcava", ["inferior vena cava"]),
+        ("hepatosplenomegaly", ["spleen", "liver"]),
+        ("LV hypertrophy", ["left ventricle"]),
+        ("lv hypertrophy", []),  # abbreviations only in upper case
+        ("a dilated ascending aorta", ["ascending aorta"]),
+        ("an abdominal aortic aneurysm", ["aorta"]),
+        ("lateral ventricles are dilated", []),  # brain ventricles are not heart chambers
+        ("Enlarged RA and right atrial appendage thrombus", ["right atrium"]),
+        ("biventricular dysfunction", ["left ventricle", "right ventricle"]),
+        ("the liverwort sample", []),  # whole words only
+        ("Liver, LIVER and hepatic lesions", ["liver"]),  # aggregated, case-insensitive
+        ("", []),
+        ("   \n", []),
+    ],
+)
+def test_extract_tags_rules(text, expected):
+    assert extract_tags(text) == expected
+
+
+def test_vocabulary_order_and_no_duplicates():
+    tags = extract_tags("Pulmonary artery enlargement, a liver lesion, splenomegaly and another splenic lesion.")
+    assert tags == ["spleen", "liver", "pulmonary artery"]
+
+
+def test_side_word_does_not_cross_phrases():
+    assert extract_tags("The right lobe is normal. Kidney cyst.") == ["right kidney", "left kidney"]
+    assert TagExtractor(unsided="none")("The right lobe is normal. Kidney cyst.") == []
+
+
+def test_input_contract():
+    assert extract_tags("GB wall".encode("utf-8")) == ["gallbladder"]
+    with pytest.raises(ValueError, match="UTF-8"):
+        extract_tags(b"\xff\xfe liver")
+    with pytest.raises(TypeError, match="str"):
+        extract_tags(None)
+    with pytest.raises(TypeError):
+        extract_tags(42)
+
+
+def test_user_vocabulary_extends_tags(tmp_path):
+    f = tmp_path / "extra.json"
+    f.write_text(json.dumps({"tags": ["duodenum"], "terms": {"duodenum": ["duodenum", "duodenal"]}}))
+    ex = TagExtractor(TagVocabulary([f]))
+    assert ex("duodenal ulcer and splenomegaly") == ["spleen", "duodenum"]
+    assert ex.tags[-1] == "duodenum" and len(ex.tags) == 21
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"terms": {"nonexistent organ": ["x"]}}))
+    with pytest.raises(ValueError, match="nonexistent organ"):
+        TagVocabulary([bad])
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        TagVocabulary([tmp_path / "missing.json"])
+
+
+def test_multi_hot():
+    y = tags_to_multi_hot(["liver", "spleen"])
+    assert y.shape == (20,) and y.sum() == 2 and y[0] == 1 and y[5] == 1
+    with pytest.raises(ValueError, match="duodenum"):
+        tags_to_multi_hot(["duodenum"])
+    assert torch.equal(tags_to_multi_hot([]), torch.zeros(20))
+
+
+def test_cli_tags():
+    out = subprocess.run([sys.executable, "-m", "mosmos_components.cli", "tags", "Left renal cyst and hepatomegaly"],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == ["left kidney", "liver"]
