@@ -15,6 +15,7 @@ __all__ = [
     "ImageReportContrastiveLoss",
     "WeakAssumeNegativeLoss",
     "MosmosPretrainLoss",
+    "MosmosSegLoss",
 ]
 
 
@@ -100,3 +101,32 @@ class MosmosPretrainLoss(nn.Module):
             total = total + mlr
         pred["loss_irc"], pred["loss_mlr"] = irc.detach(), mlr.detach()
         return total
+
+
+class MosmosSegLoss(nn.Module):
+    """Fine-tuning loss (eq. 14-17): ``L = DiceCE(Y, Y_pred) + lambda * DiceCE(Y, Y_pta)``.
+
+    Args:
+        lambda_pta: weight of the pixel-tag-attention branch (0.8).
+        sigmoid: multi-label (overlapping regions, BraTS) instead of softmax classes.
+        kwargs: passed to ``monai.losses.DiceCELoss`` (e.g. ``include_background``).
+
+    ``input``: the network's training output, either ``(B, K, *spatial)`` logits (no PTA) or ``(B, 2, K,
+    *spatial)`` with the segmentation and PTA logits stacked; ``target``: ``(B, 1, *spatial)`` class indices
+    (softmax) or ``(B, K, *spatial)`` binary maps (sigmoid).
+    """
+
+    def __init__(self, lambda_pta: float = 0.8, sigmoid: bool = False, **kwargs) -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss
+
+        self.lambda_pta = lambda_pta
+        if sigmoid:
+            self.dice_ce = DiceCELoss(sigmoid=True, **kwargs)
+        else:
+            self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, **kwargs)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.dim() == target.dim() + 1:  # stacked (segmentation, PTA)
+            return self.dice_ce(input[:, 0], target) + self.lambda_pta * self.dice_ce(input[:, 1], target)
+        return self.dice_ce(input, target)

@@ -1,4 +1,4 @@
-"""MOSMOS networks: the pre-training CLIP network and (fine-tuning) segmentation networks."""
+"""MOSMOS networks: the pre-training CLIP network and the segmentation networks with pixel-tag attention."""
 
 from mosmos_components.networks.mosmos_clip import (
     CLIP_MEAN,
@@ -9,4 +9,7 @@ from mosmos_components.networks.mosmos_clip import (
     encode_text_embeddings,
     register_model_configs,
 )
+from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.networks.tag_decoder import GroupWiseLinear, TagDecoder, sine_position_encoding
+from mosmos_components.networks.unet2d import MosmosUNet2D
+from mosmos_components.networks.unetr import ClipViT3DEncoder, MosmosUNETR

@@ -1,0 +1,87 @@
+"""Pixel-tag attention (METHOD.md section 4, eq. 12-13), shared by the 2D and 3D segmentation networks.
+
+The pre-trained tag decoder (without its classifier) takes one *class embedding* per output class as
+queries and the encoder's projected spatial features as memory. Its last cross-attention weights are the
+pixel-tag attention maps ``A (B, K, *grid)``; they are (a) concatenated to the bottleneck features and (b)
+upsampled into an auxiliary segmentation ``softmax(LI(A) / tau_2)``.
+
+The class embeddings come from the frozen pre-trained text encoder and learned context: they are constants,
+computed once (:func:`mosmos_components.transfer.class_embeddings`) and kept as a buffer, so neither
+training steps nor inference nor an exported model need the text encoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosmos_components.networks.tag_decoder import TagDecoder
+
+__all__ = ["PixelTagAttention"]
+
+
+class PixelTagAttention(nn.Module):
+    """Class queries x spatial features -> attention maps and the auxiliary PTA logits.
+
+    Args:
+        num_classes: K, output classes including background.
+        embed_dim: width of the class embeddings and spatial features (the CLIP embedding dimension).
+        decoder_layers: layers of the tag decoder (as pre-trained).
+        decoder_heads: heads of the tag decoder (as pre-trained).
+        tau_init: initial temperature tau_2 (0.07).
+        class_names: names of the K classes (kept for the sidecar; embeddings are set by the transfer).
+
+    ``forward(features (B, N, d), grid)`` -> ``A (B, K, *grid)``; :meth:`aux_logits` upsamples it to the input
+    size and divides by tau_2 (a softmax over classes gives ``Y_pta``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        decoder_layers: int = 2,
+        decoder_heads: int = 8,
+        tau_init: float = 0.07,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.decoder = TagDecoder(embed_dim, decoder_layers, decoder_heads)
+        # persistent: an exported or saved model carries the embeddings, not the text encoder
+        self.register_buffer("class_embeddings", torch.zeros(num_classes, embed_dim))
+        self.register_buffer("embeddings_ready", torch.zeros((), dtype=torch.bool))
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
+        self.class_names = list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def set_class_embeddings(self, embeddings: torch.Tensor) -> None:
+        if embeddings.shape != self.class_embeddings.shape:
+            raise ValueError(
+                f"class embeddings {tuple(embeddings.shape)} do not fit {tuple(self.class_embeddings.shape)} "
+                "(classes x embedding dimension)"
+            )
+        self.class_embeddings.copy_(embeddings.detach())
+        self.embeddings_ready.fill_(True)
+
+    def forward(self, features: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        if not bool(self.embeddings_ready):
+            raise RuntimeError(
+                "pixel-tag attention has no class embeddings: load pre-trained MOSMOS weights "
+                "(mosmos_components.transfer.load_pretrained) or a fine-tuned checkpoint first"
+            )
+        _, attn = self.decoder(self.class_embeddings, features, tuple(grid))
+        return attn.reshape(attn.shape[0], attn.shape[1], *grid)
+
+    def aux_logits(self, attention: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``LI(A) / tau_2`` at ``size`` ((bi|tri)linear); softmax over dim 1 gives ``Y_pta``."""
+        mode = "bilinear" if attention.dim() == 4 else "trilinear"
+        up = F.interpolate(attention, size=tuple(size), mode=mode, align_corners=False)
+        return up / self.tau

@@ -1,0 +1,212 @@
+"""3D UNETR whose ViT encoder is open_clip's own transformer (so CLIP's 2D ViT transfers into it), with the
+optional pixel-tag attention branch (METHOD.md section 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from open_clip.transformer import LayerNorm, QuickGELU, Transformer
+from torch import nn
+
+from mosmos_components.networks.pta import PixelTagAttention
+
+__all__ = ["ClipViT3DEncoder", "MosmosUNETR", "CLIP_GREY_MEAN", "CLIP_GREY_STD"]
+
+# inputs in [0, 1] are standardised like CLIP's images (mean/std of its RGB statistics), so that a transferred
+# encoder sees the distribution it was pre-trained on
+CLIP_GREY_MEAN, CLIP_GREY_STD = 0.4490, 0.2686
+
+
+class ClipViT3DEncoder(nn.Module):
+    """CLIP's vision transformer for volumes: a 3D patch embedding and position grid around open_clip's
+    ``Transformer``; parameter names follow open_clip's ``VisionTransformer`` (``conv1``,
+    ``class_embedding``, ``positional_embedding``, ``ln_pre``, ``transformer``, ``ln_post``, ``proj``).
+
+    Args:
+        in_channels: image channels.
+        img_size: input size (H, W, D); each a multiple of ``patch_size``.
+        patch_size: cubic patch edge.
+        width: token width (768 for ViT-B).
+        layers: transformer blocks (12).
+        heads: attention heads (12).
+        mlp_ratio: MLP width ratio (4).
+        embed_dim: projection width (CLIP's joint space, 512); ``None`` builds no projection.
+        quick_gelu: QuickGELU (OpenAI CLIP weights) instead of GELU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        img_size: Sequence[int] = (96, 96, 96),
+        patch_size: int = 16,
+        width: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        mlp_ratio: float = 4.0,
+        embed_dim: int | None = 512,
+        quick_gelu: bool = False,
+    ) -> None:
+        super().__init__()
+        if any(s % patch_size for s in img_size):
+            raise ValueError(f"img_size {tuple(img_size)} must be a multiple of patch_size {patch_size}")
+        self.grid = tuple(int(s) // patch_size for s in img_size)
+        self.conv1 = nn.Conv3d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        n = self.grid[0] * self.grid[1] * self.grid[2]
+        self.positional_embedding = nn.Parameter(scale * torch.randn(n + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=QuickGELU if quick_gelu else nn.GELU)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim)) if embed_dim else None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W, D) -> tokens (B, 1 + N, width) with class token, positions and ``ln_pre``."""
+        x = self.conv1(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+    def forward(self, x: torch.Tensor, indices: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns the last patch tokens after ``ln_post`` (B, N, width) and the patch tokens after each block in
+        ``indices`` (0-based)."""
+        if not indices:
+            return self.ln_post(self.transformer(self.embed(x))[:, 1:]), []
+        x, inter = self.transformer.forward_intermediates(self.embed(x), indices=list(indices))
+        return self.ln_post(x[:, 1:]), [t[:, 1:] for t in inter]
+
+
+class MosmosUNETR(nn.Module):
+    """UNETR (Hatamizadeh et al.) on a CLIP ViT encoder, with pixel-tag attention (MOSMOS).
+
+    Args:
+        in_channels: image channels (1 for CT/MRI, 4 for BraTS).
+        out_channels: output classes K, background included.
+        img_size: crop size (H, W, D) (96^3 in the paper).
+        patch_size: must be 16 (UNETR's decoder upsamples 4 times by 2).
+        hidden_size: ViT width (768).
+        num_layers: ViT depth (12); skips come after blocks depth/4, depth/2, 3 depth/4.
+        num_heads: ViT heads (12).
+        mlp_ratio: ViT MLP ratio.
+        embed_dim: CLIP projection width (512); the PTA branch works in this space.
+        feature_size: UNETR decoder base width (16).
+        use_pta: ``False`` gives the plain network (Random/CLIP baselines).
+        class_names: names of the K classes (their embeddings come with the pre-trained weights).
+        decoder_layers: PTA tag-decoder layers (as pre-trained).
+        decoder_heads: PTA tag-decoder heads (as pre-trained).
+        quick_gelu: QuickGELU activations (OpenAI CLIP weights).
+        norm_name: decoder normalisation.
+        radiological_flip: flip the two in-plane axes of a RAS volume before the encoder (and the outputs
+            back), so the encoder sees slices the way its 2D pre-training images were laid out (MONAI's PIL reader
+            puts a radiologically displayed JPEG's columns, patient right to left, on axis 0 and its rows,
+            anterior to posterior, on axis 1: the opposite of RAS on both axes).
+
+    In ``train()`` mode with PTA the output is ``(B, 2, K, H, W, D)``: the segmentation logits and the PTA
+    logits ``LI(A)/tau_2`` stacked (see :class:`~mosmos_components.losses.MosmosSegLoss`); otherwise (eval,
+    inference, export) only the segmentation logits ``(B, K, H, W, D)``.
+
+    >>> net = MosmosUNETR(1, 14, img_size=(64, 64, 32), hidden_size=64, num_layers=4, num_heads=2,
+    ...                   embed_dim=64, feature_size=8, decoder_heads=4, use_pta=False).eval()
+    >>> net(torch.zeros(1, 1, 64, 64, 32)).shape
+    torch.Size([1, 14, 64, 64, 32])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 14,
+        img_size: Sequence[int] = (96, 96, 96),
+        patch_size: int = 16,
+        hidden_size: int = 768,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        embed_dim: int = 512,
+        feature_size: int = 16,
+        use_pta: bool = True,
+        class_names: Sequence[str] | None = None,
+        decoder_layers: int = 2,
+        decoder_heads: int = 8,
+        quick_gelu: bool = False,
+        norm_name: str = "instance",
+        radiological_flip: bool = True,
+    ) -> None:
+        super().__init__()
+        if patch_size != 16:
+            raise ValueError("MosmosUNETR's decoder needs patch_size=16 (four 2x upsamplings)")
+        if num_layers < 4:
+            raise ValueError("num_layers must be >= 4 (three skip connections and the bottleneck)")
+        self._config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in dict(
+            in_channels=in_channels, out_channels=out_channels, img_size=img_size, patch_size=patch_size,
+            hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            embed_dim=embed_dim, feature_size=feature_size, use_pta=use_pta, class_names=class_names,
+            decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
+            norm_name=norm_name, radiological_flip=radiological_flip).items()}
+        self.use_pta = use_pta
+        self.flip_dims = (2, 3) if radiological_flip else ()
+        self.skip_indices = [num_layers * k // 4 - 1 for k in (1, 2, 3)]
+        self.encoder = ClipViT3DEncoder(in_channels, img_size, patch_size, hidden_size, num_layers, num_heads,
+                                        mlp_ratio, embed_dim if use_pta else None, quick_gelu)
+        self.grid = self.encoder.grid
+        self.pta = (PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names)
+                    if use_pta else None)
+        fs, h = feature_size, hidden_size
+        kw = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
+        self.encoder1 = UnetrBasicBlock(in_channels=in_channels, out_channels=fs, stride=1, **kw)
+        self.encoder2 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 2, num_layer=2, stride=1,
+                                       upsample_kernel_size=2, conv_block=True, **kw)
+        self.encoder3 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 4, num_layer=1, stride=1,
+                                       upsample_kernel_size=2, conv_block=True, **kw)
+        self.encoder4 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 8, num_layer=0, stride=1,
+                                       upsample_kernel_size=2, conv_block=True, **kw)
+        bottleneck = h + (out_channels if use_pta else 0)  # concat[S, A]
+        self.decoder5 = UnetrUpBlock(in_channels=bottleneck, out_channels=fs * 8, upsample_kernel_size=2, **kw)
+        self.decoder4 = UnetrUpBlock(in_channels=fs * 8, out_channels=fs * 4, upsample_kernel_size=2, **kw)
+        self.decoder3 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=2, **kw)
+        self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, **kw)
+        self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=out_channels)
+
+    def config(self) -> dict[str, Any]:
+        cfg = dict(self._config, format="mosmos-seg/1", network="MosmosUNETR")
+        if self.pta is not None:
+            cfg["class_names"] = self.pta.class_names
+        return cfg
+
+    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, C, h, w, d)."""
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
+
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The pixel-tag attention maps ``A`` (B, K, h, w, d) for an input (B, C, H, W, D)."""
+        if self.pta is None:
+            raise ValueError("this network was built with use_pta=False: it has no attention maps")
+        tokens, _ = self.encoder((self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD)
+        return self._flip(self.pta(tokens @ self.encoder.proj, self.grid))
+
+    def _flip(self, t: torch.Tensor) -> torch.Tensor:
+        return t.flip(self.flip_dims) if self.flip_dims else t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
+            raise ValueError(f"input spatial size {tuple(x.shape[2:])} != img_size {tuple(s * 16 for s in self.grid)}")
+        z = (self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD
+        tokens, skips = self.encoder(z, self.skip_indices)
+        enc1 = self.encoder1(z)
+        enc2 = self.encoder2(self._grid(skips[0]))
+        enc3 = self.encoder3(self._grid(skips[1]))
+        enc4 = self.encoder4(self._grid(skips[2]))
+        bottleneck = self._grid(tokens)
+        attn = None
+        if self.pta is not None:
+            attn = self.pta(tokens @ self.encoder.proj, self.grid)
+            bottleneck = torch.cat([bottleneck, attn], dim=1)
+        dec3 = self.decoder5(bottleneck, enc4)
+        dec2 = self.decoder4(dec3, enc3)
+        dec1 = self.decoder3(dec2, enc2)
+        logits = self._flip(self.out(self.decoder2(dec1, enc1)))
+        if self.training and attn is not None:
+            return torch.stack([logits, self._flip(self.pta.aux_logits(attn, x.shape[2:]))], dim=1)
+        return logits

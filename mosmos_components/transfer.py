@@ -1,0 +1,209 @@
+"""Weight transfer from the ``mosmos_pretrain`` checkpoint into the segmentation networks (METHOD.md section 4).
+
+* ResNet (CLIP ``ModifiedResNet``) -> :class:`MosmosUNet2D`: stem and layer1-4 one to one; the attention pool's
+  value/output projections become the PTA projection.
+* ViT (CLIP ``VisionTransformer``) -> :class:`MosmosUNETR`: the transformer blocks, ``ln_pre``, ``ln_post``,
+  ``proj`` and the class token one to one; the 3-channel patch kernel summed over RGB, shared over the input
+  channels and inflated over depth (I3D, divided by the patch depth); the position grid resized to the 3D
+  grid's in-plane size and broadcast over depth.
+* The tag decoder without its classifier -> the PTA branch; the class embeddings are computed here, once, by
+  the pre-trained prompt + frozen text encoder, and stored as a buffer.
+
+Every tensor of the segmentation network is reported as transferred, inflated or left at its initial value;
+a checkpoint that does not fit is an error, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import QuickGELU, VisionTransformer
+from torch import nn
+
+from mosmos_components.checkpoint import load_pretrain_network
+from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
+from mosmos_components.networks.unet2d import MosmosUNet2D
+from mosmos_components.networks.unetr import MosmosUNETR
+
+__all__ = ["TransferReport", "class_embeddings", "load_pretrained", "prepare_network", "inflate_patch_kernel",
+           "resize_position_grid"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TransferReport:
+    """Names of the segmentation network's tensors by what the transfer did to them."""
+
+    transferred: list[str] = field(default_factory=list)
+    inflated: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+    initial: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{len(self.transferred)} tensors transferred, {len(self.inflated)} inflated/resized, "
+                f"{len(self.computed)} computed (class embeddings), {len(self.initial)} left at initial values")
+
+    def log(self, source: str) -> None:
+        logger.info("pre-trained weights from %s: %s", source, self.summary())
+        for what in ("inflated", "computed", "initial", "transferred"):
+            names = getattr(self, what)
+            if names:
+                logger.info("  %s: %s", what, ", ".join(names))
+
+
+@torch.no_grad()
+def class_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str]) -> torch.Tensor:
+    """One embedding per class name (K, d): the learned prompt + frozen text encoder, computed once.
+
+    Names outside the pre-training tags (open-set classes) go through the very same prompt."""
+    was = pretrain.training
+    pretrain.eval()
+    try:
+        return pretrain.tag_queries(pretrain.prompt.tokenize(list(names))).float()
+    finally:
+        pretrain.train(was)
+
+
+def inflate_patch_kernel(kernel_2d: torch.Tensor, in_channels: int, depth: int) -> torch.Tensor:
+    """(width, 3, p, p) -> (width, in_channels, p, p, depth): sum over RGB, share over the input channels
+    (divided by their number), repeat over depth divided by ``depth`` (I3D)."""
+    grey = kernel_2d.sum(dim=1, keepdim=True) / in_channels
+    return grey.unsqueeze(-1).repeat(1, in_channels, 1, 1, depth) / depth
+
+
+def resize_position_grid(pos_2d: torch.Tensor, grid_3d: Sequence[int]) -> torch.Tensor:
+    """(1 + g*g, width) -> (1 + h*w*d, width): the class position kept, the g x g grid resized (bilinear) to
+    h x w and broadcast over d, in the token order of a flattened (h, w, d) grid."""
+    cls, grid = pos_2d[:1], pos_2d[1:]
+    g = int(round(grid.shape[0] ** 0.5))
+    if g * g != grid.shape[0]:
+        raise ValueError(f"2D position grid of {grid.shape[0]} tokens is not square")
+    h, w, d = grid_3d
+    img = grid.reshape(g, g, -1).permute(2, 0, 1).unsqueeze(0)
+    if (h, w) != (g, g):
+        img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+    out = img[0].permute(1, 2, 0).unsqueeze(2).expand(h, w, d, -1).reshape(h * w * d, -1)
+    return torch.cat([cls, out], dim=0)
+
+
+def _copy(dst: nn.Module, dst_prefix: str, src_state: dict, report: TransferReport, source: str) -> None:
+    target = dst.state_dict()
+    for k, v in src_state.items():
+        name = f"{dst_prefix}{k}"
+        if name not in target:
+            raise RuntimeError(f"{source}: tensor '{k}' has no counterpart '{name}' in {type(dst).__name__}")
+        if target[name].shape != v.shape:
+            raise RuntimeError(f"{source}: '{k}' {tuple(v.shape)} does not fit '{name}' {tuple(target[name].shape)}: "
+                               "the segmentation network's size differs from the pre-trained one")
+        target[name].copy_(v)
+        report.transferred.append(name)
+
+
+def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferReport, source: str) -> None:
+    vis = pre.clip.visual
+    if not isinstance(vis, VisionTransformer):
+        raise ValueError(f"{source} holds a {type(vis).__name__} image encoder; MosmosUNETR needs a ViT "
+                         "(pre-train with a ViT backbone, or use MosmosUNet2D for a ResNet)")
+    enc = seg.encoder
+    if vis.transformer.width != enc.transformer.width or len(vis.transformer.resblocks) != len(enc.transformer.resblocks):
+        raise ValueError(f"{source}: pre-trained ViT is width {vis.transformer.width} x "
+                         f"{len(vis.transformer.resblocks)} layers, the UNETR encoder width "
+                         f"{enc.transformer.width} x {len(enc.transformer.resblocks)}: set hidden_size/num_layers "
+                         "to match")
+    quick_pre = bool(pre.model_cfg.get("quick_gelu", False) or pre.force_quick_gelu)
+    quick_seg = isinstance(enc.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    if quick_pre != quick_seg:
+        raise ValueError(f"{source}: pre-trained ViT uses {'Quick' if quick_pre else ''}GELU, the UNETR encoder "
+                         f"{'Quick' if quick_seg else ''}GELU: set quick_gelu={quick_pre}")
+    heads_pre = vis.transformer.resblocks[0].attn.num_heads
+    heads_seg = enc.transformer.resblocks[0].attn.num_heads
+    if heads_pre != heads_seg:
+        raise ValueError(f"{source}: pre-trained ViT has {heads_pre} heads, the UNETR encoder {heads_seg}")
+    with torch.no_grad():
+        _copy(seg, "encoder.transformer.", vis.transformer.state_dict(), report, source)
+        _copy(seg, "encoder.", {f"ln_pre.{k}": v for k, v in vis.ln_pre.state_dict().items()}, report, source)
+        _copy(seg, "encoder.", {f"ln_post.{k}": v for k, v in vis.ln_post.state_dict().items()}, report, source)
+        _copy(seg, "encoder.", {"class_embedding": vis.class_embedding}, report, source)
+        if seg.encoder.proj is not None:
+            _copy(seg, "encoder.", {"proj": vis.proj}, report, source)
+        p = enc.conv1.kernel_size[2]
+        enc.conv1.weight.copy_(inflate_patch_kernel(vis.conv1.weight, enc.conv1.in_channels, p))
+        enc.positional_embedding.copy_(resize_position_grid(vis.positional_embedding, seg.grid))
+    report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
+
+
+def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: TransferReport, source: str) -> None:
+    vis = pre.clip.visual
+    if not isinstance(vis, ModifiedResNet):
+        raise ValueError(f"{source} holds a {type(vis).__name__} image encoder; MosmosUNet2D needs a CLIP ResNet "
+                         "(pre-train with an RN backbone, or use MosmosUNETR for a ViT)")
+    state = {k: v for k, v in vis.state_dict().items() if not k.startswith("attnpool.")}
+    with torch.no_grad():
+        _copy(seg, "encoder.", state, report, source)
+        if seg.pta is not None:
+            _copy(seg, "v_proj.", vis.attnpool.v_proj.state_dict(), report, source)
+            _copy(seg, "c_proj.", vis.attnpool.c_proj.state_dict(), report, source)
+
+
+def load_pretrained(
+    network: MosmosUNETR | MosmosUNet2D, ckpt_path: str | os.PathLike, pretrain: MosmosPretrainNet | None = None
+) -> TransferReport:
+    """Transfer the ``mosmos_pretrain`` checkpoint at ``ckpt_path`` (+ its JSON sidecar) into ``network``.
+
+    Returns the report (also logged); raises on a missing, corrupt or mismatched checkpoint.
+    """
+    source = str(ckpt_path)
+    pre = pretrain if pretrain is not None else load_pretrain_network(ckpt_path)
+    report = TransferReport()
+    if isinstance(network, MosmosUNETR):
+        _vit_into_unetr(pre, network, report, source)
+    elif isinstance(network, MosmosUNet2D):
+        _resnet_into_unet(pre, network, report, source)
+    else:
+        raise TypeError(f"no transfer rule for {type(network).__name__}")
+    if network.pta is not None:
+        if network.pta.decoder.d_model != pre.embed_dim:
+            raise ValueError(f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
+                             f"{network.pta.decoder.d_model}")
+        pre_heads = pre.decoder.layers[0].cross_attn.num_heads
+        seg_heads = network.pta.decoder.layers[0].cross_attn.num_heads
+        if pre_heads != seg_heads or len(pre.decoder.layers) != len(network.pta.decoder.layers):
+            raise ValueError(f"{source}: tag decoder is {len(pre.decoder.layers)} layers x {pre_heads} heads, the "
+                             f"network's {len(network.pta.decoder.layers)} x {seg_heads}: set decoder_layers/heads")
+        with torch.no_grad():
+            _copy(network, "pta.decoder.", pre.decoder.state_dict(), report, source)
+            network.pta.set_class_embeddings(class_embeddings(pre, network.pta.class_names))
+        report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
+    done = set(report.transferred) | set(report.inflated) | set(report.computed)
+    report.initial = [k for k in network.state_dict() if k not in done]
+    report.log(source)
+    return report
+
+
+def prepare_network(
+    network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None
+) -> MosmosUNETR | MosmosUNet2D:
+    """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation, which
+    needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder)."""
+    if pretrained_ckpt:
+        if not os.path.isfile(pretrained_ckpt):
+            raise FileNotFoundError(
+                f"pre-trained MOSMOS checkpoint not found: {pretrained_ckpt} (run the mosmos_pretrain bundle first, "
+                "or set use_pretrained to false for the random-initialisation baseline)"
+            )
+        load_pretrained(network, pretrained_ckpt)
+    else:
+        if network.pta is not None:
+            raise ValueError("use_pta needs the pre-trained MOSMOS checkpoint (its text encoder gives the class "
+                             "embeddings); set use_pta to false to train from random initialisation")
+        warnings.warn(f"{type(network).__name__}: no pre-trained weights, training from random initialisation",
+                      stacklevel=2)
+    return network
