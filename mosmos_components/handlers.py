@@ -121,10 +121,11 @@ class ProgressBarHandler:
     Args:
         enabled: ``False`` attaches nothing (e.g. for CI logs).
         persist: keep each epoch's bar on screen.
+        show_loss: show the running loss (training engines).
     """
 
-    def __init__(self, enabled: bool = True, persist: bool = False) -> None:
-        self.enabled, self.persist = enabled, persist
+    def __init__(self, enabled: bool = True, persist: bool = False, show_loss: bool = True) -> None:
+        self.enabled, self.persist, self.show_loss = enabled, persist, show_loss
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
@@ -132,8 +133,12 @@ class ProgressBarHandler:
         from ignite.contrib.handlers import ProgressBar
         from monai.handlers import from_engine
 
+        bar = ProgressBar(persist=self.persist)
+        if not self.show_loss:
+            bar.attach(engine)
+            return
         loss = from_engine(["loss"], first=True)  # works on decollated and batched outputs alike
-        ProgressBar(persist=self.persist).attach(engine, output_transform=lambda o: {"loss": float(loss(o))})
+        bar.attach(engine, output_transform=lambda o: {"loss": float(loss(o))})
 
 
 class MetricsHistory:

@@ -1,0 +1,145 @@
+"""Datalists for the segmentation bundles: find image/label pairs in a data set's real layout, check their
+headers, and split them reproducibly into a datalist file (METHOD.md section 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mosmos_components.checkpoint import atomic_json_save
+
+__all__ = ["btcv_pairs", "msd_pairs", "split_pairs", "check_headers", "load_or_create_datalist", "inference_inputs"]
+
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+
+def msd_pairs(json_file: str | os.PathLike, sections: Sequence[str] = ("training", "validation")) -> list[dict]:
+    """Image/label pairs listed in an MSD-style JSON (``dataset_0.json`` / ``dataset.json``), paths made
+    absolute relative to the JSON's folder; listed files that do not exist are an error naming them."""
+    json_file = Path(json_file)
+    with open(json_file, encoding="utf-8") as fh:
+        data = json.load(fh)
+    items = []
+    for section in sections:
+        for it in data.get(section, []):
+            if not isinstance(it, dict) or "image" not in it or "label" not in it:
+                continue
+            item = {k: str((json_file.parent / v).resolve()) if isinstance(v, str) else v for k, v in it.items()}
+            items.append(item)
+    if not items:
+        raise ValueError(f"{json_file} lists no image/label pairs under {list(sections)}")
+    missing = [p for it in items for p in (it["image"], it["label"]) if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"{json_file} points at {len(missing)} missing file(s), e.g. {missing[:3]}")
+    return items
+
+
+def btcv_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
+    """BTCV pairs: ``RawData/Training/img/imgXXXX.nii.gz`` with ``label/labelXXXX.nii.gz``, or an MSD-style
+    ``dataset_0.json`` in ``dataset_dir``."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"BTCV dataset folder not found: {root}")
+    if (root / "dataset_0.json").is_file():
+        return msd_pairs(root / "dataset_0.json")
+    img_dir = next((d for d in (root / "RawData" / "Training" / "img", root / "Training" / "img", root / "img")
+                    if d.is_dir()), None)
+    if img_dir is None:
+        raise FileNotFoundError(f"no BTCV data under {root}: expected RawData/Training/img/ or dataset_0.json")
+    lab_dir = img_dir.parent / "label"
+    items = []
+    for img in sorted(p for p in img_dir.iterdir() if _NIFTI.search(p.name)):
+        lab = lab_dir / img.name.replace("img", "label", 1)
+        if not lab.is_file():
+            raise FileNotFoundError(f"BTCV image {img} has no label {lab}")
+        items.append({"image": str(img), "label": str(lab)})
+    if not items:
+        raise FileNotFoundError(f"no NIfTI images in {img_dir}")
+    return items
+
+
+def check_headers(items: Sequence[dict], in_channels: int = 1) -> None:
+    """Open every image/label header (cheap): a corrupt file, a wrong channel count or an image/label grid
+    mismatch (shape or affine) is an error naming the files."""
+    for it in items:
+        headers = {}
+        for key in ("image", "label"):
+            path = it[key]
+            if not _NIFTI.search(path):
+                return  # DICOM or other formats are checked after loading (ValidateSegmentationPaird)
+            try:
+                img = nib.load(path)
+                headers[key] = (img.shape, img.affine)
+            except Exception as e:  # noqa: BLE001 - any nibabel failure means an unreadable file
+                raise ValueError(f"cannot read NIfTI file {path}: {e}") from e
+        (ishape, iaff), (lshape, laff) = headers["image"], headers["label"]
+        channels = ishape[3] if len(ishape) == 4 else 1
+        if channels != in_channels:
+            raise ValueError(f"{it['image']}: {channels} channel(s), expected {in_channels}")
+        if tuple(ishape[:3]) != tuple(lshape[:3]) or not np.allclose(iaff, laff, atol=1e-3):
+            raise ValueError(f"image/label grid mismatch: {it['image']} is {tuple(ishape[:3])} with affine "
+                             f"{np.round(iaff, 3).tolist()}, {it['label']} is {tuple(lshape[:3])} with affine "
+                             f"{np.round(laff, 3).tolist()}")
+
+
+def split_pairs(items: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict:
+    """Seeded shuffle, then ``training``/``validation``/``test`` by ``fractions`` (at least one case each
+    when there are three or more cases)."""
+    if len(fractions) not in (2, 3) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be 2 or 3 numbers summing to 1, got {list(fractions)}")
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_val = max(1, int(round(fractions[1] * n))) if n >= 2 else 0
+    n_test = (max(1, int(round(fractions[2] * n))) if n >= 3 else 0) if len(fractions) == 3 else 0
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"{n} case(s) are too few to split by {list(fractions)}")
+    return {"training": order[:n_train], "validation": order[n_train:n_train + n_val],
+            "test": order[n_train + n_val:]}
+
+
+def load_or_create_datalist(
+    pairs: Sequence[dict], datalist_file: str | os.PathLike, fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0, in_channels: int = 1,
+) -> dict:
+    """The split written in ``datalist_file`` if it exists (checked against the files on disk), else a new seeded
+    split of ``pairs`` written there (atomically), so later runs and evaluations use the same cases."""
+    path = Path(datalist_file)
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            dl = json.load(fh)
+        missing = [p for sec in dl.values() for it in sec for p in (it["image"], it["label"]) if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"datalist {path} lists {len(missing)} missing file(s), e.g. {missing[:3]}; "
+                                    "delete it to split the current data afresh")
+        return dl
+    check_headers(pairs, in_channels)
+    dl = split_pairs(pairs, fractions, seed)
+    atomic_json_save(dl, path)
+    return dl
+
+
+def inference_inputs(path: str | os.PathLike) -> list[dict]:
+    """``[{"image": ...}]`` for a NIfTI file, a DICOM series folder, or a folder of NIfTI files and/or DICOM
+    series folders."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"inference input not found: {p}")
+
+    def is_series(d: Path) -> bool:
+        return d.is_dir() and any(f.suffix.lower() == ".dcm" for f in d.iterdir() if f.is_file())
+
+    if p.is_file() or is_series(p):
+        return [{"image": str(p)}]
+    found = [{"image": str(c)} for c in sorted(p.iterdir()) if (c.is_file() and _NIFTI.search(c.name)) or is_series(c)]
+    if not found:
+        raise FileNotFoundError(f"no NIfTI file or DICOM series in {p}")
+    return found

@@ -1,0 +1,185 @@
+"""btcv_seg through MONAI's bundle API in a tiny configuration: train -> evaluate -> inference (as the model
+zoo's bundle tests do), the 2D U-Net variant, torchrun on CPU, the real CT sample, and bad inputs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import run
+
+from conftest import REPO
+from mosmos_components.checkpoint import load_weights, read_sidecar, save_network
+from mosmos_components.data.datalist import btcv_pairs, check_headers, inference_inputs, load_or_create_datalist
+from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
+from mosmos_components.transforms import ValidateSegmentationPaird
+
+BUNDLE = REPO / "bundles" / "btcv_seg"
+CFG = BUNDLE / "configs"
+TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "slice_size": 32, "max_epochs": 2, "val_interval": 1,
+        "warmup_epochs": 1, "num_workers": 0, "cache_rate": 0.0, "show_progress": False, "num_samples": 1,
+        "sw_batch_size": 1}
+
+
+def _files(*names):
+    return [str(CFG / n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Tiny 'pre-trained' checkpoints for both backbones (random weights suffice to test the plumbing)."""
+    out = {}
+    for name in ("mosmos-tiny-vit", "mosmos-tiny-rn"):
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp(name) / "model.pt"
+        save_network(MosmosPretrainNet(name, decoder_heads=4), path)
+        out[name] = path
+    return out
+
+
+def _over(btcv_dir, tmp, ckpt, **kw):
+    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(btcv_dir), ckpt_dir=str(tmp / "models"),
+                output_dir=str(tmp / "eval"), pretrained_ckpt=str(ckpt), logging_file=str(CFG / "logging.conf"))
+    over.update(kw)
+    return over
+
+
+@pytest.fixture(scope="module")
+def trained(btcv_dir, pretrained, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("btcv_run")
+    run(config_file=_files("train.json", "demo.json"), **_over(btcv_dir, tmp, pretrained["mosmos-tiny-vit"]))
+    return tmp
+
+
+def test_train_writes_split_history_and_checkpoint(trained, btcv_dir):
+    dl = json.loads((trained / "eval" / "datalist.json").read_text())
+    assert [len(dl[k]) for k in ("training", "validation", "test")] == [3, 1, 1]  # 70/10/20 of 5 cases
+    assert load_or_create_datalist(btcv_pairs(btcv_dir), trained / "eval" / "datalist.json") == dl  # reused
+    hist = list(csv.DictReader(open(trained / "eval" / "val_history.csv")))
+    assert len(hist) == 2 and "dice_liver" in hist[0] and "val_mean_dice" in hist[0]
+    side = read_sidecar(trained / "models" / "model.pt")
+    assert side["network"] == "MosmosUNETR" and side["class_names"][1] == "spleen"
+    net = load_weights(MosmosUNETR(**{k: v for k, v in side.items() if k not in ("format", "network", "metric",
+                                                                                   "epoch")}),
+                       trained / "models" / "model.pt")
+    assert bool(net.pta.embeddings_ready)  # class embeddings travel in the checkpoint, no text encoder needed
+
+
+def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained):
+    run(config_file=_files("train.json", "demo.json", "evaluate.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"]))
+    rows = list(csv.DictReader(open(trained / "eval" / "report" / "per_case.csv")))
+    assert rows and {"case", "class", "dice", "hd95"} <= set(rows[0])
+    assert len({r["class"] for r in rows}) == 13
+    scored = [r for r in rows if r["dice"] != "nan"]
+    assert scored and all(0.0 <= float(r["dice"]) <= 1.0 and float(r["hd95"]) >= 0.0 for r in scored)
+    summary = list(csv.DictReader(open(trained / "eval" / "report" / "summary.csv")))
+    assert summary[-1]["class"] == "mean"
+    assert (trained / "eval" / "metrics.csv").is_file()
+
+
+def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained, tmp_path):
+    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    run(config_file=_files("train.json", "demo.json", "inference.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src),
+                output_dir=str(tmp_path)))
+    out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
+    assert len(out) == 1
+    a, b = nib.load(src), nib.load(out[0])
+    assert b.shape[:3] == a.shape[:3]
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(b.dataobj))) <= set(range(14))
+
+
+def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path):
+    run(config_file=_files("train.json", "demo.json", "inference.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(real_ct / "image.nii.gz"),
+                output_dir=str(tmp_path)))
+    out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
+    a, b = nib.load(real_ct / "image.nii.gz"), nib.load(out[0])
+    assert b.shape[:3] == a.shape[:3] == (122, 101, 30)
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+
+
+def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
+    run(config_file=_files("train.json", "unet2d.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"], max_epochs=1, batch_size=2, num_samples=2))
+    assert read_sidecar(tmp_path / "models" / "model.pt")["network"] == "MosmosUNet2D"
+
+
+def test_random_init_baseline(btcv_dir, tmp_path):
+    run(config_file=_files("train.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, "unused", use_pretrained=False, max_epochs=1))
+    side = read_sidecar(tmp_path / "models" / "model.pt")
+    assert side["use_pta"] is False
+
+
+def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path):
+    with pytest.raises(Exception) as info:
+        run(config_file=_files("train.json", "demo.json"), **_over(btcv_dir, tmp_path, tmp_path / "none.pt"))
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any("pre-trained MOSMOS checkpoint not found" in c and "none.pt" in c for c in chain)
+
+
+def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    # two validation cases, one per rank (MONAI's DistributedSampler refuses a rank without data)
+    over = _over(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, split_fractions=[0.4, 0.4, 0.2])
+    args = []
+    for k, v in over.items():
+        if k != "logging_file":
+            args += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29544", "-m",
+           "monai.bundle", "run", "--config_file", str(_files("train.json", "demo.json", "multi_gpu_train.json")),
+           *args]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "models" / "checkpoint.pt").is_file()
+
+
+def _write(path, arr, affine=None):
+    nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), path)
+    return str(path)
+
+
+def test_bad_inputs(tmp_path):
+    img = _write(tmp_path / "img.nii.gz", np.zeros((8, 8, 4), np.int16))
+    lab = _write(tmp_path / "lab.nii.gz", np.zeros((8, 8, 5), np.uint8))
+    with pytest.raises(ValueError, match="grid mismatch"):
+        check_headers([{"image": img, "label": lab}])
+    shifted = _write(tmp_path / "lab2.nii.gz", np.zeros((8, 8, 4), np.uint8), np.diag([2.0, 1, 1, 1]))
+    with pytest.raises(ValueError, match="grid mismatch"):
+        check_headers([{"image": img, "label": shifted}])
+    four = _write(tmp_path / "img4.nii.gz", np.zeros((8, 8, 4, 4), np.int16))
+    ok_lab = _write(tmp_path / "lab3.nii.gz", np.zeros((8, 8, 4), np.uint8))
+    with pytest.raises(ValueError, match="4 channel"):
+        check_headers([{"image": four, "label": ok_lab}], in_channels=1)
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(ValueError, match="corrupt.nii.gz"):
+        check_headers([{"image": str(corrupt), "label": ok_lab}])
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    values = np.zeros((8, 8, 4), np.uint8)
+    values[0, 0, 0] = 17
+    bad_lab = _write(tmp_path / "lab17.nii.gz", values)
+    load = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"])])
+    with pytest.raises(ValueError, match=r"lab17.nii.gz: unknown label value\(s\) \[17\]"):
+        ValidateSegmentationPaird(in_channels=1, label_values=range(14))(load({"image": img, "label": bad_lab}))
+    with pytest.raises(ValueError, match="img.nii.gz: 1 channel"):
+        ValidateSegmentationPaird(in_channels=4)(load({"image": img, "label": ok_lab}))
+    with pytest.raises(FileNotFoundError, match="BTCV dataset folder not found"):
+        btcv_pairs(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="inference input not found"):
+        inference_inputs(tmp_path / "nothing")
+    (tmp_path / "dataset_0.json").write_text(json.dumps({"training": [{"image": "missing.nii.gz", "label": lab}]}))
+    with pytest.raises(FileNotFoundError, match="missing file"):
+        btcv_pairs(tmp_path)

@@ -1,0 +1,160 @@
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from mosmos_components.checkpoint import save_network
+from mosmos_components.losses import MosmosSegLoss
+from mosmos_components.networks import MosmosPretrainNet, MosmosUNet2D, MosmosUNETR
+from mosmos_components.transfer import (class_embeddings, inflate_patch_kernel, load_pretrained, prepare_network,
+                                        resize_position_grid)
+
+TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
+                  quick_gelu=True)
+TINY_UNET = dict(layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, decoder_channels=(64, 32, 16, 16, 8),
+                 decoder_heads=4)
+NAMES = ["background", "spleen", "liver", "duodenum"]  # duodenum is open-set: not a pre-training tag
+
+
+@pytest.fixture(scope="module")
+def vit_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = MosmosPretrainNet("mosmos-tiny-vit", decoder_heads=4)
+    path = tmp_path_factory.mktemp("vit") / "model.pt"
+    save_network(net, path)
+    return net.eval(), path
+
+
+@pytest.fixture(scope="module")
+def rn_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = MosmosPretrainNet("mosmos-tiny-rn", decoder_heads=4)
+    path = tmp_path_factory.mktemp("rn") / "model.pt"
+    save_network(net, path)
+    return net.eval(), path
+
+
+@pytest.mark.parametrize("use_pta", [True, False])
+def test_unetr_shapes(use_pta, vit_ckpt):
+    net = MosmosUNETR(1, 4, img_size=(64, 64, 32), use_pta=use_pta, class_names=NAMES, **TINY_UNETR)
+    if use_pta:
+        load_pretrained(net, vit_ckpt[1])
+    x = torch.rand(2, 1, 64, 64, 32)
+    out = net.train()(x)
+    assert out.shape == ((2, 2, 4, 64, 64, 32) if use_pta else (2, 4, 64, 64, 32))
+    assert net.eval()(x).shape == (2, 4, 64, 64, 32)
+    if use_pta:
+        assert net.attention_maps(x).shape == (2, 4, 4, 4, 2)
+
+
+@pytest.mark.parametrize("use_pta", [True, False])
+def test_unet2d_shapes(use_pta, rn_ckpt):
+    net = MosmosUNet2D(1, 4, use_pta=use_pta, class_names=NAMES, **TINY_UNET)
+    if use_pta:
+        load_pretrained(net, rn_ckpt[1])
+    x = torch.rand(3, 1, 64, 96)
+    assert net.train()(x).shape == ((3, 2, 4, 64, 96) if use_pta else (3, 4, 64, 96))
+    assert net.eval()(x).shape == (3, 4, 64, 96)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        net(torch.rand(1, 1, 50, 64))
+    with pytest.raises(ValueError, match="input channel"):
+        net(torch.rand(1, 2, 64, 64))
+
+
+def test_vit_transfer_computes_the_same_function(vit_ckpt):
+    """A volume one patch deep, constant along depth, through the 3D encoder = the grey image through CLIP's ViT."""
+    pre, path = vit_ckpt
+    seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, **TINY_UNETR).eval()
+    report = load_pretrained(seg, path)
+    img = torch.rand(1, 96, 96)
+    with torch.no_grad():
+        _, s2d, grid = pre.encode_image(img.expand(3, -1, -1).unsqueeze(0))
+        tokens, _ = seg.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
+        s3d = tokens @ seg.encoder.proj
+        # same token sequence through both transformers: the very same function (QuickGELU, ln_pre, ...)
+        seq = torch.randn(2, 37, 64)
+        torch.testing.assert_close(seg.encoder.transformer(seq), pre.clip.visual.transformer(seq))
+    assert grid == (6, 6) and seg.grid == (6, 6, 1)
+    torch.testing.assert_close(s3d, s2d, rtol=1e-4, atol=1e-4)
+    assert "encoder.transformer.resblocks.0.attn.in_proj_weight" in report.transferred
+    assert set(report.inflated) == {"encoder.conv1.weight", "encoder.positional_embedding"}
+    assert "out.conv.conv.weight" in report.initial and "pta.log_tau" in report.initial
+    assert not any("classifier" in k for k in seg.state_dict())  # the classifier is not transferred
+    assert not any("token_embedding" in k for k in seg.state_dict())  # no text encoder in the segmentation net
+
+
+def test_inflation_and_position_resize_rules():
+    k2 = torch.randn(8, 3, 16, 16)
+    k3 = inflate_patch_kernel(k2, in_channels=4, depth=16)
+    assert k3.shape == (8, 4, 16, 16, 16)
+    # a volume constant over depth and channels sees the RGB-summed kernel: sum over C and depth = sum over RGB
+    torch.testing.assert_close(k3.sum(dim=(1, 4)), k2.sum(dim=1))
+    pos = torch.randn(1 + 14 * 14, 8)
+    out = resize_position_grid(pos, (6, 6, 3))
+    assert out.shape == (1 + 108, 8) and torch.equal(out[0], pos[0])
+    grid = out[1:].reshape(6, 6, 3, 8)
+    torch.testing.assert_close(grid[:, :, 0], grid[:, :, 2])  # broadcast over depth
+    same = resize_position_grid(pos, (14, 14, 1))
+    torch.testing.assert_close(same, pos)  # same grid: unchanged
+
+
+def test_resnet_transfer_computes_the_same_function(rn_ckpt):
+    pre, path = rn_ckpt
+    seg = MosmosUNet2D(3, 4, class_names=NAMES, radiological_flip=False, **TINY_UNET).eval()
+    report = load_pretrained(seg, path)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        l4, _ = seg._encode(x)  # standardises with CLIP's mean/std, as CLIP's own preprocessing does
+        _, s_pre, _ = pre.encode_image((x - seg.mean) / seg.std)
+        s_seg = seg.c_proj(seg.v_proj(l4.flatten(2).transpose(1, 2)))
+    torch.testing.assert_close(s_seg, s_pre, rtol=1e-4, atol=1e-4)
+    assert "encoder.layer4.0.conv1.weight" in report.transferred and not report.inflated
+
+
+def test_class_embeddings_are_a_frozen_buffer_computed_once(vit_ckpt):
+    pre, path = vit_ckpt
+    seg = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
+    load_pretrained(seg, path)
+    expected = class_embeddings(pre, NAMES)
+    torch.testing.assert_close(seg.pta.class_embeddings, expected)
+    assert "pta.class_embeddings" in seg.state_dict()  # saved and exported with the model
+    assert not seg.pta.class_embeddings.requires_grad
+    assert not torch.allclose(expected[3], expected[1])  # the open-set name has its own embedding
+    before = seg.pta.class_embeddings.clone()
+    seg.train()(torch.rand(1, 1, 32, 32, 16)).sum().backward()
+    torch.testing.assert_close(seg.pta.class_embeddings, before)
+
+
+def test_transfer_errors(vit_ckpt, rn_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="needs a ViT"):
+        load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), rn_ckpt[1])
+    with pytest.raises(ValueError, match="needs a CLIP ResNet"):
+        load_pretrained(MosmosUNet2D(1, 4, class_names=NAMES, **TINY_UNET), vit_ckpt[1])
+    wide = dict(TINY_UNETR, hidden_size=128, num_heads=4)
+    with pytest.raises(ValueError, match="width 64"):
+        load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **wide), vit_ckpt[1])
+    gelu = dict(TINY_UNETR, quick_gelu=False)
+    with pytest.raises(ValueError, match="quick_gelu=True"):
+        load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **gelu), vit_ckpt[1])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR),
+                        tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="use_pta needs"):
+        prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), None)
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"junk")
+    (tmp_path / "model.json").write_text(vit_ckpt[1].with_suffix(".json").read_text())
+    with pytest.raises(RuntimeError, match="not a readable"):
+        prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), bad)
+    net = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
+    with pytest.raises(RuntimeError, match="no class embeddings"):
+        net(torch.rand(1, 1, 32, 32, 16))
+
+
+def test_seg_loss_is_dicece_plus_lambda_pta():
+    torch.manual_seed(0)
+    pred, aux = torch.randn(2, 4, 8, 8, 4), torch.randn(2, 4, 8, 8, 4)
+    y = torch.randint(0, 4, (2, 1, 8, 8, 4))
+    ref = DiceCELoss(to_onehot_y=True, softmax=True)
+    total = MosmosSegLoss(lambda_pta=0.8)(torch.stack([pred, aux], 1), y)
+    torch.testing.assert_close(total, ref(pred, y) + 0.8 * ref(aux, y))
+    torch.testing.assert_close(MosmosSegLoss()(pred, y), ref(pred, y))
