@@ -2,6 +2,7 @@
 
     mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report
     mosmos demo-data OUT_DIR --kind roco|btcv --n N --seed S    # synthetic data in the real layouts
+    mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired test between two evaluations
     mosmos demo                                                  # the whole pipeline on generated data
 """
 
@@ -53,6 +54,12 @@ class MosmosCLI:
         t = time.time()
         root = write_demo_data(out_dir, kind=kind, n=n, seed=seed)
         return f"wrote {kind} demo data to {root} in {time.time() - t:.1f} s"
+
+    def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice") -> str:
+        """Wilcoxon signed-rank test between two evaluations' per_case.csv (paired per-case mean METRIC)."""
+        from mosmos_components.evaluation import wilcoxon_test
+
+        return json.dumps(wilcoxon_test(per_case_a, per_case_b, metric))
 
     def demo(self, out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""

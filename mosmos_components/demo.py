@@ -2,12 +2,16 @@
 
 Stages (each a bundle run through MONAI's bundle API, with the bundle's ``demo.json`` override):
 1. synthetic ROCO pairs -> ``mosmos_pretrain`` (train, then evaluate on the validation split);
-2. pictures: training curves and the tag decoder's attention maps on a validation image.
+2. synthetic BTCV volumes -> ``btcv_seg`` fine-tuned from those weights, and the same network trained from
+   random initialisation; both evaluated (Dice, HD95) on the same held-out test split;
+3. inference on a held-out volume; pictures: curves, tag attention, and an overlay of image, ground truth,
+   prediction and one pixel-tag attention map.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -15,9 +19,9 @@ import numpy as np
 import torch
 
 from mosmos_components.cli import run_bundle
-from mosmos_components.data.demo import write_roco
+from mosmos_components.data.demo import write_btcv, write_roco
 
-__all__ = ["run_demo", "pretrain_stage"]
+__all__ = ["run_demo", "pretrain_stage", "btcv_stage"]
 
 
 def _read_metrics_csv(path: Path) -> dict[str, float]:
@@ -78,6 +82,90 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     return pics
 
 
+def btcv_stage(out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 12,
+               max_epochs: int | None = None) -> dict:
+    """Fine-tune ``btcv_seg`` (demo size) from ``pretrained_ckpt`` and from random initialisation on the same
+    split, evaluate both on the test split, and run inference on the first test volume."""
+    from mosmos_components.evaluation import summarize
+
+    data = write_btcv(out / "btcv", n=n_cases, seed=seed)
+    common = {"dataset_dir": str(data), "datalist_file": str(out / "btcv_datalist.json"), "seed": seed,
+              "pretrained_ckpt": str(pretrained_ckpt)}
+    if max_epochs is not None:
+        common.update(max_epochs=max_epochs, val_interval=max(1, max_epochs // 2))
+    runs = {}
+    for name, extra in (("mosmos", {}), ("random", {"use_pretrained": False})):
+        t0 = time.time()
+        d = out / f"btcv_{name}"
+        over = {**common, **extra, "ckpt_dir": str(d / "models"), "output_dir": str(d / "eval")}
+        run_bundle("btcv_seg", ["train.json", "demo.json"], **over)
+        train_s = time.time() - t0
+        run_bundle("btcv_seg", ["train.json", "demo.json", "evaluate.json"], **over)
+        rows = list(csv.DictReader(open(d / "eval" / "report" / "per_case.csv", encoding="utf-8")))
+        for r in rows:
+            r["dice"], r["hd95"] = float(r["dice"]), float(r["hd95"])
+        names = list(dict.fromkeys(r["class"] for r in rows))
+        runs[name] = {"dir": d, "over": over, "summary": summarize(rows, names), "train_s": train_s,
+                      "per_case": d / "eval" / "report" / "per_case.csv"}
+    test_case = json.loads((out / "btcv_datalist.json").read_text())["test"][0]
+    pred_dir = out / "btcv_mosmos" / "predictions"
+    run_bundle("btcv_seg", ["train.json", "demo.json", "inference.json"],
+               **{**runs["mosmos"]["over"], "dataset_dir": test_case["image"], "prediction_dir": str(pred_dir)})
+    return {"runs": runs, "test_case": test_case, "prediction": next(pred_dir.glob("*_seg.nii.gz"))}
+
+
+def _btcv_pictures(stage: dict, out: Path) -> list[str]:
+    """Curves of both runs, and image / ground truth / prediction / attention on the test case (RAS grid)."""
+    from monai.bundle import ConfigParser
+    from monai.inferers import sliding_window_inference
+
+    from mosmos_components.cli import bundles_dir
+    from mosmos_components.visualize import plot_curves, plot_segmentation_overlay, radiological
+
+    pics = []
+    for name, r in stage["runs"].items():
+        pics.append(plot_curves({"train": r["dir"] / "eval" / "train_history.csv",
+                                 "validation": r["dir"] / "eval" / "val_history.csv"},
+                                out / f"btcv_{name}_curves.png", f"btcv_seg demo ({name} initialisation)"))
+    cfg = bundles_dir() / "btcv_seg" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "train.json"), str(cfg / "demo.json"), str(cfg / "evaluate.json")])
+    parser.update({**stage["runs"]["mosmos"]["over"], "bundle_root": str(bundles_dir() / "btcv_seg"),
+                   "device": "$torch.device('cpu')"})
+    net = parser.get_parsed_content("network").eval()
+    item = parser.get_parsed_content("validate#preprocessing")(dict(stage["test_case"]))
+    img = item["image"].as_tensor().unsqueeze(0)
+    roi = tuple(parser.get_parsed_content("roi_size"))
+    names = parser.get_parsed_content("class_names")
+    with torch.no_grad():
+        pred = sliding_window_inference(img, roi, 1, net, overlap=0.5).argmax(1)[0].numpy()
+        attn = sliding_window_inference(
+            img, roi, 1, lambda x: torch.nn.functional.interpolate(net.attention_maps(x), size=x.shape[2:],
+                                                                    mode="trilinear"), overlap=0.5)[0].numpy()
+    label = item["label"].as_tensor()[0].numpy().astype(int)
+    z = int(np.argmax((label > 0).sum(axis=(0, 1))))
+    k = int(np.argmax(np.bincount(label[:, :, z].ravel(), minlength=len(names))[1:])) + 1
+    pics.append(plot_segmentation_overlay(
+        radiological(img[0, 0, :, :, z].numpy()), radiological(label[:, :, z]), radiological(pred[:, :, z]),
+        radiological(attn[k, :, :, z]), names[k], out / "btcv_overlay.png",
+        f"held-out case {Path(stage['test_case']['image']).name}, axial slice {z} (MOSMOS initialisation)",
+        num_classes=len(names)))
+    return pics
+
+
+def _comparison_table(runs: dict) -> str:
+    a, b = runs["mosmos"]["summary"], runs["random"]["summary"]
+    lines = [f"{'class':<30} {'MOSMOS Dice':>11} {'HD95':>7} {'Random Dice':>11} {'HD95':>7}", "-" * 70]
+
+    def fmt(v, pct=False):
+        return "-" if v != v else (f"{100 * v:.1f}" if pct else f"{v:.1f}")
+
+    for ra, rb in zip(a, b):
+        lines.append(f"{ra['class']:<30} {fmt(ra['dice'], True):>11} {fmt(ra['hd95']):>7} "
+                     f"{fmt(rb['dice'], True):>11} {fmt(rb['hd95']):>7}")
+    return "\n".join(lines)
+
+
 def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
     """Run every stage; returns the printed summary. ``quick`` shortens training (for tests)."""
     t0 = time.time()
@@ -85,6 +173,8 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     stage = pretrain_stage(out, seed=seed, n_pairs=64 if quick else 512, max_epochs=2 if quick else None)
     pics = _pretrain_pictures(stage, out)
+    seg = btcv_stage(out, stage["ckpt"], seed=seed, n_cases=6 if quick else 12, max_epochs=2 if quick else None)
+    pics += _btcv_pictures(seg, out)
     m = stage["metrics"]
     lines = [
         f"MOSMOS demo finished in {time.time() - t0:.0f} s (outputs in {out})",
@@ -93,6 +183,11 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
         f"recall@1/5/10 {m.get('recall_at_1', 0):.3f}/{m.get('recall_at_5', 0):.3f}/{m.get('recall_at_10', 0):.3f}, "
         f"tag mAP {m.get('tag_map', 0):.3f}",
         f"pre-trained weights: {stage['ckpt']}",
+        f"btcv_seg fine-tuning: {seg['runs']['mosmos']['train_s']:.0f} s from MOSMOS weights, "
+        f"{seg['runs']['random']['train_s']:.0f} s from random initialisation; test split "
+        f"({Path(seg['runs']['mosmos']['per_case']).parent}):",
+        _comparison_table(seg["runs"]),
+        f"inference on held-out {Path(seg['test_case']['image']).name}: {seg['prediction']}",
         *[f"picture: {p}" for p in pics],
     ]
     summary = "\n".join(lines)

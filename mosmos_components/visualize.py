@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["read_history", "plot_curves", "plot_tag_attention"]
+__all__ = ["read_history", "plot_curves", "plot_tag_attention", "radiological", "plot_segmentation_overlay"]
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -60,6 +60,37 @@ def plot_tag_attention(
         ax.axis("off")
     if caption:
         fig.suptitle(caption if len(caption) < 110 else caption[:107] + "...", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return str(out_png)
+
+
+def radiological(axial: np.ndarray) -> np.ndarray:
+    """An axial RAS slice (x, y) as a radiologist looks at it: anterior up, the patient's right on the left."""
+    return np.asarray(axial)[::-1, ::-1].T
+
+
+def plot_segmentation_overlay(
+    image: np.ndarray, label: np.ndarray, pred: np.ndarray, attention: np.ndarray | None, attention_name: str,
+    out_png: str | os.PathLike, title: str = "", num_classes: int = 14,
+) -> str:
+    """Image, ground truth, prediction (and one pixel-tag attention map), each a 2D slice already oriented."""
+    panels = [("image", None), ("ground truth", label), ("prediction", pred)]
+    if attention is not None:
+        panels.append((f"attention: {attention_name}", attention))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    cmap = plt.get_cmap("tab20", num_classes)
+    for ax, (name, overlay) in zip(axes, panels):
+        ax.imshow(image, cmap="gray")
+        if overlay is not None and name.startswith("attention"):
+            ax.imshow(overlay, cmap="jet", alpha=0.5)
+        elif overlay is not None:
+            ax.imshow(np.ma.masked_where(overlay == 0, overlay), cmap=cmap, vmin=0, vmax=num_classes - 1,
+                      alpha=0.6, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
