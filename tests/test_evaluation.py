@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mosmos_components.evaluation import case_scores, format_table, summarize, wilcoxon_test, write_reports
+from mosmos_components.evaluation import case_scores, format_table, wilcoxon_test, write_reports
 
 
 def _onehot(label, k):

@@ -13,3 +13,20 @@ from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.networks.tag_decoder import GroupWiseLinear, TagDecoder, sine_position_encoding
 from mosmos_components.networks.unet2d import MosmosUNet2D
 from mosmos_components.networks.unetr import ClipViT3DEncoder, MosmosUNETR
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "ClipViT3DEncoder",
+    "GroupWiseLinear",
+    "MosmosPretrainNet",
+    "MosmosUNETR",
+    "MosmosUNet2D",
+    "PixelTagAttention",
+    "TagDecoder",
+    "TagPromptLearner",
+    "create_clip",
+    "encode_text_embeddings",
+    "register_model_configs",
+    "sine_position_encoding",
+]
