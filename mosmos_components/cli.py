@@ -1,7 +1,7 @@
 """The ``mosmos`` command line (python-fire).
 
     mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report
-    mosmos demo-data OUT_DIR --kind roco|btcv --n N --seed S    # synthetic data in the real layouts
+    mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired test between two evaluations
     mosmos demo                                                  # the whole pipeline on generated data
 """
@@ -48,7 +48,7 @@ class MosmosCLI:
         return json.dumps(extractor(str(text)))
 
     def demo_data(self, out_dir: str, kind: str = "roco", n: int | None = None, seed: int = 0) -> str:
-        """Write synthetic data in the real layout of KIND (one of: roco, btcv) under OUT_DIR."""
+        """Write synthetic data in the real layout of KIND (roco, btcv, amos, mmwhs, brats) under OUT_DIR."""
         if kind not in DEMO_KINDS:
             raise ValueError(f"--kind must be one of {sorted(DEMO_KINDS)}, got {kind!r}")
         t = time.time()

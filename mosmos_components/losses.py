@@ -16,6 +16,7 @@ __all__ = [
     "WeakAssumeNegativeLoss",
     "MosmosPretrainLoss",
     "MosmosSegLoss",
+    "marginal_logits",
 ]
 
 
@@ -113,7 +114,9 @@ class MosmosSegLoss(nn.Module):
 
     ``input``: the network's training output, either ``(B, K, *spatial)`` logits (no PTA) or ``(B, 2, K,
     *spatial)`` with the segmentation and PTA logits stacked; ``target``: ``(B, 1, *spatial)`` class indices
-    (softmax) or ``(B, K, *spatial)`` binary maps (sigmoid).
+    (softmax) or ``(B, K, *spatial)`` binary maps (sigmoid), or ``(target, class_mask)`` with a ``(B, K)`` 0/1 mask
+    of the classes annotated in each case: a class a case does not annotate (AMOS MRI: bladder, prostate/uterus)
+    is merged into background for that case (marginal loss), so predicting it there is not penalised.
     """
 
     def __init__(self, lambda_pta: float = 0.8, sigmoid: bool = False, **kwargs) -> None:
@@ -126,7 +129,30 @@ class MosmosSegLoss(nn.Module):
         else:
             self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, **kwargs)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _one(self, logits: torch.Tensor, target: torch.Tensor, class_mask: torch.Tensor | None) -> torch.Tensor:
+        if class_mask is not None:
+            logits = marginal_logits(logits, class_mask)
+        return self.dice_ce(logits, target)
+
+    def forward(self, input: torch.Tensor, target) -> torch.Tensor:
+        class_mask = None
+        if isinstance(target, (tuple, list)):
+            target, class_mask = target
         if input.dim() == target.dim() + 1:  # stacked (segmentation, PTA)
-            return self.dice_ce(input[:, 0], target) + self.lambda_pta * self.dice_ce(input[:, 1], target)
-        return self.dice_ce(input, target)
+            return self._one(input[:, 0], target, class_mask) + self.lambda_pta * self._one(input[:, 1], target,
+                                                                                           class_mask)
+        return self._one(input, target, class_mask)
+
+
+def marginal_logits(logits: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:
+    """Merge the classes a case does not annotate into its background: ``logit_bg <- logsumexp(logit_bg,
+    logit_missing)`` and the missing classes' logits to a large negative value, so the softmax gives background
+    their summed probability. ``logits`` (B, K, *spatial), ``class_mask`` (B, K) with 0 for missing classes."""
+    missing = (class_mask.to(logits.device) < 0.5).view(*class_mask.shape, *([1] * (logits.dim() - 2)))
+    if not bool(missing.any()):
+        return logits
+    missing = missing.expand_as(logits)
+    only_missing = logits.masked_fill(~missing, float("-inf"))
+    background = torch.logsumexp(torch.cat([logits[:, :1], only_missing], dim=1), dim=1, keepdim=True)
+    out = logits.masked_fill(missing, -1e4)
+    return torch.cat([background, out[:, 1:]], dim=1)

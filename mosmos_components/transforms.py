@@ -7,9 +7,9 @@ from collections.abc import Hashable, Mapping, Sequence
 import open_clip
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Transform
 
-__all__ = ["ToRGBd", "TokenizeReportd", "ValidateSegmentationPaird"]
+__all__ = ["ToRGBd", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd"]
 
 
 def _source(data: Mapping, key: Hashable) -> str:
@@ -106,4 +106,71 @@ class ValidateSegmentationPaird(MapTransform):
             if unknown:
                 raise ValueError(f"{_source(d, self.label_key)}: unknown label value(s) {unknown[:10]}; "
                                  f"allowed: {sorted(self.label_values)}")
+        return d
+
+
+class RemapLabelsd(MapTransform):
+    """Map raw label values to class indices (e.g. MM-WHS 205, 420, ... -> 1..7); a value outside ``mapping`` is an
+    error naming the file (never silently kept). ``mapping`` keys may be strings (JSON configs)."""
+
+    def __init__(self, keys: KeysCollection, mapping: Mapping, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mapping = {int(k): int(v) for k, v in mapping.items()}
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            values = {int(v) for v in torch.unique(torch.as_tensor(lab)).tolist()}
+            unknown = sorted(values - set(self.mapping))
+            if unknown:
+                raise ValueError(f"{_source(d, key)}: unknown label value(s) {unknown[:10]}; known: {sorted(self.mapping)}")
+            out = torch.zeros_like(lab)  # a MetaTensor stays one, with its affine and meta
+            t = torch.as_tensor(lab)
+            for src, dst in self.mapping.items():
+                out[t == src] = dst
+            d[key] = out
+        return d
+
+
+class MSDBratsRegionsd(MapTransform):
+    """MSD Task01 labels (0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour) -> three overlapping
+    binary channels: TC = {2, 3}, WT = {1, 2, 3}, ET = {3} (not BraTS' 1/2/4, not the ET = 2 of some tutorials).
+    Any other value is an error naming the file."""
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            t = torch.as_tensor(lab)
+            if t.shape[0] != 1:
+                raise ValueError(f"{_source(d, key)}: expected a 1-channel MSD label map, got {t.shape[0]} channels")
+            unknown = sorted({int(v) for v in torch.unique(t).tolist()} - {0, 1, 2, 3})
+            if unknown:
+                raise ValueError(f"{_source(d, key)}: unknown label value(s) {unknown}; MSD BraTS uses 0-3")
+            regions = torch.cat([(t == 2) | (t == 3), t > 0, t == 3], dim=0).to(torch.float32)
+            if hasattr(lab, "meta"):
+                from monai.data import MetaTensor
+
+                regions = MetaTensor(regions, affine=lab.affine, meta=dict(lab.meta))
+            d[key] = regions
+        return d
+
+
+class ClassMaskd(Transform):
+    """Add ``mask_key``: a (K,) 0/1 float vector of the classes annotated in this case. Cases whose ``group_key``
+    value (e.g. ``"modality": "mri"``) is in ``missing`` lack those classes (AMOS MRI: bladder, prostate/uterus);
+    :class:`~mosmos_components.losses.MosmosSegLoss` then does not penalise predicting them there."""
+
+    def __init__(self, num_classes: int, missing: Mapping[str, Sequence[int]], group_key: str = "modality",
+                 mask_key: str = "class_mask") -> None:
+        self.num_classes, self.group_key, self.mask_key = num_classes, group_key, mask_key
+        self.missing = {str(k): [int(c) for c in v] for k, v in missing.items()}
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        mask = torch.ones(self.num_classes)
+        for c in self.missing.get(str(d.get(self.group_key, "")), []):
+            mask[c] = 0.0
+        d[self.mask_key] = mask
         return d

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BTCV_CLASSES", "MMWHS_VALUES", "AbdomenPhantom", "HeartPhantom"]
+__all__ = ["BTCV_CLASSES", "ABDOMEN_EXTRA", "MMWHS_VALUES", "AbdomenPhantom", "HeartPhantom", "BrainPhantom",
+           "mri_intensities"]
 
 # BTCV label ids (METHOD.md section 6); the names are the pre-training tags.
 BTCV_CLASSES: dict[int, str] = {
@@ -34,6 +35,8 @@ BTCV_CLASSES: dict[int, str] = {
     12: "right adrenal gland",
     13: "left adrenal gland",
 }
+# Organs the abdomen phantom also has, outside BTCV's 13 (AMOS annotates them); internal ids of the phantom.
+ABDOMEN_EXTRA: dict[int, str] = {14: "duodenum", 15: "bladder", 16: "prostate/uterus"}
 # MM-WHS raw label values -> structure (tag names).
 MMWHS_VALUES: dict[int, str] = {
     205: "myocardium",
@@ -77,6 +80,9 @@ _ABDOMEN = [
     (9, 140.0, [("tube", (22, -42, -110), (20, -40, 70), 11)]),
     (8, 180.0, [("tube", (-20, -48, -110), (-18, -45, 110), 12)]),
     (10, 170.0, [("tube", (-80, -20, 15), (0, -8, 12), 6), ("tube", (0, -8, 12), (45, 5, 30), 8)]),
+    (14, 40.0, [("tube", (40, 15, 15), (48, 5, -15), 9), ("tube", (48, 5, -15), (5, -5, -28), 9)]),
+    (15, 10.0, [("ellipsoid", (0, 35, -125), (35, 28, 25), 0)]),
+    (16, 45.0, [("ellipsoid", (0, 12, -150), (16, 14, 14), 0)]),
 ]
 
 # MM-WHS heart: (value, HU, shapes); the myocardium is the shell left once the LV blood pool is painted over it.
@@ -191,3 +197,60 @@ class HeartPhantom(_Phantom):
         super()._paint_background(p, hu)
         lungs = ((np.abs(p[:, 0]) - 75.0) / 60.0) ** 2 + (p[:, 1] / 85.0) ** 2 <= 1.0
         hu[lungs] = -850.0
+
+
+def mri_intensities(hu: np.ndarray, label: np.ndarray, organ_values: dict[int, float], rng: np.random.Generator,
+                    noise: float = 20.0) -> np.ndarray:
+    """A T1-like MR image from a phantom sample: background tissues by their CT class (air, fat, muscle/organ,
+    bone), labelled structures by ``organ_values``; arbitrary units with Rician-like noise, as float32."""
+    out = np.where(hu < -500, 5.0, np.where(hu < -50, 900.0, np.where(hu > 300, 150.0, 320.0)))
+    for value, intensity in organ_values.items():
+        out[label == value] = intensity
+    out = np.abs(out + rng.normal(0, noise, size=out.shape) + 1j * rng.normal(0, noise, size=out.shape))
+    return out.astype(np.float32)
+
+
+class BrainPhantom:
+    """A head with a brain tumour, sampled as MSD Task01 stores it: 4 channels (FLAIR, T1w, T1gd, T2w) and MSD
+    labels 1 edema, 2 non-enhancing tumour, 3 enhancing tumour (the enhancing rim around a non-enhancing core,
+    inside the edema). Per-subject tumour position and size vary."""
+
+    # tissue -> (FLAIR, T1w, T1gd, T2w)
+    TISSUE = {"air": (0, 0, 0, 0), "skull": (150, 300, 300, 120), "brain": (400, 500, 500, 400),
+              "csf": (100, 150, 150, 900), "edema": (800, 350, 350, 800), "core": (300, 200, 200, 700),
+              "enhancing": (500, 400, 900, 500)}
+
+    def __init__(self, seed: int | np.random.Generator = 0) -> None:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.rng = rng
+        self.head = np.array([70.0, 85.0, 65.0]) * rng.uniform(0.92, 1.08, 3)
+        side = rng.choice([-1.0, 1.0])
+        self.centre = np.array([side * rng.uniform(20, 40), rng.uniform(-30, 30), rng.uniform(-10, 25)])
+        self.r_wt = rng.uniform(18, 30) * rng.uniform(0.85, 1.15, 3)
+        self.r_tc = self.r_wt * rng.uniform(0.45, 0.65)
+        self.r_core = self.r_tc * rng.uniform(0.4, 0.7)
+
+    def volume(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], noise: float = 25.0
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (image float32 (H, W, D, 4), MSD label uint8 (H, W, D), RAS affine)."""
+        spacing = np.asarray(spacing, float)
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = -(np.asarray(shape) - 1) * spacing / 2
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+        p = ijk * spacing + affine[:3, 3]
+        tissue = np.full(len(p), "air", dtype=object)
+        r_head = ((p / self.head) ** 2).sum(-1)
+        tissue[r_head <= 1.0] = "skull"
+        tissue[r_head <= 0.85] = "brain"
+        ventricles = ((np.abs(p[:, 0]) - 10) / 7) ** 2 + (p[:, 1] / 25) ** 2 + ((p[:, 2] - 5) / 12) ** 2 <= 1
+        tissue[ventricles] = "csf"
+        label = np.zeros(len(p), np.uint8)
+        for name, radii, value in (("edema", self.r_wt, 1), ("enhancing", self.r_tc, 3), ("core", self.r_core, 2)):
+            inside = (((p - self.centre) / radii) ** 2).sum(-1) <= 1.0
+            inside &= r_head <= 0.85
+            tissue[inside] = name
+            label[inside] = value
+        table = np.array([self.TISSUE[t] for t in tissue], dtype=np.float32)
+        image = table + self.rng.normal(0, noise, table.shape)
+        image[tissue == "air"] = 0.0  # MSD volumes are skull-stripped-like with a zero background
+        return (np.clip(image, 0, None).reshape(*shape, 4).astype(np.float32), label.reshape(shape), affine)
