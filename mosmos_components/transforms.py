@@ -9,7 +9,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["ToRGBd", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd"]
+__all__ = ["ToRGBd", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
+           "ModalityIntensityd"]
 
 
 def _source(data: Mapping, key: Hashable) -> str:
@@ -173,4 +174,51 @@ class ClassMaskd(Transform):
         for c in self.missing.get(str(d.get(self.group_key, "")), []):
             mask[c] = 0.0
         d[self.mask_key] = mask
+        return d
+
+
+class ModalityIntensityd(MapTransform):
+    """Intensities to [0, 1] by modality: CT by a fixed Hounsfield window (``ct_range``, clipped), MRI per case and
+    channel by percentiles (``mri_percentiles``, clipped), since MR intensities have no absolute scale.
+
+    Args:
+        keys: image keys.
+        modality_key: data key holding ``"ct"`` or ``"mri"`` (AMOS mixes both); absent: ``default``.
+        default: modality when the item has no ``modality_key``.
+        ct_range: HU window (BTCV recipe: -175..250).
+        mri_percentiles: lower/upper percentiles of each MR channel mapped to 0 and 1.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", modality_key: str = "modality", default: str = "ct",
+                 ct_range: Sequence[float] = (-175.0, 250.0), mri_percentiles: Sequence[float] = (0.5, 99.5),
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if default not in ("ct", "mri"):
+            raise ValueError(f"default modality must be 'ct' or 'mri', got {default!r}")
+        self.modality_key, self.default = modality_key, default
+        self.ct_range, self.mri_percentiles = tuple(ct_range), tuple(mri_percentiles)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        modality = str(d.get(self.modality_key, self.default)).lower()
+        if modality not in ("ct", "mri"):
+            raise ValueError(f"{_source(d, 'image')}: unknown modality {modality!r} (expected 'ct' or 'mri')")
+        for key in self.key_iterator(d):
+            img = d[key]
+            t = torch.as_tensor(img).float()
+            if modality == "ct":
+                lo, hi = self.ct_range
+                out = ((t - lo) / (hi - lo)).clamp(0, 1)
+            else:
+                flat = t.reshape(t.shape[0], -1)
+                if flat.shape[1] > 4_000_000:  # torch.quantile's size limit; a regular subsample is plenty
+                    flat = flat[:, :: flat.shape[1] // 4_000_000 + 1]
+                lo = torch.quantile(flat, self.mri_percentiles[0] / 100, dim=1).view(-1, *[1] * (t.dim() - 1))
+                hi = torch.quantile(flat, self.mri_percentiles[1] / 100, dim=1).view(-1, *[1] * (t.dim() - 1))
+                out = ((t - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+            if hasattr(img, "meta"):
+                new = img.clone().float()
+                new[:] = out
+                out = new
+            d[key] = out
         return d

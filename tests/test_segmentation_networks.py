@@ -15,22 +15,22 @@ TINY_UNET = dict(layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, deco
 NAMES = ["background", "spleen", "liver", "duodenum"]  # duodenum is open-set: not a pre-training tag
 
 
-@pytest.fixture(scope="module")
-def vit_ckpt(tmp_path_factory):
+def _pretrained(tmp_path_factory, name):
     torch.manual_seed(0)
-    net = MosmosPretrainNet("mosmos-tiny-vit", decoder_heads=4)
-    path = tmp_path_factory.mktemp("vit") / "model.pt"
+    net = MosmosPretrainNet(name, decoder_heads=4)
+    path = tmp_path_factory.mktemp(name) / "model.pt"
     save_network(net, path)
     return net.eval(), path
+
+
+@pytest.fixture(scope="module")
+def vit_ckpt(tmp_path_factory):
+    return _pretrained(tmp_path_factory, "mosmos-tiny-vit")
 
 
 @pytest.fixture(scope="module")
 def rn_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    net = MosmosPretrainNet("mosmos-tiny-rn", decoder_heads=4)
-    path = tmp_path_factory.mktemp("rn") / "model.pt"
-    save_network(net, path)
-    return net.eval(), path
+    return _pretrained(tmp_path_factory, "mosmos-tiny-rn")
 
 
 @pytest.mark.parametrize("use_pta", [True, False])

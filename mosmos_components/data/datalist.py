@@ -15,7 +15,8 @@ import numpy as np
 
 from mosmos_components.checkpoint import atomic_json_save
 
-__all__ = ["btcv_pairs", "msd_pairs", "split_pairs", "check_headers", "load_or_create_datalist", "inference_inputs"]
+__all__ = ["btcv_pairs", "msd_pairs", "amos_pairs", "mmwhs_pairs", "split_pairs", "check_headers",
+           "load_or_create_datalist", "inference_inputs"]
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
@@ -62,6 +63,45 @@ def btcv_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
         items.append({"image": str(img), "label": str(lab)})
     if not items:
         raise FileNotFoundError(f"no NIfTI images in {img_dir}")
+    return items
+
+
+def amos_pairs(dataset_dir: str | os.PathLike, modality: str = "both") -> list[dict]:
+    """AMOS 2022 pairs from ``dataset.json`` (its ``training`` and ``validation`` lists, i.e. ``imagesTr/labelsTr``
+    and ``imagesVa/labelsVa``), each tagged ``"modality": "ct" | "mri"`` (case ids above 500 are MRI) and kept
+    if ``modality`` is ``"ct"``, ``"mri"`` or ``"both"``."""
+    if modality not in ("ct", "mri", "both"):
+        raise ValueError(f"modality must be 'ct', 'mri' or 'both', got {modality!r}")
+    root = Path(dataset_dir)
+    if not (root / "dataset.json").is_file():
+        raise FileNotFoundError(f"AMOS dataset.json not found in {root}")
+    items = []
+    for it in msd_pairs(root / "dataset.json"):
+        m = re.search(r"amos_(\d+)", os.path.basename(it["image"]))
+        if m is None:
+            raise ValueError(f"{it['image']}: not an AMOS file name (amos_XXXX.nii.gz)")
+        it["modality"] = "mri" if int(m.group(1)) > 500 else "ct"
+        if modality in ("both", it["modality"]):
+            items.append(it)
+    if not items:
+        raise ValueError(f"{root}/dataset.json has no {modality.upper()} case")
+    return items
+
+
+def mmwhs_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
+    """MM-WHS MRI pairs: ``mr_train/mr_train_XXXX_image.nii.gz`` with ``mr_train_XXXX_label.nii.gz``."""
+    root = Path(dataset_dir)
+    folder = root / "mr_train" if (root / "mr_train").is_dir() else root
+    if not folder.is_dir():
+        raise FileNotFoundError(f"MM-WHS dataset folder not found: {root}")
+    items = []
+    for img in sorted(folder.glob("*_image.nii*")):
+        lab = img.with_name(img.name.replace("_image", "_label"))
+        if not lab.is_file():
+            raise FileNotFoundError(f"MM-WHS image {img} has no label {lab}")
+        items.append({"image": str(img), "label": str(lab)})
+    if not items:
+        raise FileNotFoundError(f"no MM-WHS *_image.nii.gz files in {folder}")
     return items
 
 
