@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 __all__ = ["ToRGBd", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
-           "ModalityIntensityd"]
+           "ModalityIntensityd", "RegionsToMSDLabelsd"]
 
 
 def _source(data: Mapping, key: Hashable) -> str:
@@ -220,5 +220,26 @@ class ModalityIntensityd(MapTransform):
                 new = img.clone().float()
                 new[:] = out
                 out = new
+            d[key] = out
+        return d
+
+
+class RegionsToMSDLabelsd(MapTransform):
+    """Binary TC/WT/ET channels (3, ...) -> one MSD label map (1, ...): 3 where ET, 2 where TC but not ET, 1 where
+    WT but not TC, 0 elsewhere (the inverse of :class:`MSDBratsRegionsd` for consistent regions)."""
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            r = d[key]
+            if r.shape[0] != 3:
+                raise ValueError(f"{_source(d, key)}: expected 3 region channels (TC, WT, ET), got {r.shape[0]}")
+            t = torch.as_tensor(r) > 0.5
+            lab = torch.zeros_like(torch.as_tensor(r)[:1])
+            lab[t[1:2]] = 1
+            lab[t[0:1]] = 2
+            lab[t[2:3]] = 3
+            out = r[:1].clone()
+            out[:] = lab
             d[key] = out
         return d

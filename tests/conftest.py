@@ -31,3 +31,20 @@ def real_ct():
     if not (folder / "image.nii.gz").is_file():
         pytest.skip(f"real CT sample not available at {folder}")
     return folder
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """Tiny 'pre-trained' checkpoints for both backbones (random weights suffice to test the plumbing)."""
+    import torch
+
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.networks import MosmosPretrainNet
+
+    out = {}
+    for name in ("mosmos-tiny-vit", "mosmos-tiny-rn"):
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp(name) / "model.pt"
+        save_network(MosmosPretrainNet(name, decoder_heads=4), path)
+        out[name] = path
+    return out

@@ -14,9 +14,9 @@ import torch
 from monai.bundle import run
 
 from conftest import REPO
-from mosmos_components.checkpoint import load_weights, read_sidecar, save_network
+from mosmos_components.checkpoint import load_weights, read_sidecar
 from mosmos_components.data.datalist import btcv_pairs, check_headers, inference_inputs, load_or_create_datalist
-from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
+from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transforms import ValidateSegmentationPaird
 
 BUNDLE = REPO / "bundles" / "btcv_seg"
@@ -28,18 +28,6 @@ TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "slice_size": 32, "
 
 def _files(*names):
     return [str(CFG / n) for n in names]
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """Tiny 'pre-trained' checkpoints for both backbones (random weights suffice to test the plumbing)."""
-    out = {}
-    for name in ("mosmos-tiny-vit", "mosmos-tiny-rn"):
-        torch.manual_seed(0)
-        path = tmp_path_factory.mktemp(name) / "model.pt"
-        save_network(MosmosPretrainNet(name, decoder_heads=4), path)
-        out[name] = path
-    return out
 
 
 def _over(btcv_dir, tmp, ckpt, **kw):
