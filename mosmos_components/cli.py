@@ -3,6 +3,7 @@
     mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report
     mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired test between two evaluations
+    mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
 """
 
@@ -60,6 +61,23 @@ class MosmosCLI:
         from mosmos_components.evaluation import wilcoxon_test
 
         return json.dumps(wilcoxon_test(per_case_a, per_case_b, metric))
+
+    def bundle_demo(self, bundle: str, pretrained_ckpt: str, out_dir: str = "demo_output", seed: int = 0,
+                    n: int | None = None, max_epochs: int | None = None) -> str:
+        """Demo of one segmentation BUNDLE (btcv_seg, amos_seg, mmwhs_seg, brats_seg): generated data in its real
+        layout, fine-tuning (demo.json) from PRETRAINED_CKPT, evaluation and inference; prints the table."""
+        from pathlib import Path
+
+        from mosmos_components.demo import BUNDLE_KINDS, segmentation_stage
+        from mosmos_components.evaluation import format_table
+
+        if bundle not in BUNDLE_KINDS:
+            raise ValueError(f"bundle must be one of {sorted(BUNDLE_KINDS)}, got {bundle!r}")
+        t = time.time()
+        stage = segmentation_stage(bundle, Path(out_dir).resolve(), Path(pretrained_ckpt), seed, n, max_epochs)
+        run = stage["runs"]["mosmos"]
+        return (f"{bundle} demo: {time.time() - t:.0f} s in all, {run['train_s']:.0f} s training; held-out split "
+                f"({run['per_case']}):\n{format_table(run['summary'])}\ninference: {stage['prediction']}")
 
     def demo(self, out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from mosmos_components.cli import run_bundle
-from mosmos_components.data.demo import write_btcv, write_roco
+from mosmos_components.data.demo import write_demo_data, write_roco
 
-__all__ = ["run_demo", "pretrain_stage", "btcv_stage"]
+__all__ = ["run_demo", "pretrain_stage", "btcv_stage", "segmentation_stage", "BUNDLE_KINDS"]
 
 
 def _read_metrics_csv(path: Path) -> dict[str, float]:
@@ -82,36 +82,50 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     return pics
 
 
-def btcv_stage(out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 12,
-               max_epochs: int | None = None) -> dict:
-    """Fine-tune ``btcv_seg`` (demo size) from ``pretrained_ckpt`` and from random initialisation on the same
-    split, evaluate both on the test split, and run inference on the first test volume."""
+BUNDLE_KINDS = {"btcv_seg": "btcv", "amos_seg": "amos", "mmwhs_seg": "mmwhs", "brats_seg": "brats"}
+
+
+def segmentation_stage(bundle: str, out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int | None = None,
+                       max_epochs: int | None = None, inits: tuple[str, ...] = ("mosmos",)) -> dict:
+    """Generate ``bundle``'s demo data, fine-tune it (``demo.json``) from ``pretrained_ckpt`` (init ``mosmos``)
+    and/or from random initialisation (``random``) on one split, evaluate each on the held-out split, and run
+    inference on its first volume with the first init's model."""
     from mosmos_components.evaluation import summarize
 
-    data = write_btcv(out / "btcv", n=n_cases, seed=seed)
-    common = {"dataset_dir": str(data), "datalist_file": str(out / "btcv_datalist.json"), "seed": seed,
+    kind = BUNDLE_KINDS[bundle]
+    data = write_demo_data(out / kind, kind=kind, n=n_cases, seed=seed)
+    datalist = out / f"{kind}_datalist.json"
+    common = {"dataset_dir": str(data), "datalist_file": str(datalist), "seed": seed,
               "pretrained_ckpt": str(pretrained_ckpt)}
     if max_epochs is not None:
         common.update(max_epochs=max_epochs, val_interval=max(1, max_epochs // 2))
     runs = {}
-    for name, extra in (("mosmos", {}), ("random", {"use_pretrained": False})):
+    for name in inits:
         t0 = time.time()
-        d = out / f"btcv_{name}"
-        over = {**common, **extra, "ckpt_dir": str(d / "models"), "output_dir": str(d / "eval")}
-        run_bundle("btcv_seg", ["train.json", "demo.json"], **over)
+        d = out / f"{kind}_{name}"
+        over = {**common, "ckpt_dir": str(d / "models"), "output_dir": str(d / "eval"),
+                **({"use_pretrained": False} if name == "random" else {})}
+        run_bundle(bundle, ["train.json", "demo.json"], **over)
         train_s = time.time() - t0
-        run_bundle("btcv_seg", ["train.json", "demo.json", "evaluate.json"], **over)
+        run_bundle(bundle, ["train.json", "demo.json", "evaluate.json"], **over)
         rows = list(csv.DictReader(open(d / "eval" / "report" / "per_case.csv", encoding="utf-8")))
         for r in rows:
             r["dice"], r["hd95"] = float(r["dice"]), float(r["hd95"])
         names = list(dict.fromkeys(r["class"] for r in rows))
         runs[name] = {"dir": d, "over": over, "summary": summarize(rows, names), "train_s": train_s,
                       "per_case": d / "eval" / "report" / "per_case.csv"}
-    test_case = json.loads((out / "btcv_datalist.json").read_text())["test"][0]
-    pred_dir = out / "btcv_mosmos" / "predictions"
-    run_bundle("btcv_seg", ["train.json", "demo.json", "inference.json"],
-               **{**runs["mosmos"]["over"], "dataset_dir": test_case["image"], "prediction_dir": str(pred_dir)})
+    split = json.loads(datalist.read_text())
+    test_case = (split.get("test") or split["validation"])[0]
+    pred_dir = out / f"{kind}_{inits[0]}" / "predictions"
+    run_bundle(bundle, ["train.json", "demo.json", "inference.json"],
+               **{**runs[inits[0]]["over"], "dataset_dir": test_case["image"], "prediction_dir": str(pred_dir)})
     return {"runs": runs, "test_case": test_case, "prediction": next(pred_dir.glob("*_seg.nii.gz"))}
+
+
+def btcv_stage(out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 12,
+               max_epochs: int | None = None) -> dict:
+    """``btcv_seg`` from the pre-trained weights and from random initialisation, on the same split."""
+    return segmentation_stage("btcv_seg", out, pretrained_ckpt, seed, n_cases, max_epochs, ("mosmos", "random"))
 
 
 def _btcv_pictures(stage: dict, out: Path) -> list[str]:

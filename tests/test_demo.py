@@ -25,3 +25,11 @@ def test_demo_end_to_end_quick(tmp_path):
     preds = list((tmp_path / "btcv_mosmos" / "predictions").glob("*_seg.nii.gz"))
     assert len(preds) == 1
     assert (tmp_path / "summary.txt").read_text().strip() == summary.strip()
+
+
+def test_bundle_demo_cli(tmp_path, pretrained):
+    out = subprocess.run([sys.executable, "-m", "mosmos_components.cli", "bundle-demo", "brats_seg",
+                          "--pretrained_ckpt", str(pretrained["mosmos-tiny-vit"]), "--out_dir", str(tmp_path),
+                          "--n", "4", "--max_epochs", "1"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tumor core" in out.stdout and "enhancing tumor" in out.stdout and "_seg.nii.gz" in out.stdout
