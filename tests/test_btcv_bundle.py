@@ -171,3 +171,15 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "dataset_0.json").write_text(json.dumps({"training": [{"image": "missing.nii.gz", "label": lab}]}))
     with pytest.raises(FileNotFoundError, match="missing file"):
         btcv_pairs(tmp_path)
+
+
+def test_mlflow_records_losses_and_per_organ_dice(btcv_dir, pretrained, tmp_path):
+    import mlflow
+
+    run(config_file=_files("train.json", "demo.json"), tracking="mlflow", experiment_name="btcv_test",
+        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1))
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("btcv_test").experiment_id])
+    keys = set().union(*(r.data.metrics.keys() for r in runs))
+    assert {"train_loss", "val_mean_dice", "dice_liver", "dice_spleen"} <= keys
+    assert any(r.data.params.get("max_epochs") == "1" for r in runs)  # run parameters are recorded

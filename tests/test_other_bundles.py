@@ -56,3 +56,33 @@ def test_train_evaluate_inference(bundle, pretrained, tmp_path):
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
     values = set(np.unique(np.asarray(b.dataobj)).tolist())
     assert values <= set(range(n_scored + 1))
+
+
+def _chain(exc):
+    while exc is not None:
+        yield str(exc)
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_bad_inputs(tmp_path, pretrained):
+    import json
+
+    from mosmos_components.data.datalist import amos_pairs
+
+    amos = write_amos(tmp_path / "amos", n=3, seed=0, shape=(24, 24, 16))
+    meta = json.loads((amos / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/amos_0099.nii.gz", "label": "./labelsTr/amos_0099.nii.gz"})
+    (amos / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="amos_0099"):
+        amos_pairs(amos)
+    # a BraTS image with 3 channels instead of 4 stops the bundle, naming the file
+    brats = write_brats(tmp_path / "brats", n=3, seed=0, shape=(24, 24, 16))
+    first = brats / "imagesTr" / "BRATS_001.nii.gz"
+    img = nib.load(first)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), first)
+    root = REPO / "bundles" / "brats_seg"
+    with pytest.raises(Exception) as info:
+        run(config_file=[str(root / "configs" / "train.json"), str(root / "configs" / "demo.json")],
+            **dict(TINY, bundle_root=str(root), dataset_dir=str(brats), output_dir=str(tmp_path / "eval"),
+                   ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"])))
+    assert any("BRATS_001.nii.gz: 3 channel(s), expected 4" in m for m in _chain(info.value))

@@ -81,7 +81,7 @@ def test_mlflow_tracking(roco_dir, tmp_path):
     runs = client.search_runs([exp.experiment_id])
     keys = set().union(*(r.data.metrics.keys() for r in runs))
     assert {"train_loss", "val_loss", "recall_at_1"} <= keys
-    assert any("learning_rate" in r.data.params or "max_epochs" in r.data.params for r in runs) or runs
+    assert any(r.data.params.get("max_epochs") == "1" for r in runs)  # run parameters are recorded
 
 
 def _chain(exc):

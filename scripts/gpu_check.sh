@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A short end-to-end check of the CUDA path (device placement, AMP, sliding-window inference on the GPU) and
+# the GPU speed ratios, for a machine with an accelerator. Expects the project's extra wheels in .whl/ when the
+# machine lacks them (see the README), writes its log to ${OUT:-/tmp}/gpu_check.log.
+set -euo pipefail
+OUT="${OUT:-/tmp}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD"
+fi
+export PYTHONUNBUFFERED=1
+W=/tmp/gpu_check
+rm -rf "$W"
+{
+  nvidia-smi --query-gpu=name,memory.total --format=csv
+  python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)"
+  python3 -c "from mosmos_components.data.demo import write_roco, write_btcv; write_roco('$W/roco', n=256); write_btcv('$W/btcv', n=8)"
+  t0=$(date +%s)
+  python3 -m monai.bundle run --config_file "['bundles/mosmos_pretrain/configs/train.json','bundles/mosmos_pretrain/configs/demo.json']" \
+    --bundle_root bundles/mosmos_pretrain --dataset_dir $W/roco/data --ckpt_dir $W/pre/models --output_dir $W/pre/eval \
+    --max_epochs 4 --show_progress False
+  t1=$(date +%s)
+  python3 -m monai.bundle run --config_file "['bundles/btcv_seg/configs/train.json','bundles/btcv_seg/configs/demo.json']" \
+    --bundle_root bundles/btcv_seg --dataset_dir $W/btcv --ckpt_dir $W/seg/models --output_dir $W/seg/eval \
+    --pretrained_ckpt $W/pre/models/model.pt --max_epochs 20 --val_interval 10 --show_progress False
+  t2=$(date +%s)
+  python3 -m monai.bundle run --config_file "['bundles/btcv_seg/configs/train.json','bundles/btcv_seg/configs/demo.json','bundles/btcv_seg/configs/inference.json']" \
+    --bundle_root bundles/btcv_seg --dataset_dir $W/btcv/RawData/Training/img/img0001.nii.gz --ckpt_dir $W/seg/models \
+    --output_dir $W/seg/eval --pretrained_ckpt $W/pre/models/model.pt --show_progress False
+  echo "GPU wall: pretrain 4 epochs $((t1 - t0)) s, btcv_seg 20 epochs $((t2 - t1)) s"
+  cat $W/seg/eval/val_history.csv
+  ls $W/seg/eval/predictions
+  python3 scripts/benchmark.py --size paper --repeats 10
+} 2>&1 | grep -vE "Epoch \[|it/s\]|resblocks\." | tee "$OUT/gpu_check.log"
