@@ -50,26 +50,32 @@ def pretrain_stage(out: Path, seed: int = 0, n_pairs: int = 512, max_epochs: int
             "wall_s": time.time() - t0}
 
 
+def _bundle_parser(bundle: str, configs: list[str], overrides: dict):
+    """The bundle's parsed configuration (to reuse its transforms and network exactly as the runs did)."""
+    from monai.bundle import ConfigParser
+
+    from mosmos_components.cli import bundles_dir
+
+    root = bundles_dir() / bundle
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / c) for c in configs])
+    parser.update({**overrides, "bundle_root": str(root), "device": "$torch.device('cpu')"})
+    return parser
+
+
 def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     from mosmos_components.checkpoint import load_pretrain_network
     from mosmos_components.data.roco import load_roco
-    from mosmos_components.visualize import plot_curves, plot_tag_attention
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd, Resized
-    from monai.transforms import ScaleIntensityRanged
-
     from mosmos_components.networks import CLIP_MEAN, CLIP_STD
-    from mosmos_components.transforms import ToRGBd
+    from mosmos_components.visualize import plot_curves, plot_tag_attention
 
     pics = [plot_curves({"train": stage["eval_dir"] / "train_history.csv",
                          "validation": stage["eval_dir"] / "val_history.csv"},
                         out / "pretrain_curves.png", "MOSMOS pre-training (demo)")]
     net = load_pretrain_network(stage["ckpt"]).eval()
     item = next(d for d in load_roco(stage["data"], "validation") if sum(d["tags"]) >= 2)
-    tf = Compose([LoadImaged("image", reader="PILReader", image_only=True), EnsureChannelFirstd("image"),
-                  ToRGBd("image"), Resized("image", (net.image_size, net.image_size)),
-                  ScaleIntensityRanged("image", 0, 255, 0.0, 1.0, clip=True),
-                  NormalizeIntensityd("image", subtrahend=CLIP_MEAN, divisor=CLIP_STD, channel_wise=True)])
-    img = tf(item)["image"].as_tensor().unsqueeze(0)
+    parser = _bundle_parser("mosmos_pretrain", ["train.json", "demo.json"], {"dataset_dir": str(stage["data"])})
+    img = parser.get_parsed_content("validate#preprocessing")(dict(item, label=item["tags"]))["image"].unsqueeze(0)
     with torch.no_grad():
         _, s, grid = net.encode_image(img)
         _, attn = net.decoder(net.tag_queries(), s, grid)
@@ -130,10 +136,8 @@ def btcv_stage(out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 1
 
 def _btcv_pictures(stage: dict, out: Path) -> list[str]:
     """Curves of both runs, and image / ground truth / prediction / attention on the test case (RAS grid)."""
-    from monai.bundle import ConfigParser
     from monai.inferers import sliding_window_inference
 
-    from mosmos_components.cli import bundles_dir
     from mosmos_components.visualize import plot_curves, plot_segmentation_overlay, radiological
 
     pics = []
@@ -141,11 +145,7 @@ def _btcv_pictures(stage: dict, out: Path) -> list[str]:
         pics.append(plot_curves({"train": r["dir"] / "eval" / "train_history.csv",
                                  "validation": r["dir"] / "eval" / "val_history.csv"},
                                 out / f"btcv_{name}_curves.png", f"btcv_seg demo ({name} initialisation)"))
-    cfg = bundles_dir() / "btcv_seg" / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(cfg / "train.json"), str(cfg / "demo.json"), str(cfg / "evaluate.json")])
-    parser.update({**stage["runs"]["mosmos"]["over"], "bundle_root": str(bundles_dir() / "btcv_seg"),
-                   "device": "$torch.device('cpu')"})
+    parser = _bundle_parser("btcv_seg", ["train.json", "demo.json", "evaluate.json"], stage["runs"]["mosmos"]["over"])
     net = parser.get_parsed_content("network").eval()
     item = parser.get_parsed_content("validate#preprocessing")(dict(stage["test_case"]))
     img = item["image"].as_tensor().unsqueeze(0)

@@ -10,7 +10,6 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from monai.bundle import run
 
 from conftest import REPO
