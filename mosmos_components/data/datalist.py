@@ -42,6 +42,19 @@ def msd_pairs(json_file: str | os.PathLike, sections: Sequence[str] = ("training
     return items
 
 
+def _pair_images(images: Sequence[Path], label_of, dataset: str, folder: Path) -> list[dict]:
+    """``[{"image", "label"}]`` for each image and its label file; a missing label or no image is an error."""
+    items = []
+    for img in images:
+        lab = label_of(img)
+        if not lab.is_file():
+            raise FileNotFoundError(f"{dataset} image {img} has no label {lab}")
+        items.append({"image": str(img), "label": str(lab)})
+    if not items:
+        raise FileNotFoundError(f"no {dataset} NIfTI images in {folder}")
+    return items
+
+
 def btcv_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
     """BTCV pairs: ``RawData/Training/img/imgXXXX.nii.gz`` with ``label/labelXXXX.nii.gz``, or an MSD-style
     ``dataset_0.json`` in ``dataset_dir``."""
@@ -55,15 +68,8 @@ def btcv_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
     if img_dir is None:
         raise FileNotFoundError(f"no BTCV data under {root}: expected RawData/Training/img/ or dataset_0.json")
     lab_dir = img_dir.parent / "label"
-    items = []
-    for img in sorted(p for p in img_dir.iterdir() if _NIFTI.search(p.name)):
-        lab = lab_dir / img.name.replace("img", "label", 1)
-        if not lab.is_file():
-            raise FileNotFoundError(f"BTCV image {img} has no label {lab}")
-        items.append({"image": str(img), "label": str(lab)})
-    if not items:
-        raise FileNotFoundError(f"no NIfTI images in {img_dir}")
-    return items
+    images = sorted(p for p in img_dir.iterdir() if _NIFTI.search(p.name))
+    return _pair_images(images, lambda img: lab_dir / img.name.replace("img", "label", 1), "BTCV", img_dir)
 
 
 def amos_pairs(dataset_dir: str | os.PathLike, modality: str = "both") -> list[dict]:
@@ -94,15 +100,8 @@ def mmwhs_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
     folder = root / "mr_train" if (root / "mr_train").is_dir() else root
     if not folder.is_dir():
         raise FileNotFoundError(f"MM-WHS dataset folder not found: {root}")
-    items = []
-    for img in sorted(folder.glob("*_image.nii*")):
-        lab = img.with_name(img.name.replace("_image", "_label"))
-        if not lab.is_file():
-            raise FileNotFoundError(f"MM-WHS image {img} has no label {lab}")
-        items.append({"image": str(img), "label": str(lab)})
-    if not items:
-        raise FileNotFoundError(f"no MM-WHS *_image.nii.gz files in {folder}")
-    return items
+    images = sorted(folder.glob("*_image.nii*"))
+    return _pair_images(images, lambda img: img.with_name(img.name.replace("_image", "_label")), "MM-WHS", folder)
 
 
 def check_headers(items: Sequence[dict], in_channels: int = 1) -> None:

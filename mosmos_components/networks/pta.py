@@ -21,7 +21,7 @@ from torch import nn
 
 from mosmos_components.networks.tag_decoder import TagDecoder
 
-__all__ = ["PixelTagAttention"]
+__all__ = ["PixelTagAttention", "SegmentationNetMixin"]
 
 
 class PixelTagAttention(nn.Module):
@@ -85,3 +85,18 @@ class PixelTagAttention(nn.Module):
         mode = "bilinear" if attention.dim() == 4 else "trilinear"
         up = F.interpolate(attention, size=tuple(size), mode=mode, align_corners=False)
         return up / self.tau
+
+
+class SegmentationNetMixin:
+    """What the MOSMOS segmentation networks share: the sidecar config and the in-plane radiological flip.
+
+    The network sets ``self._config`` (its constructor arguments), ``self.pta`` and ``self.flip_dims``."""
+
+    def config(self) -> dict:
+        cfg = dict(self._config, format="mosmos-seg/1", network=type(self).__name__)
+        if self.pta is not None:
+            cfg["class_names"] = self.pta.class_names
+        return cfg
+
+    def _flip(self, t: torch.Tensor) -> torch.Tensor:
+        return t.flip(self.flip_dims) if self.flip_dims else t

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetResBlock
@@ -12,7 +11,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from mosmos_components.networks.mosmos_clip import CLIP_MEAN, CLIP_STD
-from mosmos_components.networks.pta import PixelTagAttention
+from mosmos_components.networks.pta import PixelTagAttention, SegmentationNetMixin
 
 __all__ = ["MosmosUNet2D"]
 
@@ -29,7 +28,7 @@ class _UpBlock(nn.Module):
         return self.conv(torch.cat([self.up(x), skip], dim=1))
 
 
-class MosmosUNet2D(nn.Module):
+class MosmosUNet2D(SegmentationNetMixin, nn.Module):
     """U-Net whose encoder is CLIP's ResNet (stem + layer1-4), skips at 1/2, 1/4, 1/8, 1/16 and the input.
 
     Args:
@@ -101,15 +100,6 @@ class MosmosUNet2D(nn.Module):
         ins = [feat + (out_channels if use_pta else 0)] + d[:-1]
         self.up = nn.ModuleList([_UpBlock(i, s, o, norm_name) for i, s, o in zip(ins, skips, d)])
         self.out = UnetOutBlock(spatial_dims=2, in_channels=d[-1], out_channels=out_channels)
-
-    def config(self) -> dict[str, Any]:
-        cfg = dict(self._config, format="mosmos-seg/1", network="MosmosUNet2D")
-        if self.pta is not None:
-            cfg["class_names"] = self.pta.class_names
-        return cfg
-
-    def _flip(self, t: torch.Tensor) -> torch.Tensor:
-        return t.flip(self.flip_dims) if self.flip_dims else t
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self._flip(x)

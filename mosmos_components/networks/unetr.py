@@ -4,14 +4,13 @@ optional pixel-tag attention branch (METHOD.md section 4)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
-from mosmos_components.networks.pta import PixelTagAttention
+from mosmos_components.networks.pta import PixelTagAttention, SegmentationNetMixin
 
 __all__ = ["ClipViT3DEncoder", "MosmosUNETR", "CLIP_GREY_MEAN", "CLIP_GREY_STD"]
 
@@ -79,7 +78,7 @@ class ClipViT3DEncoder(nn.Module):
         return self.ln_post(x[:, 1:]), [t[:, 1:] for t in inter]
 
 
-class MosmosUNETR(nn.Module):
+class MosmosUNETR(SegmentationNetMixin, nn.Module):
     """UNETR (Hatamizadeh et al.) on a CLIP ViT encoder, with pixel-tag attention (MOSMOS).
 
     Args:
@@ -169,12 +168,6 @@ class MosmosUNETR(nn.Module):
         self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, **kw)
         self.out = UnetOutBlock(spatial_dims=3, in_channels=fs, out_channels=out_channels)
 
-    def config(self) -> dict[str, Any]:
-        cfg = dict(self._config, format="mosmos-seg/1", network="MosmosUNETR")
-        if self.pta is not None:
-            cfg["class_names"] = self.pta.class_names
-        return cfg
-
     def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, C, h, w, d)."""
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
@@ -185,9 +178,6 @@ class MosmosUNETR(nn.Module):
             raise ValueError("this network was built with use_pta=False: it has no attention maps")
         tokens, _ = self.encoder((self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD)
         return self._flip(self.pta(tokens @ self.encoder.proj, self.grid))
-
-    def _flip(self, t: torch.Tensor) -> torch.Tensor:
-        return t.flip(self.flip_dims) if self.flip_dims else t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
