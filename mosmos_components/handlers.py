@@ -21,6 +21,12 @@ __all__ = ["BestModelSaver", "TrainingCheckpointer", "ProgressBarHandler", "Metr
 logger = logging.getLogger(__name__)
 
 
+def _is_rank0() -> bool:
+    """True outside torch.distributed and on its rank 0."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 class BestModelSaver:
     """Attached to an evaluator: when ``metric_name`` improves, write the network's plain state_dict to
     ``path`` and its config (``network.config()``) plus the metric and epoch to ``path`` with ``.json``.
@@ -56,9 +62,8 @@ class BestModelSaver:
         if not better or math.isnan(value):
             return
         self.best = value
-        if self.rank0_only and torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_rank() != 0:
-                return
+        if self.rank0_only and not _is_rank0():
+            return
         save_network(self.network, self.path, extra={"metric": {self.metric_name: value}, "epoch": engine.state.epoch})
         logger.info("new best %s=%.5f at epoch %d: wrote %s", self.metric_name, value, engine.state.epoch, self.path)
 
@@ -88,7 +93,7 @@ class TrainingCheckpointer:
         return getattr(obj, "module", obj) if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
     def save(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if not _is_rank0():
             return
         state = {k: self._unwrap(v).state_dict() for k, v in self.save_dict.items()}
         state["trainer"] = {"epoch": torch.tensor(engine.state.epoch), "iteration": torch.tensor(engine.state.iteration)}
@@ -152,9 +157,8 @@ class MetricsHistory:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if self.rank0_only and torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_rank() != 0:
-                return
+        if self.rank0_only and not _is_rank0():
+            return
         metrics = {k: float(v) for k, v in sorted(engine.state.metrics.items()) if isinstance(v, (int, float))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.is_file()

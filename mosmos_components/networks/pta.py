@@ -90,7 +90,12 @@ class PixelTagAttention(nn.Module):
 class SegmentationNetMixin:
     """What the MOSMOS segmentation networks share: the sidecar config and the in-plane radiological flip.
 
-    The network sets ``self._config`` (its constructor arguments), ``self.pta`` and ``self.flip_dims``."""
+    The network records its constructor arguments with :meth:`_record_config` and sets ``self.pta`` and
+    ``self.flip_dims``."""
+
+    def _record_config(self, **kwargs) -> None:
+        """Keep the constructor arguments (sequences as JSON lists) for the checkpoint sidecar."""
+        self._config = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kwargs.items()}
 
     def config(self) -> dict:
         cfg = dict(self._config, format="mosmos-seg/1", network=type(self).__name__)

@@ -75,11 +75,11 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"MosmosUNet2D takes 1 (grey) or 3 (RGB) input channels, got {in_channels}")
-        self._config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in dict(
+        self._record_config(
             in_channels=in_channels, out_channels=out_channels, layers=layers, width=width, embed_dim=embed_dim,
             attn_heads=attn_heads, decoder_channels=decoder_channels, use_pta=use_pta, class_names=class_names,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, norm_name=norm_name,
-            radiological_flip=radiological_flip).items()}
+            radiological_flip=radiological_flip)
         self.in_channels = in_channels
         self.flip_dims = (2, 3) if radiological_flip else ()
         self.encoder = ModifiedResNet(list(layers), embed_dim, attn_heads, image_size=224, width=width)
@@ -119,7 +119,12 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         if self.pta is None:
             raise ValueError("this network was built with use_pta=False: it has no attention maps")
         l4, _ = self._encode(x)
-        return self._flip(self.pta(self.c_proj(self.v_proj(l4.flatten(2).transpose(1, 2))), l4.shape[2:]))
+        return self._flip(self._attention(l4))
+
+    def _attention(self, l4: torch.Tensor) -> torch.Tensor:
+        """layer4 features (B, C, h, w) -> pixel-tag attention (B, K, h, w), each pixel through the attention
+        pool's value and output projections (DenseCLIP)."""
+        return self.pta(self.c_proj(self.v_proj(l4.flatten(2).transpose(1, 2))), l4.shape[2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.in_channels:
@@ -130,7 +135,7 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         h = l4
         attn = None
         if self.pta is not None:
-            attn = self.pta(self.c_proj(self.v_proj(l4.flatten(2).transpose(1, 2))), l4.shape[2:])
+            attn = self._attention(l4)
             h = torch.cat([h, attn], dim=1)
         for block, skip in zip(self.up, skips):
             h = block(h, skip)

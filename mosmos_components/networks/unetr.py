@@ -138,12 +138,12 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             raise ValueError("MosmosUNETR's decoder needs patch_size=16 (four 2x upsamplings)")
         if num_layers < 4:
             raise ValueError("num_layers must be >= 4 (three skip connections and the bottleneck)")
-        self._config = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in dict(
+        self._record_config(
             in_channels=in_channels, out_channels=out_channels, img_size=img_size, patch_size=patch_size,
             hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
             embed_dim=embed_dim, feature_size=feature_size, use_pta=use_pta, class_names=class_names,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
-            norm_name=norm_name, radiological_flip=radiological_flip).items()}
+            norm_name=norm_name, radiological_flip=radiological_flip)
         self.use_pta = use_pta
         self.flip_dims = (2, 3) if radiological_flip else ()
         self.skip_indices = [num_layers * k // 4 - 1 for k in (1, 2, 3)]
@@ -177,7 +177,11 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         if self.pta is None:
             raise ValueError("this network was built with use_pta=False: it has no attention maps")
         tokens, _ = self.encoder((self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD)
-        return self._flip(self.pta(tokens @ self.encoder.proj, self.grid))
+        return self._flip(self._attention(tokens))
+
+    def _attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last patch tokens (B, N, width) -> pixel-tag attention (B, K, h, w, d) over CLIP's projected tokens."""
+        return self.pta(tokens @ self.encoder.proj, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
@@ -191,7 +195,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         bottleneck = self._grid(tokens)
         attn = None
         if self.pta is not None:
-            attn = self.pta(tokens @ self.encoder.proj, self.grid)
+            attn = self._attention(tokens)
             bottleneck = torch.cat([bottleneck, attn], dim=1)
         dec3 = self.decoder5(bottleneck, enc4)
         dec2 = self.decoder4(dec3, enc3)
