@@ -96,8 +96,6 @@ def segmentation_stage(bundle: str, out: Path, pretrained_ckpt: Path, seed: int 
     """Generate ``bundle``'s demo data, fine-tune it (``demo.json``) from ``pretrained_ckpt`` (init ``mosmos``)
     and/or from random initialisation (``random``) on one split, evaluate each on the held-out split, and run
     inference on its first volume with the first init's model."""
-    from mosmos_components.evaluation import summarize
-
     kind = BUNDLE_KINDS[bundle]
     data = write_demo_data(out / kind, kind=kind, n=n_cases, seed=seed)
     datalist = out / f"{kind}_datalist.json"
@@ -114,11 +112,10 @@ def segmentation_stage(bundle: str, out: Path, pretrained_ckpt: Path, seed: int 
         run_bundle(bundle, ["train.json", "demo.json"], **over)
         train_s = time.time() - t0
         run_bundle(bundle, ["train.json", "demo.json", "evaluate.json"], **over)
-        rows = list(csv.DictReader(open(d / "eval" / "report" / "per_case.csv", encoding="utf-8")))
-        for r in rows:
-            r["dice"], r["hd95"] = float(r["dice"]), float(r["hd95"])
-        names = list(dict.fromkeys(r["class"] for r in rows))
-        runs[name] = {"dir": d, "over": over, "summary": summarize(rows, names), "train_s": train_s,
+        with open(d / "eval" / "report" / "summary.csv", encoding="utf-8") as fh:  # written by evaluate.json
+            summary = [{**r, "dice": float(r["dice"]), "hd95": float(r["hd95"]), "n": int(r["n"])}
+                       for r in csv.DictReader(fh)]
+        runs[name] = {"dir": d, "over": over, "summary": summary, "train_s": train_s,
                       "per_case": d / "eval" / "report" / "per_case.csv"}
     split = json.loads(datalist.read_text())
     test_case = (split.get("test") or split["validation"])[0]
