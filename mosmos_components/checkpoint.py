@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_torch_save", "atomic_json_save", "save_network", "load_state_dict", "read_sidecar",
-           "load_pretrain_network", "load_weights"]
+           "load_pretrain_network", "load_segmentation_network", "load_weights"]
 
 
 def _atomic_write(path: str | os.PathLike, write) -> None:
@@ -93,6 +93,23 @@ def load_pretrain_network(path: str | os.PathLike):
         raise ValueError(f"{path}: sidecar does not describe a MOSMOS pre-training network: {e}") from e
     load_weights(net, path, "pre-trained MOSMOS checkpoint")
     return net
+
+
+def load_segmentation_network(path: str | os.PathLike) -> torch.nn.Module:
+    """Rebuild the fine-tuned segmentation network saved at ``path`` (``MosmosUNETR`` or ``MosmosUNet2D``, as its
+    sidecar says) with every weight loaded, class embeddings included: no config and no text encoder needed."""
+    import inspect
+
+    from mosmos_components import networks
+
+    cfg = read_sidecar(path)
+    name = cfg.get("network")
+    if cfg.get("format") != "mosmos-seg/1" or name not in ("MosmosUNETR", "MosmosUNet2D"):
+        raise ValueError(f"{path}: sidecar does not describe a MOSMOS segmentation network (network={name!r})")
+    cls = getattr(networks, name)
+    params = inspect.signature(cls).parameters
+    net = cls(**{k: v for k, v in cfg.items() if k in params})
+    return load_weights(net, path, "segmentation checkpoint").eval()
 
 
 def load_weights(network: torch.nn.Module, path: str | os.PathLike, what: str = "model checkpoint") -> torch.nn.Module:

@@ -10,10 +10,11 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import run
+import torch
+from monai.bundle import ckpt_export, run, verify_net_in_out
 
 from conftest import REPO
-from mosmos_components.checkpoint import load_weights, read_sidecar
+from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
 from mosmos_components.data.datalist import btcv_pairs, check_headers, inference_inputs, load_or_create_datalist
 from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transforms import ValidateSegmentationPaird
@@ -43,7 +44,7 @@ def trained(btcv_dir, pretrained, tmp_path_factory):
     return tmp
 
 
-def test_train_writes_split_history_and_checkpoint(trained, btcv_dir):
+def test_train_writes_split_history_and_checkpoint(trained, btcv_dir, pretrained):
     dl = json.loads((trained / "eval" / "datalist.json").read_text())
     assert [len(dl[k]) for k in ("training", "validation", "test")] == [3, 1, 1]  # 70/10/20 of 5 cases
     assert load_or_create_datalist(btcv_pairs(btcv_dir), trained / "eval" / "datalist.json") == dl  # reused
@@ -51,10 +52,11 @@ def test_train_writes_split_history_and_checkpoint(trained, btcv_dir):
     assert len(hist) == 2 and "dice_liver" in hist[0] and "val_mean_dice" in hist[0]
     side = read_sidecar(trained / "models" / "model.pt")
     assert side["network"] == "MosmosUNETR" and side["class_names"][1] == "spleen"
-    net = load_weights(MosmosUNETR(**{k: v for k, v in side.items() if k not in ("format", "network", "metric",
-                                                                                   "epoch")}),
-                       trained / "models" / "model.pt")
+    net = load_segmentation_network(trained / "models" / "model.pt")
+    assert isinstance(net, MosmosUNETR) and not net.training
     assert bool(net.pta.embeddings_ready)  # class embeddings travel in the checkpoint, no text encoder needed
+    with pytest.raises(ValueError, match="not describe a MOSMOS segmentation network"):
+        load_segmentation_network(pretrained["mosmos-tiny-vit"])  # a pre-training checkpoint
 
 
 def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained):
@@ -83,6 +85,26 @@ def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained
     assert set(np.unique(np.asarray(b.dataobj))) <= set(range(14))
 
 
+def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretrained, tmp_path):
+    """The zoo's checks: ``ckpt_export`` (traced: the encoder is open_clip's Transformer) and
+    ``verify_net_in_out`` on the trained network; the exported model needs neither the text encoder nor
+    mosmos_components, and computes what the bundle's own network computes, at any batch size."""
+    over = _over(btcv_dir, trained, pretrained["mosmos-tiny-vit"])
+    files = _files("train.json", "demo.json", "inference.json")
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(trained / "models" / "model.pt"),
+                meta_file=str(CFG / "metadata.json"), config_file=files, key_in_ckpt="", use_trace=True,
+                input_shape=[1, 1, 32, 32, 16], **over)
+    exported = torch.jit.load(str(ts))
+    net = load_segmentation_network(trained / "models" / "model.pt")
+    x = torch.rand(3, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x))
+    shape = {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 16]}  # the tiny network's crop
+    verify_net_in_out(net_id="network", meta_file=str(CFG / "metadata.json"), config_file=files, n=1,
+                      **dict(over, device="cpu", **shape))
+
+
 def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path):
     run(config_file=_files("train.json", "demo.json", "inference.json"),
         **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(real_ct / "image.nii.gz"),
@@ -97,6 +119,17 @@ def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
     run(config_file=_files("train.json", "unet2d.json", "demo.json"),
         **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"], max_epochs=1, batch_size=2, num_samples=2))
     assert read_sidecar(tmp_path / "models" / "model.pt")["network"] == "MosmosUNet2D"
+    # TorchScript export of the 2D network: PyTorch's trace self-check trips over nn.MultiheadAttention's
+    # weights path (a 0-d constant's dtype), so it is skipped and the traced model is compared here instead
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(tmp_path / "models" / "model.pt"),
+                config_file=_files("train.json", "unet2d.json", "demo.json"), key_in_ckpt="", use_trace=True,
+                input_shape=[1, 1, 32, 32], converter_kwargs={"check_trace": False},
+                **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"]))
+    net = load_segmentation_network(tmp_path / "models" / "model.pt")
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x))
 
 
 def test_random_init_baseline(btcv_dir, tmp_path):

@@ -99,6 +99,8 @@ class TagDecoder(nn.Module):
 
     def position(self, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
         key = tuple(int(s) for s in spatial)
+        if torch.jit.is_tracing():  # a cache hit would make a second trace differ from the first
+            return sine_position_encoding(key, self.d_model).to(device)
         if key not in self._pos_cache:
             self._pos_cache[key] = sine_position_encoding(key, self.d_model)
         return self._pos_cache[key].to(device)

@@ -124,13 +124,15 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
     def _attention(self, l4: torch.Tensor) -> torch.Tensor:
         """layer4 features (B, C, h, w) -> pixel-tag attention (B, K, h, w), each pixel through the attention
         pool's value and output projections (DenseCLIP)."""
-        return self.pta(self.c_proj(self.v_proj(l4.flatten(2).transpose(1, 2))), l4.shape[2:])
+        grid = tuple(int(s) for s in l4.shape[2:])  # plain ints: a traced size would make the export check fail
+        return self.pta(self.c_proj(self.v_proj(l4.flatten(2).transpose(1, 2))), grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channel(s), got {x.shape[1]}")
-        if x.shape[2] % 32 or x.shape[3] % 32:
-            raise ValueError(f"input size {tuple(x.shape[2:])} must be a multiple of 32")
+        if not torch.jit.is_tracing():  # an export: the trace fixes the input size
+            if x.shape[1] != self.in_channels:
+                raise ValueError(f"expected {self.in_channels} input channel(s), got {x.shape[1]}")
+            if x.shape[2] % 32 or x.shape[3] % 32:
+                raise ValueError(f"input size {tuple(x.shape[2:])} must be a multiple of 32")
         l4, skips = self._encode(x)
         h = l4
         attn = None

@@ -184,7 +184,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         return self.pta(tokens @ self.encoder.proj, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
+        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
             raise ValueError(f"input spatial size {tuple(x.shape[2:])} != img_size {tuple(s * 16 for s in self.grid)}")
         z = (self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD
         tokens, skips = self.encoder(z, self.skip_indices)
