@@ -18,6 +18,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_hausdorff_distance
 
+from mosmos_components.distributed import gather_lists, is_rank0
+
 __all__ = ["case_scores", "summarize", "write_reports", "format_table", "wilcoxon_test", "SegmentationReport"]
 
 
@@ -159,12 +161,13 @@ class SegmentationReport:
                 self.rows.append({"case": case, **r})
 
     def _finish(self, engine: Engine) -> None:
+        self.rows = gather_lists(self.rows)  # under torch.distributed every rank scored its shard of the cases
         summary = summarize(self.rows, self.names)
         for r in summary[:-1]:
             engine.state.metrics[f"dice_{r['class'].replace(' ', '_')}"] = r["dice"]
         engine.state.metrics["case_mean_dice"] = summary[-1]["dice"]
         if self.hd95:
             engine.state.metrics["mean_hd95"] = summary[-1]["hd95"]
-        if self.output_dir is not None:
+        if self.output_dir is not None and is_rank0():
             write_reports(self.rows, self.names, self.output_dir)
             engine.logger.info("segmentation report (%s):\n%s", self.output_dir, format_table(summary))

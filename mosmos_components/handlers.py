@@ -15,16 +15,11 @@ import torch
 from ignite.engine import Engine, Events
 
 from mosmos_components.checkpoint import atomic_json_save, atomic_torch_save, load_state_dict, save_network
+from mosmos_components.distributed import is_rank0
 
 __all__ = ["BestModelSaver", "TrainingCheckpointer", "ProgressBarHandler", "MetricsHistory"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_rank0() -> bool:
-    """True outside torch.distributed and on its rank 0."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 class BestModelSaver:
@@ -62,7 +57,7 @@ class BestModelSaver:
         if not better or math.isnan(value):
             return
         self.best = value
-        if self.rank0_only and not _is_rank0():
+        if self.rank0_only and not is_rank0():
             return
         save_network(self.network, self.path, extra={"metric": {self.metric_name: value}, "epoch": engine.state.epoch})
         logger.info("new best %s=%.5f at epoch %d: wrote %s", self.metric_name, value, engine.state.epoch, self.path)
@@ -93,7 +88,7 @@ class TrainingCheckpointer:
         return getattr(obj, "module", obj) if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
     def save(self, engine: Engine) -> None:
-        if not _is_rank0():
+        if not is_rank0():
             return
         state = {k: self._unwrap(v).state_dict() for k, v in self.save_dict.items()}
         state["trainer"] = {"epoch": torch.tensor(engine.state.epoch), "iteration": torch.tensor(engine.state.iteration)}
@@ -157,7 +152,7 @@ class MetricsHistory:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if self.rank0_only and not _is_rank0():
+        if self.rank0_only and not is_rank0():
             return
         metrics = {k: float(v) for k, v in sorted(engine.state.metrics.items()) if isinstance(v, (int, float))}
         self.path.parent.mkdir(parents=True, exist_ok=True)

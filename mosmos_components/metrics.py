@@ -1,4 +1,5 @@
-"""Ignite metrics for pre-training validation: loss, image->report retrieval recall@k, tag mAP."""
+"""Ignite metrics for pre-training validation: loss, image->report retrieval recall@k, tag mAP (over all
+ranks' validation samples under torch.distributed)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+
+from mosmos_components.distributed import gather_lists
 
 __all__ = ["PretrainLossMetric", "RetrievalRecall", "TagMeanAP", "average_precision", "retrieval_recall"]
 
@@ -93,7 +96,7 @@ class RetrievalRecall(_Accumulating):
         self._b.append(pred["text_features"].detach().float().cpu())
 
     def compute(self) -> float:
-        return retrieval_recall(torch.cat(self._a), torch.cat(self._b), self.k)
+        return retrieval_recall(torch.cat(gather_lists(self._a)), torch.cat(gather_lists(self._b)), self.k)
 
 
 class TagMeanAP(_Accumulating):
@@ -106,5 +109,5 @@ class TagMeanAP(_Accumulating):
         self._b.append(label.detach().cpu())
 
     def compute(self) -> float:
-        ap = average_precision(torch.cat(self._a), torch.cat(self._b))
+        ap = average_precision(torch.cat(gather_lists(self._a)), torch.cat(gather_lists(self._b)))
         return ap[~ap.isnan()].mean().item() if (~ap.isnan()).any() else float("nan")
