@@ -2,6 +2,7 @@
 
     mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report
     mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
+    mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired test between two evaluations
     mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
@@ -55,6 +56,16 @@ class MosmosCLI:
         t = time.time()
         root = write_demo_data(out_dir, kind=kind, n=n, seed=seed)
         return f"wrote {kind} demo data to {root} in {time.time() - t:.1f} s"
+
+    def clip_checkpoint(self, out_path: str, clip_pretrained: str, backbone: str = "ViT-B-16",
+                        force_quick_gelu: bool = False) -> str:
+        """Write CLIP (or PubMedCLIP) weights, without MOSMOS pre-training, as a checkpoint the segmentation
+        bundles take as --pretrained_ckpt: the CLIP baseline (--use_pta False) and CLIP+DenseCLIP
+        (--pta_mode score). CLIP_PRETRAINED: a local weights file, or an open_clip tag when online."""
+        from mosmos_components.transfer import save_clip_checkpoint
+
+        save_clip_checkpoint(out_path, backbone, clip_pretrained, force_quick_gelu)
+        return f"wrote {out_path} (+ sidecar): {backbone} from {clip_pretrained}, no MOSMOS pre-training"
 
     def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice") -> str:
         """Wilcoxon signed-rank test between two evaluations' per_case.csv (paired per-case mean METRIC)."""

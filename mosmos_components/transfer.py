@@ -8,6 +8,9 @@
   grid's in-plane size and broadcast over depth.
 * The tag decoder without its classifier -> the PTA branch; the class embeddings are computed here, once, by
   the pre-trained prompt + frozen text encoder, and stored as a buffer.
+* Baselines (METHOD.md section 5): :func:`save_clip_checkpoint` writes plain CLIP (or PubMedCLIP) weights in the
+  pre-training checkpoint format, so the same transfer gives the CLIP baseline (``use_pta=False``) and, with
+  ``pta_mode="score"``, CLIP+DenseCLIP (class embeddings from a fixed prompt, no tag decoder).
 
 Every tensor of the segmentation network is reported as transferred, inflated or left at its initial value;
 a checkpoint that does not fit is an error, never a silent partial load.
@@ -27,13 +30,13 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from mosmos_components.checkpoint import load_pretrain_network
+from mosmos_components.checkpoint import load_pretrain_network, read_sidecar, save_network
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 from mosmos_components.networks.unet2d import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 
-__all__ = ["TransferReport", "class_embeddings", "load_pretrained", "prepare_network", "inflate_patch_kernel",
-           "resize_position_grid"]
+__all__ = ["TransferReport", "class_embeddings", "fixed_prompt_embeddings", "load_pretrained", "prepare_network",
+           "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,25 @@ def class_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str]) -> torch
     pretrain.eval()
     try:
         return pretrain.tag_queries(pretrain.prompt.tokenize(list(names))).float()
+    finally:
+        pretrain.train(was)
+
+
+DEFAULT_PROMPT_TEMPLATE = "a medical image of the {}."
+
+
+@torch.no_grad()
+def fixed_prompt_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str],
+                            template: str = DEFAULT_PROMPT_TEMPLATE) -> torch.Tensor:
+    """One embedding per class name (K, d) from a fixed prompt (``template.format(name)``) through the text
+    encoder alone: the class embeddings of the CLIP+DenseCLIP baseline, with no learned context."""
+    if "{}" not in template:
+        raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
+    was = pretrain.training
+    pretrain.eval()
+    try:
+        tokens = pretrain.prompt._tokenizer([template.format(n) for n in names])
+        return pretrain.clip.encode_text(tokens.to(pretrain.clip.token_embedding.weight.device)).float()
     finally:
         pretrain.train(was)
 
@@ -154,11 +176,14 @@ def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: Transfe
 
 
 def load_pretrained(
-    network: MosmosUNETR | MosmosUNet2D, ckpt_path: str | os.PathLike, pretrain: MosmosPretrainNet | None = None
+    network: MosmosUNETR | MosmosUNet2D, ckpt_path: str | os.PathLike, pretrain: MosmosPretrainNet | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> TransferReport:
     """Transfer the ``mosmos_pretrain`` checkpoint at ``ckpt_path`` (+ its JSON sidecar) into ``network``.
 
-    Returns the report (also logged); raises on a missing, corrupt or mismatched checkpoint.
+    With PTA in ``"decoder"`` mode (MOSMOS) the tag decoder is transferred and the class embeddings come from the
+    learned prompt; in ``"score"`` mode (CLIP+DenseCLIP) only the class embeddings are computed, from
+    ``prompt_template``. Returns the report (also logged); raises on a missing, corrupt or mismatched checkpoint.
     """
     source = str(ckpt_path)
     pre = pretrain if pretrain is not None else load_pretrain_network(ckpt_path)
@@ -169,7 +194,18 @@ def load_pretrained(
         _resnet_into_unet(pre, network, report, source)
     else:
         raise TypeError(f"no transfer rule for {type(network).__name__}")
-    if network.pta is not None:
+    if network.pta is not None and network.pta.decoder is None:
+        if network.pta.class_embeddings.shape[1] != pre.embed_dim:
+            raise ValueError(f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
+                             f"{network.pta.class_embeddings.shape[1]}")
+        with torch.no_grad():
+            network.pta.set_class_embeddings(fixed_prompt_embeddings(pre, network.pta.class_names, prompt_template))
+        report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
+    elif network.pta is not None:
+        if pretrain is None and read_sidecar(ckpt_path).get("mosmos_pretrained") is False:
+            warnings.warn(f"{source} holds CLIP weights without MOSMOS pre-training: its tag decoder and prompt are "
+                          "untrained, so pixel-tag attention starts from random queries (for the CLIP+DenseCLIP "
+                          "baseline set pta_mode to 'score')", stacklevel=2)
         if network.pta.decoder.d_model != pre.embed_dim:
             raise ValueError(f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
                              f"{network.pta.decoder.d_model}")
@@ -189,7 +225,8 @@ def load_pretrained(
 
 
 def prepare_network(
-    network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None
+    network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation, which
     needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder)."""
@@ -199,7 +236,7 @@ def prepare_network(
                 f"pre-trained MOSMOS checkpoint not found: {pretrained_ckpt} (run the mosmos_pretrain bundle first, "
                 "or set use_pretrained to false for the random-initialisation baseline)"
             )
-        load_pretrained(network, pretrained_ckpt)
+        load_pretrained(network, pretrained_ckpt, prompt_template=prompt_template)
     else:
         if network.pta is not None:
             raise ValueError("use_pta needs the pre-trained MOSMOS checkpoint (its text encoder gives the class "
@@ -207,3 +244,18 @@ def prepare_network(
         warnings.warn(f"{type(network).__name__}: no pre-trained weights, training from random initialisation",
                       stacklevel=2)
     return network
+
+
+def save_clip_checkpoint(path: str | os.PathLike, backbone: str = "ViT-B-16", clip_pretrained: str | None = None,
+                         force_quick_gelu: bool = False) -> MosmosPretrainNet:
+    """Write CLIP weights (a local file, or an open_clip tag when online) as a pre-training checkpoint
+    (``model.pt`` + ``model.json``) *without* MOSMOS pre-training: the CLIP / PubMedCLIP baselines'
+    initialisation. The prompt context and the tag decoder stay at their initial values (only the DenseCLIP
+    score mode, which uses neither, should be combined with PTA). ``clip_pretrained=None`` refuses: a
+    "CLIP" baseline from random weights would be the random baseline under another name."""
+    if not clip_pretrained:
+        raise ValueError("save_clip_checkpoint needs clip_pretrained: a local CLIP weights file or an open_clip tag")
+    net = MosmosPretrainNet(backbone, pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu)
+    save_network(net, path, extra={"mosmos_pretrained": False, "clip_pretrained": str(clip_pretrained)})
+    logger.info("CLIP weights %s (%s) written to %s without MOSMOS pre-training", clip_pretrained, backbone, path)
+    return net

@@ -48,3 +48,23 @@ def pretrained(tmp_path_factory):
         save_network(MosmosPretrainNet(name, decoder_heads=4), path)
         out[name] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def clip_weights(tmp_path_factory):
+    """A local CLIP weights file (open_clip state dict of the tiny ViT CLIP), as a user would give for the CLIP
+    baselines; and the CLIP-baseline checkpoint written from it."""
+    import open_clip
+    import torch
+
+    from mosmos_components.networks.mosmos_clip import register_model_configs
+    from mosmos_components.transfer import save_clip_checkpoint
+
+    register_model_configs()
+    torch.manual_seed(3)
+    clip = open_clip.create_model("mosmos-tiny-vit", force_quick_gelu=True)
+    folder = tmp_path_factory.mktemp("clip")
+    torch.save(clip.state_dict(), folder / "clip_weights.pt")
+    save_clip_checkpoint(folder / "model.pt", "mosmos-tiny-vit", str(folder / "clip_weights.pt"),
+                         force_quick_gelu=True)
+    return {"weights": folder / "clip_weights.pt", "ckpt": folder / "model.pt", "clip": clip.eval()}

@@ -139,6 +139,18 @@ def test_random_init_baseline(btcv_dir, tmp_path):
     assert side["use_pta"] is False
 
 
+@pytest.mark.parametrize("use_pta", [False, True])
+def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use_pta):
+    """CLIP (no PTA) and CLIP+DenseCLIP (score maps from fixed prompts) from a CLIP-only checkpoint."""
+    run(config_file=_files("train.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, clip_weights["ckpt"], use_pta=use_pta, pta_mode="score", max_epochs=1))
+    net = load_segmentation_network(tmp_path / "models" / "model.pt")
+    assert (net.pta is not None) == use_pta and (not use_pta or net.pta.mode == "score")
+    key = "resblocks.0.attn.in_proj_weight"  # started from CLIP: one tiny epoch (3 steps) moves it by < 0.01
+    trained, clip = net.encoder.transformer.state_dict()[key], clip_weights["clip"].visual.transformer.state_dict()[key]
+    assert float((trained - clip).abs().max()) < 0.01 < float(clip.std())
+
+
 def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path):
     with pytest.raises(Exception) as info:
         run(config_file=_files("train.json", "demo.json"), **_over(btcv_dir, tmp_path, tmp_path / "none.pt"))

@@ -21,11 +21,18 @@ from torch import nn
 
 from mosmos_components.networks.tag_decoder import TagDecoder
 
-__all__ = ["PixelTagAttention", "SegmentationNetMixin"]
+__all__ = ["PTA_MODES", "PixelTagAttention", "SegmentationNetMixin"]
+
+
+PTA_MODES = ("decoder", "score")
 
 
 class PixelTagAttention(nn.Module):
     """Class queries x spatial features -> attention maps and the auxiliary PTA logits.
+
+    ``mode="decoder"`` is MOSMOS: the pre-trained tag decoder's last cross-attention. ``mode="score"`` is the
+    CLIP+DenseCLIP baseline (METHOD.md section 5): no decoder, the maps are DenseCLIP's pixel-text score maps,
+    the cosine similarity of every spatial feature with every class embedding (from fixed class prompts).
 
     Args:
         num_classes: K, output classes including background.
@@ -34,6 +41,7 @@ class PixelTagAttention(nn.Module):
         decoder_heads: heads of the tag decoder (as pre-trained).
         tau_init: initial temperature tau_2 (0.07).
         class_names: names of the K classes (kept for the sidecar; embeddings are set by the transfer).
+        mode: ``"decoder"`` (MOSMOS) or ``"score"`` (DenseCLIP score maps; no decoder parameters).
 
     ``forward(features (B, N, d), grid)`` -> ``A (B, K, *grid)``; :meth:`aux_logits` upsamples it to the input
     size and divides by tau_2 (a softmax over classes gives ``Y_pta``).
@@ -47,9 +55,13 @@ class PixelTagAttention(nn.Module):
         decoder_heads: int = 8,
         tau_init: float = 0.07,
         class_names: Sequence[str] | None = None,
+        mode: str = "decoder",
     ) -> None:
         super().__init__()
-        self.decoder = TagDecoder(embed_dim, decoder_layers, decoder_heads)
+        if mode not in PTA_MODES:
+            raise ValueError(f"pixel-tag attention mode must be one of {PTA_MODES}, got {mode!r}")
+        self.mode = mode
+        self.decoder = TagDecoder(embed_dim, decoder_layers, decoder_heads) if mode == "decoder" else None
         # persistent: an exported or saved model carries the embeddings, not the text encoder
         self.register_buffer("class_embeddings", torch.zeros(num_classes, embed_dim))
         self.register_buffer("embeddings_ready", torch.zeros((), dtype=torch.bool))
@@ -77,7 +89,11 @@ class PixelTagAttention(nn.Module):
                 "pixel-tag attention has no class embeddings: load pre-trained MOSMOS weights "
                 "(mosmos_components.transfer.load_pretrained) or a fine-tuned checkpoint first"
             )
-        _, attn = self.decoder(self.class_embeddings, features, tuple(grid))
+        if self.decoder is None:  # DenseCLIP: cosine similarity of each pixel with each class (B, K, N)
+            attn = F.normalize(features, dim=-1) @ F.normalize(self.class_embeddings, dim=-1).t().to(features.dtype)
+            attn = attn.transpose(1, 2)
+        else:
+            _, attn = self.decoder(self.class_embeddings, features, tuple(grid))
         return attn.reshape(attn.shape[0], attn.shape[1], *grid)
 
     def aux_logits(self, attention: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -41,6 +41,8 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         decoder_channels: widths of the five decoder stages, deepest first.
         use_pta: ``False`` gives the plain network.
         class_names: names of the K classes.
+        pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention) or ``"score"`` (the CLIP+DenseCLIP baseline's
+            pixel-text score maps; see :class:`~mosmos_components.networks.pta.PixelTagAttention`).
         decoder_layers: PTA tag-decoder layers (as pre-trained).
         decoder_heads: PTA tag-decoder heads (as pre-trained).
         norm_name: decoder normalisation.
@@ -67,6 +69,7 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         use_pta: bool = True,
         class_names: Sequence[str] | None = None,
+        pta_mode: str = "decoder",
         decoder_layers: int = 2,
         decoder_heads: int = 8,
         norm_name: str = "instance",
@@ -78,6 +81,7 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         self._record_config(
             in_channels=in_channels, out_channels=out_channels, layers=layers, width=width, embed_dim=embed_dim,
             attn_heads=attn_heads, decoder_channels=decoder_channels, use_pta=use_pta, class_names=class_names,
+            pta_mode=pta_mode,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, norm_name=norm_name,
             radiological_flip=radiological_flip)
         self.in_channels = in_channels
@@ -88,7 +92,8 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         self.use_pta = use_pta
         if use_pta:
             self.v_proj, self.c_proj = nn.Linear(feat, feat), nn.Linear(feat, embed_dim)
-            self.pta = PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names)
+            self.pta = PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads,
+                                         class_names=class_names, mode=pta_mode)
         else:
             self.pta = None
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)

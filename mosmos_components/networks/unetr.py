@@ -94,6 +94,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         feature_size: UNETR decoder base width (16).
         use_pta: ``False`` gives the plain network (Random/CLIP baselines).
         class_names: names of the K classes (their embeddings come with the pre-trained weights).
+        pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention) or ``"score"`` (the CLIP+DenseCLIP baseline's
+            pixel-text score maps; see :class:`~mosmos_components.networks.pta.PixelTagAttention`).
         decoder_layers: PTA tag-decoder layers (as pre-trained).
         decoder_heads: PTA tag-decoder heads (as pre-trained).
         quick_gelu: QuickGELU activations (OpenAI CLIP weights).
@@ -127,6 +129,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         feature_size: int = 16,
         use_pta: bool = True,
         class_names: Sequence[str] | None = None,
+        pta_mode: str = "decoder",
         decoder_layers: int = 2,
         decoder_heads: int = 8,
         quick_gelu: bool = False,
@@ -142,6 +145,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             in_channels=in_channels, out_channels=out_channels, img_size=img_size, patch_size=patch_size,
             hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
             embed_dim=embed_dim, feature_size=feature_size, use_pta=use_pta, class_names=class_names,
+            pta_mode=pta_mode,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
             norm_name=norm_name, radiological_flip=radiological_flip)
         self.use_pta = use_pta
@@ -150,8 +154,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         self.encoder = ClipViT3DEncoder(in_channels, img_size, patch_size, hidden_size, num_layers, num_heads,
                                         mlp_ratio, embed_dim if use_pta else None, quick_gelu)
         self.grid = self.encoder.grid
-        self.pta = (PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names)
-                    if use_pta else None)
+        self.pta = (PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names,
+                                      mode=pta_mode) if use_pta else None)
         fs, h = feature_size, hidden_size
         kw = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
         self.encoder1 = UnetrBasicBlock(in_channels=in_channels, out_channels=fs, stride=1, **kw)

@@ -1,0 +1,81 @@
+"""The CLIP baselines of METHOD.md section 5: CLIP weights written as a pre-training checkpoint (no MOSMOS
+pre-training), the CLIP initialisation of the segmentation encoder, and CLIP+DenseCLIP's pixel-text score maps
+from fixed class prompts."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mosmos_components.checkpoint import load_pretrain_network, read_sidecar
+from mosmos_components.networks import MosmosUNETR
+from mosmos_components.networks.pta import PixelTagAttention
+from mosmos_components.transfer import fixed_prompt_embeddings, load_pretrained, save_clip_checkpoint
+
+TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
+                  quick_gelu=True)
+NAMES = ["background", "liver", "duodenum"]
+
+
+def test_clip_checkpoint_holds_the_given_clip_weights(clip_weights, tmp_path):
+    side = read_sidecar(clip_weights["ckpt"])
+    assert side["mosmos_pretrained"] is False and side["clip_pretrained"].endswith("clip_weights.pt")
+    net = load_pretrain_network(clip_weights["ckpt"])
+    ref = clip_weights["clip"].state_dict()
+    got = net.clip.state_dict()
+    assert set(ref) == set(got)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], msg=k)
+    with pytest.raises(ValueError, match="needs clip_pretrained"):
+        save_clip_checkpoint(tmp_path / "x.pt", "mosmos-tiny-vit", None)
+
+
+def test_score_maps_are_pixel_text_cosine_similarities():
+    pta = PixelTagAttention(3, 16, mode="score", class_names=NAMES)
+    assert pta.decoder is None and not any(k.startswith("decoder") for k in pta.state_dict())
+    emb = torch.randn(3, 16)
+    pta.set_class_embeddings(emb)
+    feats = torch.randn(2, 12, 16)
+    maps = pta(feats, (3, 4))
+    assert maps.shape == (2, 3, 3, 4)
+    expected = F.cosine_similarity(feats[:, None, :, :], emb[None, :, None, :], dim=-1).reshape(2, 3, 3, 4)
+    torch.testing.assert_close(maps, expected)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        PixelTagAttention(3, 16, mode="densecrf")
+
+
+def test_clip_initialisation_of_the_segmentation_encoder(clip_weights):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
+    report = load_pretrained(net, clip_weights["ckpt"])
+    ref = clip_weights["clip"].visual.transformer.state_dict()
+    for k, v in net.encoder.transformer.state_dict().items():
+        torch.testing.assert_close(v, ref[k], msg=k)
+    assert "encoder.transformer.resblocks.0.attn.in_proj_weight" in report.transferred
+
+
+def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **TINY_UNETR)
+    report = load_pretrained(net, clip_weights["ckpt"])
+    assert not any(k.startswith("pta.decoder") for k in net.state_dict())
+    assert "pta.class_embeddings" in report.computed
+    pre = load_pretrain_network(clip_weights["ckpt"])
+    expected = fixed_prompt_embeddings(pre, NAMES, "a medical image of the {}.")
+    torch.testing.assert_close(net.pta.class_embeddings, expected)
+    # the same names through CLIP's own text tower and tokenizer
+    import open_clip
+
+    tokens = open_clip.tokenizer.tokenize([f"a medical image of the {n}." for n in NAMES],
+                                          context_length=pre.context_length)
+    with torch.no_grad():
+        torch.testing.assert_close(expected, clip_weights["clip"].encode_text(tokens))
+    out = net.train()(torch.rand(2, 1, 32, 32, 16))
+    assert out.shape == (2, 2, 3, 32, 32, 16)
+    maps = net.attention_maps(torch.rand(1, 1, 32, 32, 16))
+    assert maps.shape == (1, 3, 2, 2, 1) and float(maps.abs().max()) <= 1.0 + 1e-5  # cosine similarities
+    with pytest.raises(ValueError, match="no '\\{\\}'"):
+        fixed_prompt_embeddings(pre, NAMES, "a medical image")
+
+
+def test_mosmos_pta_from_plain_clip_weights_warns(clip_weights):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **dict(TINY_UNETR, decoder_heads=8))
+    with pytest.warns(UserWarning, match="without MOSMOS pre-training"):
+        load_pretrained(net, clip_weights["ckpt"])
