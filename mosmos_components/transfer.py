@@ -145,6 +145,9 @@ def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferRe
     if quick_pre != quick_seg:
         raise ValueError(f"{source}: pre-trained ViT uses {'Quick' if quick_pre else ''}GELU, the UNETR encoder "
                          f"{'Quick' if quick_seg else ''}GELU: set quick_gelu={quick_pre}")
+    if tuple(vis.conv1.kernel_size) != tuple(enc.conv1.kernel_size[:2]):
+        raise ValueError(f"{source}: pre-trained ViT has {tuple(vis.conv1.kernel_size)} patches, the UNETR encoder "
+                         f"{tuple(enc.conv1.kernel_size[:2])} (UNETR needs a /16 ViT such as ViT-B-16)")
     heads_pre = vis.transformer.resblocks[0].attn.num_heads
     heads_seg = enc.transformer.resblocks[0].attn.num_heads
     if heads_pre != heads_seg:

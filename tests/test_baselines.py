@@ -2,12 +2,14 @@
 pre-training), the CLIP initialisation of the segmentation encoder, and CLIP+DenseCLIP's pixel-text score maps
 from fixed class prompts."""
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mosmos_components.checkpoint import load_pretrain_network, read_sidecar
-from mosmos_components.networks import MosmosUNETR
+from mosmos_components.checkpoint import load_pretrain_network, read_sidecar, save_network
+from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
+from mosmos_components.networks.mosmos_clip import register_model_configs
 from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.transfer import fixed_prompt_embeddings, load_pretrained, save_clip_checkpoint
 
@@ -61,8 +63,6 @@ def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights)
     expected = fixed_prompt_embeddings(pre, NAMES, "a medical image of the {}.")
     torch.testing.assert_close(net.pta.class_embeddings, expected)
     # the same names through CLIP's own text tower and tokenizer
-    import open_clip
-
     tokens = open_clip.tokenizer.tokenize([f"a medical image of the {n}." for n in NAMES],
                                           context_length=pre.context_length)
     with torch.no_grad():
@@ -79,3 +79,23 @@ def test_mosmos_pta_from_plain_clip_weights_warns(clip_weights):
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **dict(TINY_UNETR, decoder_heads=8))
     with pytest.warns(UserWarning, match="without MOSMOS pre-training"):
         load_pretrained(net, clip_weights["ckpt"])
+
+
+def test_a_vit_with_other_patches_is_a_clear_error(tmp_path):
+    register_model_configs()
+    cfg = open_clip.get_model_config("mosmos-tiny-vit")
+    cfg["vision_cfg"] = dict(cfg["vision_cfg"], patch_size=32)  # e.g. PubMedCLIP's ViT-B/32
+    save_network(MosmosPretrainNet("mosmos-tiny-vit", model_cfg=cfg, _warn_random=False), tmp_path / "b32.pt")
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
+    with pytest.raises(ValueError, match="b32.pt: pre-trained ViT has \\(32, 32\\) patches"):
+        load_pretrained(net, tmp_path / "b32.pt")
+
+
+def test_clip_checkpoint_command(clip_weights, tmp_path):
+    from mosmos_components.cli import MosmosCLI
+
+    msg = MosmosCLI().clip_checkpoint(str(tmp_path / "clip" / "model.pt"), str(clip_weights["weights"]),
+                                      backbone="mosmos-tiny-vit", force_quick_gelu=True)
+    assert "no MOSMOS pre-training" in msg
+    net = load_pretrain_network(tmp_path / "clip" / "model.pt")
+    torch.testing.assert_close(net.clip.visual.proj, clip_weights["clip"].visual.proj)
