@@ -11,11 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ckpt_export, run, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, run, verify_net_in_out
 
 from conftest import REPO
 from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
-from mosmos_components.data.datalist import btcv_pairs, check_headers, inference_inputs, load_or_create_datalist
+from mosmos_components.data.datalist import (btcv_pairs, check_headers, inference_inputs, label_fraction,
+                                              load_or_create_datalist)
 from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transforms import ValidateSegmentationPaird
 
@@ -149,6 +150,26 @@ def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use
     key = "resblocks.0.attn.in_proj_weight"  # started from CLIP: one tiny epoch (3 steps) moves it by < 0.01
     trained, clip = net.encoder.transformer.state_dict()[key], clip_weights["clip"].visual.transformer.state_dict()[key]
     assert float((trained - clip).abs().max()) < 0.01 < float(clip.std())
+
+
+def test_label_fraction_keeps_nested_training_subsets(btcv_dir, tmp_path):
+    dl = {"training": [{"image": f"i{k}", "label": f"l{k}.nii.gz"} for k in range(8)], "validation": [{"v": 1}],
+          "test": [{"t": 1}]}
+    subsets = {f: label_fraction(dl, f, seed=0)["training"] for f in (0.25, 0.5, 0.75)}
+    assert [len(subsets[f]) for f in (0.25, 0.5, 0.75)] == [2, 4, 6]
+    assert all(x in subsets[0.5] for x in subsets[0.25]) and all(x in subsets[0.75] for x in subsets[0.5])
+    assert label_fraction(dl, 0.25, 0)["validation"] == dl["validation"] and label_fraction(dl, 1.0) is dl
+    assert len(label_fraction(dl, 0.01)["training"]) == 1
+    with pytest.raises(ValueError, match="label_fraction must be in"):
+        label_fraction(dl, 0.0)
+    # through the bundle config: the split file keeps every case, training uses the fraction
+    parser = ConfigParser()
+    parser.read_config(_files("train.json", "demo.json"))
+    parser.update(_over(btcv_dir, tmp_path, "unused", label_fraction=0.34))
+    parser.get_parsed_content("imports")
+    used = parser.get_parsed_content("datalist")
+    saved = json.loads((tmp_path / "eval" / "datalist.json").read_text())
+    assert len(saved["training"]) == 3 and len(used["training"]) == 1 and used["test"] == saved["test"]
 
 
 def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path):

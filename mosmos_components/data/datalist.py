@@ -4,6 +4,7 @@ headers, and split them reproducibly into a datalist file (METHOD.md section 6).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -16,7 +17,9 @@ import numpy as np
 from mosmos_components.checkpoint import atomic_json_save
 
 __all__ = ["btcv_pairs", "msd_pairs", "amos_pairs", "mmwhs_pairs", "split_pairs", "check_headers",
-           "load_or_create_datalist", "inference_inputs"]
+           "load_or_create_datalist", "label_fraction", "inference_inputs"]
+
+logger = logging.getLogger(__name__)
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
@@ -164,6 +167,23 @@ def load_or_create_datalist(
     dl = split_pairs(pairs, fractions, seed)
     atomic_json_save(dl, path)
     return dl
+
+
+def label_fraction(datalist: dict, fraction: float = 1.0, seed: int = 0) -> dict:
+    """The label-efficiency study (METHOD.md section 8): train on ``fraction`` of the training cases (at least
+    one), the first of a seeded shuffle, so that 25 % is a subset of 50 %, of 75 %, ...; validation and test
+    stay whole, so the runs are compared on the same cases."""
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    train = list(datalist["training"])
+    if fraction == 1.0 or not train:
+        return datalist
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[: max(1, int(round(fraction * len(train))))])
+    logger.info("label_fraction %.2f: training on %d of %d cases: %s", fraction, len(keep), len(train),
+                ", ".join(os.path.basename(str(train[i]["label"])) for i in keep))
+    return {**datalist, "training": [train[i] for i in keep]}
 
 
 def inference_inputs(path: str | os.PathLike) -> list[dict]:
