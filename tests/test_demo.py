@@ -20,6 +20,7 @@ def test_demo_end_to_end_quick(tmp_path):
 
     summary = run_demo(str(tmp_path), quick=True)
     assert "MOSMOS Dice" in summary and "Random Dice" in summary and "\nmean" in summary
+    assert "Wilcoxon signed-rank" in summary  # 1 test case in the quick form: "not computed", with the reason
     for png in ("pretrain_curves.png", "pretrain_tag_attention.png", "btcv_mosmos_curves.png", "btcv_overlay.png"):
         assert (tmp_path / png).stat().st_size > 1000
     preds = list((tmp_path / "btcv_mosmos" / "predictions").glob("*_seg.nii.gz"))
@@ -33,3 +34,19 @@ def test_bundle_demo_cli(tmp_path, pretrained):
                           "--n", "4", "--max_epochs", "1"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tumor core" in out.stdout and "enhancing tumor" in out.stdout and "_seg.nii.gz" in out.stdout
+
+
+def test_demo_wilcoxon_line_says_when_cases_are_too_few(tmp_path):
+    from mosmos_components.demo import _wilcoxon_line
+
+    runs = {}
+    for name, dice in (("mosmos", [0.8, 0.7, 0.9]), ("random", [0.5, 0.6, 0.4])):
+        path = tmp_path / f"{name}.csv"
+        rows = "".join(f"case{i},liver,{d},3.0\n" for i, d in enumerate(dice))
+        path.write_text("case,class,dice,hd95\n" + rows)
+        runs[name] = {"per_case": str(path)}
+    line = _wilcoxon_line(runs)
+    assert "n = 3" in line and "80.0 vs 50.0 %" in line and "p = 0.25" in line and "too few cases" in line
+    runs["random"]["per_case"] = str(tmp_path / "missing.csv")
+    (tmp_path / "missing.csv").write_text("case,class,dice,hd95\nother,liver,0.5,1.0\n")
+    assert "not computed" in _wilcoxon_line(runs)
