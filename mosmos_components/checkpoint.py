@@ -118,10 +118,24 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, what: str = 
     try:
         missing, unexpected = network.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch
-        raise RuntimeError(f"{what} {path} does not fit {type(network).__name__}: {e}") from e
+        raise RuntimeError(f"{what} {path} does not fit {type(network).__name__}{_config_hint(network, path)}: "
+                           f"{e}") from e
     if missing or unexpected:
         raise RuntimeError(
-            f"{what} {path} does not fit {type(network).__name__}: missing {missing[:8]}"
+            f"{what} {path} does not fit {type(network).__name__}{_config_hint(network, path)}: missing {missing[:8]}"
             f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
     return network
+
+
+def _config_hint(network: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Where the checkpoint's sidecar and the network's own config differ (the overrides to set), if both exist."""
+    if not hasattr(network, "config") or not Path(path).with_suffix(".json").is_file():
+        return ""
+    try:
+        side, mine = read_sidecar(path), network.config()
+    except (ValueError, OSError):
+        return ""
+    diffs = [f"{k}={side[k]!r} (checkpoint) vs {mine[k]!r}" for k in mine
+             if k in side and k != "class_names" and side[k] != mine[k]]
+    return f" (its {Path(path).with_suffix('.json').name} differs: {'; '.join(diffs)})" if diffs else ""

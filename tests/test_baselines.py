@@ -99,3 +99,14 @@ def test_clip_checkpoint_command(clip_weights, tmp_path):
     assert "no MOSMOS pre-training" in msg
     net = load_pretrain_network(tmp_path / "clip" / "model.pt")
     torch.testing.assert_close(net.clip.visual.proj, clip_weights["clip"].visual.proj)
+
+
+def test_a_checkpoint_of_another_configuration_names_the_difference(tmp_path):
+    from mosmos_components.checkpoint import load_weights
+
+    score = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **TINY_UNETR)
+    score.pta.set_class_embeddings(torch.randn(3, 64))
+    save_network(score, tmp_path / "model.pt")
+    decoder = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
+    with pytest.raises(RuntimeError, match="model.json differs: pta_mode='score' \\(checkpoint\\) vs 'decoder'"):
+        load_weights(decoder, tmp_path / "model.pt")
