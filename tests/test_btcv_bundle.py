@@ -138,6 +138,9 @@ def test_random_init_baseline(btcv_dir, tmp_path):
         **_over(btcv_dir, tmp_path, "unused", use_pretrained=False, max_epochs=1))
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["use_pta"] is False
+    # evaluation rebuilds the network from model.json: no need to repeat --use_pretrained False
+    run(config_file=_files("train.json", "demo.json", "evaluate.json"), **_over(btcv_dir, tmp_path, "unused"))
+    assert (tmp_path / "eval" / "report" / "per_case.csv").is_file()
 
 
 @pytest.mark.parametrize("use_pta", [False, True])
