@@ -110,3 +110,15 @@ def test_a_checkpoint_of_another_configuration_names_the_difference(tmp_path):
     decoder = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
     with pytest.raises(RuntimeError, match="model.json differs: pta_mode='score' \\(checkpoint\\) vs 'decoder'"):
         load_weights(decoder, tmp_path / "model.pt")
+
+
+def test_denseclip_score_maps_in_the_2d_unet(pretrained):
+    from mosmos_components.networks import MosmosUNet2D
+
+    net = MosmosUNet2D(1, 3, layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8,
+                       decoder_channels=(64, 32, 16, 16, 8), class_names=NAMES, pta_mode="score")
+    report = load_pretrained(net, pretrained["mosmos-tiny-rn"])
+    assert "v_proj.weight" in report.transferred and "pta.class_embeddings" in report.computed
+    assert net.train()(torch.rand(2, 1, 64, 64)).shape == (2, 2, 3, 64, 64)
+    maps = net.attention_maps(torch.rand(1, 1, 64, 64))
+    assert maps.shape == (1, 3, 2, 2) and float(maps.abs().max()) <= 1.0 + 1e-5
