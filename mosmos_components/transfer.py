@@ -30,13 +30,13 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from mosmos_components.checkpoint import load_pretrain_network, read_sidecar, save_network
+from mosmos_components.checkpoint import load_pretrain_network, load_state_dict, read_sidecar, save_network
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 from mosmos_components.networks.unet2d import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 
 __all__ = ["TransferReport", "class_embeddings", "fixed_prompt_embeddings", "load_pretrained", "prepare_network",
-           "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint"]
+           "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint", "load_imagenet_vit"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,79 @@ def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: Transfe
             _copy(seg, "c_proj.", vis.attnpool.c_proj.state_dict(), report, source)
 
 
+_TIMM_BLOCK = {"norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",
+               "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain state dict from ``.safetensors`` or a torch file (``weights_only``; a ``state_dict``/``model``
+    entry is unwrapped)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ImageNet weights not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = load_state_dict(path, "ImageNet weights")
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> TransferReport:
+    """The ImageNet baseline (METHOD.md section 5): an ImageNet ViT-B/16 in timm's format (``patch_embed``,
+    ``cls_token``, ``pos_embed``, ``blocks.N``, ``norm``; e.g. timm's ``vit_base_patch16_224`` weights) into a
+    ``MosmosUNETR(vit_style="timm", use_pta=False)``: blocks one to one, patch kernel and position grid inflated
+    as for CLIP, the classifier head dropped. Returns the report (also logged)."""
+    source = str(path)
+    if not isinstance(network, MosmosUNETR):
+        raise TypeError(f"the ImageNet ViT goes into MosmosUNETR, not {type(network).__name__}")
+    if network.pta is not None:
+        raise ValueError("the ImageNet baseline has no text encoder for class embeddings: set use_pta to false")
+    enc = network.encoder
+    if not isinstance(enc.ln_pre, nn.Identity):
+        raise ValueError("ImageNet ViT weights need the network built with vit_style='timm' (no pre-norm, patch bias)")
+    state = _read_weights(path)
+    if "patch_embed.proj.weight" not in state or "cls_token" not in state:
+        raise ValueError(f"{source} is not a timm ViT state dict (no patch_embed.proj.weight / cls_token)")
+    mapped = {}
+    for k, v in state.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            for old, new in _TIMM_BLOCK.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
+                    break
+            mapped[f"transformer.resblocks.{i}.{rest}"] = v
+        elif k.startswith("norm."):
+            mapped["ln_post." + k[len("norm."):]] = v
+        elif k == "cls_token":
+            mapped["class_embedding"] = v.reshape(-1)
+    n_blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    if n_blocks != len(enc.transformer.resblocks) or state["cls_token"].shape[-1] != enc.transformer.width:
+        raise ValueError(f"{source}: ViT of width {state['cls_token'].shape[-1]} x {n_blocks} blocks, the UNETR "
+                         f"encoder {enc.transformer.width} x {len(enc.transformer.resblocks)}: "
+                         "set hidden_size/num_layers")
+    kernel = state["patch_embed.proj.weight"]
+    if tuple(kernel.shape[2:]) != tuple(enc.conv1.kernel_size[:2]):
+        raise ValueError(f"{source}: {tuple(kernel.shape[2:])} patches, the UNETR encoder "
+                         f"{tuple(enc.conv1.kernel_size[:2])} (UNETR needs a /16 ViT)")
+    report = TransferReport()
+    with torch.no_grad():
+        _copy(network, "encoder.", mapped, report, source)
+        enc.conv1.weight.copy_(inflate_patch_kernel(kernel, enc.conv1.in_channels, enc.conv1.kernel_size[2]))
+        enc.conv1.bias.copy_(state["patch_embed.proj.bias"])
+        enc.positional_embedding.copy_(resize_position_grid(state["pos_embed"][0], network.grid))
+    report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
+    report.transferred.append("encoder.conv1.bias")
+    done = set(report.transferred) | set(report.inflated)
+    report.initial = [k for k in network.state_dict() if k not in done]
+    report.log(source)
+    return report
+
+
 def load_pretrained(
     network: MosmosUNETR | MosmosUNet2D, ckpt_path: str | os.PathLike, pretrain: MosmosPretrainNet | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
@@ -229,7 +302,7 @@ def load_pretrained(
 
 def prepare_network(
     network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE, pretrained_kind: str = "mosmos",
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation, which
     needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder)."""
@@ -239,7 +312,13 @@ def prepare_network(
                 f"pre-trained MOSMOS checkpoint not found: {pretrained_ckpt} (run the mosmos_pretrain bundle first, "
                 "or set use_pretrained to false for the random-initialisation baseline)"
             )
-        load_pretrained(network, pretrained_ckpt, prompt_template=prompt_template)
+        if pretrained_kind == "imagenet":
+            load_imagenet_vit(network, pretrained_ckpt)
+        elif pretrained_kind == "mosmos":
+            load_pretrained(network, pretrained_ckpt, prompt_template=prompt_template)
+        else:
+            raise ValueError(f"pretrained_kind must be 'mosmos' (MOSMOS or CLIP checkpoints) or 'imagenet', "
+                             f"got {pretrained_kind!r}")
     else:
         if network.pta is not None:
             raise ValueError("use_pta needs the pre-trained MOSMOS checkpoint (its text encoder gives the class "

@@ -122,3 +122,65 @@ def test_denseclip_score_maps_in_the_2d_unet(pretrained):
     assert net.train()(torch.rand(2, 1, 64, 64)).shape == (2, 2, 3, 64, 64)
     maps = net.attention_maps(torch.rand(1, 1, 64, 64))
     assert maps.shape == (1, 3, 2, 2) and float(maps.abs().max()) <= 1.0 + 1e-5
+
+
+def _timm_vit(tmp_path, suffix=".safetensors"):
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(5)
+    vit = VisionTransformer(img_size=96, patch_size=16, embed_dim=64, depth=4, num_heads=2, num_classes=10).eval()
+    path = tmp_path / f"vit_imagenet{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    else:
+        torch.save({"state_dict": vit.state_dict()}, path)
+    return vit, path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
+    """A volume one patch deep through the 3D encoder = the grey image through timm's ImageNet ViT."""
+    from mosmos_components.transfer import load_imagenet_vit, prepare_network
+
+    vit, path = _timm_vit(tmp_path, suffix)
+    net = MosmosUNETR(1, 3, img_size=(96, 96, 16), use_pta=False, vit_style="timm",
+                      **dict(TINY_UNETR, quick_gelu=False)).eval()
+    report = load_imagenet_vit(net, path)
+    assert "encoder.transformer.resblocks.3.mlp.c_proj.weight" in report.transferred
+    assert not any(k.startswith("head") for k in net.state_dict())
+    img = torch.rand(1, 96, 96)
+    with torch.no_grad():
+        ref = vit.forward_features(img.expand(3, -1, -1).unsqueeze(0))[:, 1:]  # tokens after the final norm
+        tokens, _ = net.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
+    torch.testing.assert_close(tokens, ref, rtol=1e-4, atol=1e-4)
+    # through the bundle's entry point, and the clear errors
+    prepare_network(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm",
+                                **dict(TINY_UNETR, quick_gelu=False)), path, pretrained_kind="imagenet")
+    with pytest.raises(ValueError, match="vit_style='timm'"):
+        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path)
+    with pytest.raises(ValueError, match="no text encoder"):
+        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), vit_style="timm", **TINY_UNETR), path)
+    with pytest.raises(ValueError, match="pretrained_kind must be"):
+        prepare_network(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path,
+                        pretrained_kind="imagenet21k")
+
+
+def test_imagenet_baseline_through_the_bundle(btcv_dir, clip_weights, tmp_path):
+    from monai.bundle import run
+
+    from mosmos_components.checkpoint import load_segmentation_network
+    from mosmos_components.transfer import load_imagenet_vit
+    from test_btcv_bundle import _files, _over
+
+    vit, path = _timm_vit(tmp_path)
+    run(config_file=_files("train.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, path, pretrained_kind="imagenet", vit_style="timm", use_pta=False,
+                quick_gelu=False, max_epochs=1))
+    net = load_segmentation_network(tmp_path / "models" / "model.pt")
+    assert net.config()["vit_style"] == "timm" and net.pta is None
+    moved = net.encoder.transformer.resblocks[0].attn.in_proj_weight - vit.blocks[0].attn.qkv.weight
+    assert float(moved.abs().max()) < 0.01 < float(vit.blocks[0].attn.qkv.weight.std())  # started from ImageNet
+    with pytest.raises(ValueError, match="is not a timm ViT state dict"):  # e.g. CLIP weights given by mistake
+        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
+                          clip_weights["weights"])

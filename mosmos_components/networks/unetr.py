@@ -3,6 +3,7 @@ optional pixel-tag attention branch (METHOD.md section 4)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -12,11 +13,12 @@ from torch import nn
 
 from mosmos_components.networks.pta import PixelTagAttention, SegmentationNetMixin
 
-__all__ = ["ClipViT3DEncoder", "MosmosUNETR", "CLIP_GREY_MEAN", "CLIP_GREY_STD"]
+__all__ = ["ClipViT3DEncoder", "MosmosUNETR", "CLIP_GREY_MEAN", "CLIP_GREY_STD", "VIT_STYLES"]
 
 # inputs in [0, 1] are standardised like CLIP's images (mean/std of its RGB statistics), so that a transferred
 # encoder sees the distribution it was pre-trained on
 CLIP_GREY_MEAN, CLIP_GREY_STD = 0.4490, 0.2686
+VIT_STYLES = ("clip", "timm")
 
 
 class ClipViT3DEncoder(nn.Module):
@@ -34,6 +36,9 @@ class ClipViT3DEncoder(nn.Module):
         mlp_ratio: MLP width ratio (4).
         embed_dim: projection width (CLIP's joint space, 512); ``None`` builds no projection.
         quick_gelu: QuickGELU (OpenAI CLIP weights) instead of GELU.
+        vit_style: ``"clip"`` (open_clip's ViT: bias-free patch embedding, ``ln_pre``) or ``"timm"`` (the ImageNet
+            ViT of timm/Google: patch embedding with bias, no pre-norm, LayerNorm eps 1e-6), for the ImageNet
+            baseline (:func:`mosmos_components.transfer.load_imagenet_vit`).
     """
 
     def __init__(
@@ -47,19 +52,25 @@ class ClipViT3DEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         embed_dim: int | None = 512,
         quick_gelu: bool = False,
+        vit_style: str = "clip",
     ) -> None:
         super().__init__()
         if any(s % patch_size for s in img_size):
             raise ValueError(f"img_size {tuple(img_size)} must be a multiple of patch_size {patch_size}")
+        if vit_style not in VIT_STYLES:
+            raise ValueError(f"vit_style must be one of {VIT_STYLES}, got {vit_style!r}")
+        timm_style = vit_style == "timm"
+        norm = functools.partial(LayerNorm, eps=1e-6) if timm_style else LayerNorm
         self.grid = tuple(int(s) // patch_size for s in img_size)
-        self.conv1 = nn.Conv3d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.conv1 = nn.Conv3d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=timm_style)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         n = self.grid[0] * self.grid[1] * self.grid[2]
         self.positional_embedding = nn.Parameter(scale * torch.randn(n + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=QuickGELU if quick_gelu else nn.GELU)
-        self.ln_post = LayerNorm(width)
+        self.ln_pre = nn.Identity() if timm_style else LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=QuickGELU if quick_gelu else nn.GELU,
+                                       norm_layer=norm)
+        self.ln_post = norm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim)) if embed_dim else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +115,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             back), so the encoder sees slices the way its 2D pre-training images were laid out (MONAI's PIL reader
             puts a radiologically displayed JPEG's columns, patient right to left, on axis 0 and its rows,
             anterior to posterior, on axis 1: the opposite of RAS on both axes).
+        vit_style: ``"clip"`` or ``"timm"`` (the ImageNet baseline's ViT; see :class:`ClipViT3DEncoder`).
 
     In ``train()`` mode with PTA the output is ``(B, 2, K, H, W, D)``: the segmentation logits and the PTA
     logits ``LI(A)/tau_2`` stacked (see :class:`~mosmos_components.losses.MosmosSegLoss`); otherwise (eval,
@@ -135,6 +147,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         quick_gelu: bool = False,
         norm_name: str = "instance",
         radiological_flip: bool = True,
+        vit_style: str = "clip",
     ) -> None:
         super().__init__()
         if patch_size != 16:
@@ -147,12 +160,12 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             embed_dim=embed_dim, feature_size=feature_size, use_pta=use_pta, class_names=class_names,
             pta_mode=pta_mode,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
-            norm_name=norm_name, radiological_flip=radiological_flip)
+            norm_name=norm_name, radiological_flip=radiological_flip, vit_style=vit_style)
         self.use_pta = use_pta
         self.flip_dims = (2, 3) if radiological_flip else ()
         self.skip_indices = [num_layers * k // 4 - 1 for k in (1, 2, 3)]
         self.encoder = ClipViT3DEncoder(in_channels, img_size, patch_size, hidden_size, num_layers, num_heads,
-                                        mlp_ratio, embed_dim if use_pta else None, quick_gelu)
+                                        mlp_ratio, embed_dim if use_pta else None, quick_gelu, vit_style)
         self.grid = self.encoder.grid
         self.pta = (PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names,
                                       mode=pta_mode) if use_pta else None)
