@@ -215,6 +215,11 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
     state = _read_weights(path)
     if "patch_embed.proj.weight" not in state or "cls_token" not in state:
         raise ValueError(f"{source} is not a timm ViT state dict (no patch_embed.proj.weight / cls_token)")
+    other = sorted({k.split(".")[0] for k in state} - {"patch_embed", "cls_token", "pos_embed", "blocks", "norm",
+                                                        "head", "fc_norm"})
+    if other or any(k.startswith("fc_norm.") for k in state):
+        raise ValueError(f"{source}: unsupported ViT variant (has {other or ['fc_norm']}); the ImageNet baseline "
+                         "takes the plain class-token ViT (timm's vit_base_patch16_224 family)")
     mapped = {}
     for k, v in state.items():
         if k.startswith("blocks."):
@@ -305,11 +310,13 @@ def prepare_network(
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE, pretrained_kind: str = "mosmos",
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation, which
-    needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder)."""
+    needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder).
+    ``pretrained_kind``: ``"mosmos"`` (a MOSMOS or CLIP-only pre-training checkpoint) or ``"imagenet"`` (timm
+    ViT weights, :func:`load_imagenet_vit`)."""
     if pretrained_ckpt:
         if not os.path.isfile(pretrained_ckpt):
             raise FileNotFoundError(
-                f"pre-trained MOSMOS checkpoint not found: {pretrained_ckpt} (run the mosmos_pretrain bundle first, "
+                f"pre-trained checkpoint not found: {pretrained_ckpt} (run the mosmos_pretrain bundle first, "
                 "or set use_pretrained to false for the random-initialisation baseline)"
             )
         if pretrained_kind == "imagenet":

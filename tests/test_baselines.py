@@ -161,6 +161,14 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
         load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path)
     with pytest.raises(ValueError, match="no text encoder"):
         load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), vit_style="timm", **TINY_UNETR), path)
+    from safetensors.torch import load_file, save_file
+
+    variant = dict(load_file(str(path)) if suffix == ".safetensors" else torch.load(path)["state_dict"])
+    variant["reg_token"] = torch.zeros(1, 4, 64)  # a register-token ViT computes another function
+    save_file({k: v.contiguous() for k, v in variant.items()}, str(tmp_path / "reg.safetensors"))
+    with pytest.raises(ValueError, match="unsupported ViT variant"):
+        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
+                          tmp_path / "reg.safetensors")
     with pytest.raises(ValueError, match="pretrained_kind must be"):
         prepare_network(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path,
                         pretrained_kind="imagenet21k")

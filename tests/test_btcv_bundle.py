@@ -182,7 +182,7 @@ def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path):
     while e is not None:
         chain.append(str(e))
         e = e.__cause__ or e.__context__
-    assert any("pre-trained MOSMOS checkpoint not found" in c and "none.pt" in c for c in chain)
+    assert any("pre-trained checkpoint not found" in c and "none.pt" in c for c in chain)
 
 
 def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path):
