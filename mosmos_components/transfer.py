@@ -36,7 +36,8 @@ from mosmos_components.networks.unet2d import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 
 __all__ = ["TransferReport", "class_embeddings", "fixed_prompt_embeddings", "load_pretrained", "prepare_network",
-           "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint", "load_imagenet_vit"]
+           "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint", "load_imagenet_vit",
+           "load_imagenet_resnet"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +257,33 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
     return report
 
 
+def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> TransferReport:
+    """The ImageNet baseline of the 2D U-Net: torchvision ResNet-50 weights (e.g. ``resnet50-0676ba61.pth``) into
+    a ``MosmosUNet2D(resnet_style="torchvision", use_pta=False)``, every encoder tensor one to one, the
+    classifier ``fc`` dropped. Returns the report (also logged)."""
+    source = str(path)
+    if not isinstance(network, MosmosUNet2D) or network.resnet_style != "torchvision":
+        raise ValueError("torchvision ResNet weights need MosmosUNet2D built with resnet_style='torchvision'")
+    state = _read_weights(path)
+    if "conv1.weight" not in state or "layer4.0.conv1.weight" not in state:
+        raise ValueError(f"{source} is not a torchvision ResNet state dict (no conv1.weight / layer4)")
+    encoder = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    extra = sorted(set(encoder) - set(network.encoder.state_dict()))
+    if extra:
+        raise ValueError(f"{source}: {len(extra)} tensors have no place in the encoder (e.g. {extra[:3]}): "
+                         "set layers to the ResNet's blocks per stage ((3, 4, 6, 3) for ResNet-50)")
+    report = TransferReport()
+    with torch.no_grad():
+        _copy(network, "encoder.", encoder, report, source)
+    done = set(report.transferred)
+    report.initial = [k for k in network.state_dict() if k not in done]
+    missing = [k for k in report.initial if k.startswith("encoder.")]
+    if missing:
+        raise ValueError(f"{source}: the encoder's {missing[:3]} ... are not in the file: set layers to match it")
+    report.log(source)
+    return report
+
+
 def load_pretrained(
     network: MosmosUNETR | MosmosUNet2D, ckpt_path: str | os.PathLike, pretrain: MosmosPretrainNet | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
@@ -312,7 +340,7 @@ def prepare_network(
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation, which
     needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder).
     ``pretrained_kind``: ``"mosmos"`` (a MOSMOS or CLIP-only pre-training checkpoint) or ``"imagenet"`` (timm
-    ViT weights, :func:`load_imagenet_vit`)."""
+    ViT weights, :func:`load_imagenet_vit`; torchvision ResNet weights, :func:`load_imagenet_resnet`)."""
     if pretrained_ckpt:
         if not os.path.isfile(pretrained_ckpt):
             raise FileNotFoundError(
@@ -320,7 +348,10 @@ def prepare_network(
                 "or set use_pretrained to false for the random-initialisation baseline)"
             )
         if pretrained_kind == "imagenet":
-            load_imagenet_vit(network, pretrained_ckpt)
+            if isinstance(network, MosmosUNet2D):
+                load_imagenet_resnet(network, pretrained_ckpt)
+            else:
+                load_imagenet_vit(network, pretrained_ckpt)
         elif pretrained_kind == "mosmos":
             load_pretrained(network, pretrained_ckpt, prompt_template=prompt_template)
         else:

@@ -192,3 +192,53 @@ def test_imagenet_baseline_through_the_bundle(btcv_dir, clip_weights, tmp_path):
     with pytest.raises(ValueError, match="is not a timm ViT state dict"):  # e.g. CLIP weights given by mistake
         load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
                           clip_weights["weights"])
+
+
+def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir):
+    from monai.bundle import run
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from mosmos_components.checkpoint import load_segmentation_network
+    from mosmos_components.networks import MosmosUNet2D
+    from mosmos_components.transfer import load_imagenet_resnet, prepare_network
+    from test_btcv_bundle import _files, _over
+
+    torch.manual_seed(7)
+    ref = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
+    for m in ref.modules():  # non-trivial batch-norm statistics, so the buffers' transfer is checked too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ref.eval()
+    path = tmp_path / "resnet_imagenet.pth"
+    torch.save(ref.state_dict(), path)
+    kw = dict(layers=(1, 1, 1, 1), use_pta=False, resnet_style="torchvision", decoder_channels=(64, 32, 16, 16, 8))
+    net = MosmosUNet2D(1, 3, **kw).eval()
+    report = load_imagenet_resnet(net, path)
+    assert "encoder.layer4.0.bn3.running_var" in report.transferred and not any("fc" in k for k in net.state_dict())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        l4, _ = net._encode(x)
+        z = (x.flip((2, 3)).repeat(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / \
+            torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        expected = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(z))))))))
+    torch.testing.assert_close(l4, expected)
+    with pytest.raises(ValueError, match="width=64"):
+        MosmosUNet2D(1, 3, **dict(kw, use_pta=True))
+    with pytest.raises(ValueError, match="set layers"):  # a deeper ResNet than the network
+        prepare_network(MosmosUNet2D(1, 3, **dict(kw, layers=(1, 1, 1, 1))), _deeper_resnet(tmp_path),
+                        pretrained_kind="imagenet")
+    # through the bundle's 2D variant
+    run(config_file=_files("train.json", "unet2d.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, path, pretrained_kind="imagenet", resnet_style="torchvision", use_pta=False,
+                resnet_width=64, max_epochs=1, batch_size=2, num_samples=2))
+    trained = load_segmentation_network(tmp_path / "models" / "model.pt")
+    assert trained.config()["resnet_style"] == "torchvision"
+
+
+def _deeper_resnet(tmp_path):
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    path = tmp_path / "deeper.pth"
+    torch.save(ResNet(Bottleneck, [1, 2, 1, 1]).state_dict(), path)
+    return path

@@ -1,5 +1,6 @@
 """2D U-Net on CLIP's ResNet-50 (open_clip ``ModifiedResNet``) with the optional pixel-tag attention branch
-(METHOD.md section 4). Volumes are segmented slice by slice (MONAI's ``SliceInferer`` in the bundles)."""
+(METHOD.md section 4), or on torchvision's ResNet-50 for the ImageNet baseline. Volumes are segmented slice by
+slice (MONAI's ``SliceInferer`` in the bundles)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetResBlock
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from mosmos_components.networks.mosmos_clip import CLIP_MEAN, CLIP_STD
 from mosmos_components.networks.pta import PixelTagAttention, SegmentationNetMixin
 
-__all__ = ["MosmosUNet2D"]
+__all__ = ["MosmosUNet2D", "RESNET_STYLES"]
+
+RESNET_STYLES = ("clip", "torchvision")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class _UpBlock(nn.Module):
@@ -48,6 +53,9 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         norm_name: decoder normalisation.
         radiological_flip: flip both axes of a slice of a RAS volume before the encoder (and the outputs back),
             as :class:`~mosmos_components.networks.MosmosUNETR` does, so slices look like the pre-training images.
+        resnet_style: ``"clip"`` (CLIP's ModifiedResNet) or ``"torchvision"`` (torchvision's ResNet with ImageNet
+            input standardisation, for the ImageNet baseline: :func:`mosmos_components.transfer.load_imagenet_resnet`;
+            ``width`` 64 and no PTA). Both give the decoder the same skip widths.
 
     Inputs (B, C, H, W) in [0, 1] with H, W multiples of 32. In ``train()`` mode with PTA the output is
     ``(B, 2, K, H, W)`` (segmentation and PTA logits stacked), otherwise ``(B, K, H, W)``.
@@ -74,20 +82,34 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         decoder_heads: int = 8,
         norm_name: str = "instance",
         radiological_flip: bool = True,
+        resnet_style: str = "clip",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"MosmosUNet2D takes 1 (grey) or 3 (RGB) input channels, got {in_channels}")
+        if resnet_style not in RESNET_STYLES:
+            raise ValueError(f"resnet_style must be one of {RESNET_STYLES}, got {resnet_style!r}")
+        if resnet_style == "torchvision" and (use_pta or width != 64):
+            raise ValueError("resnet_style='torchvision' (the ImageNet baseline) needs use_pta=False (no text encoder "
+                             f"for class embeddings) and width=64 (torchvision's stem), got use_pta={use_pta}, "
+                             f"width={width}")
         self._record_config(
             in_channels=in_channels, out_channels=out_channels, layers=layers, width=width, embed_dim=embed_dim,
             attn_heads=attn_heads, decoder_channels=decoder_channels, use_pta=use_pta, class_names=class_names,
             pta_mode=pta_mode,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, norm_name=norm_name,
-            radiological_flip=radiological_flip)
+            radiological_flip=radiological_flip, resnet_style=resnet_style)
         self.in_channels = in_channels
+        self.resnet_style = resnet_style
         self.flip_dims = (2, 3) if radiological_flip else ()
-        self.encoder = ModifiedResNet(list(layers), embed_dim, attn_heads, image_size=224, width=width)
-        self.encoder.attnpool = None  # only its value/output projections are needed (below)
+        if resnet_style == "torchvision":
+            self.encoder = ResNet(Bottleneck, list(layers))
+            self.encoder.fc = nn.Identity()  # the ImageNet classifier is not part of the encoder
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            self.encoder = ModifiedResNet(list(layers), embed_dim, attn_heads, image_size=224, width=width)
+            self.encoder.attnpool = None  # only its value/output projections are needed (below)
+            mean, std = CLIP_MEAN, CLIP_STD
         feat = width * 32
         self.use_pta = use_pta
         if use_pta:
@@ -96,8 +118,8 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
                                          class_names=class_names, mode=pta_mode)
         else:
             self.pta = None
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         d = list(decoder_channels)
         if len(d) != 5:
             raise ValueError(f"decoder_channels needs 5 widths, got {d}")
@@ -112,8 +134,12 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
             x = x.repeat(1, 3, 1, 1)
         z = (x - self.mean) / self.std
         e = self.encoder
-        s2 = e.act3(e.bn3(e.conv3(e.act2(e.bn2(e.conv2(e.act1(e.bn1(e.conv1(z)))))))))
-        l1 = e.layer1(e.avgpool(s2))
+        if self.resnet_style == "torchvision":
+            s2 = e.relu(e.bn1(e.conv1(z)))
+            l1 = e.layer1(e.maxpool(s2))
+        else:
+            s2 = e.act3(e.bn3(e.conv3(e.act2(e.bn2(e.conv2(e.act1(e.bn1(e.conv1(z)))))))))
+            l1 = e.layer1(e.avgpool(s2))
         l2 = e.layer2(l1)
         l3 = e.layer3(l2)
         l4 = e.layer4(l3)
