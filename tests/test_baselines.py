@@ -154,6 +154,12 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
         ref = vit.forward_features(img.expand(3, -1, -1).unsqueeze(0))[:, 1:]  # tokens after the final norm
         tokens, _ = net.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
     torch.testing.assert_close(tokens, ref, rtol=1e-4, atol=1e-4)
+    seen = []  # the network standardises its [0, 1] input as timm's ViTs expect: (x - 0.5) / 0.5
+    net.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    vol = torch.rand(1, 1, 96, 96, 16)
+    with torch.no_grad():
+        net(vol)
+    torch.testing.assert_close(seen[0], (vol.flip((2, 3)) - 0.5) / 0.5)
     # through the bundle's entry point, and the clear errors
     prepare_network(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm",
                                 **dict(TINY_UNETR, quick_gelu=False)), path, pretrained_kind="imagenet")

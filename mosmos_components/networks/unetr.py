@@ -115,7 +115,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             back), so the encoder sees slices the way its 2D pre-training images were laid out (MONAI's PIL reader
             puts a radiologically displayed JPEG's columns, patient right to left, on axis 0 and its rows,
             anterior to posterior, on axis 1: the opposite of RAS on both axes).
-        vit_style: ``"clip"`` or ``"timm"`` (the ImageNet baseline's ViT; see :class:`ClipViT3DEncoder`).
+        vit_style: ``"clip"`` or ``"timm"`` (the ImageNet baseline's ViT; see :class:`ClipViT3DEncoder`); inputs
+            in [0, 1] are standardised with CLIP's statistics, or with timm's ViT ones (0.5, 0.5).
 
     In ``train()`` mode with PTA the output is ``(B, 2, K, H, W, D)``: the segmentation logits and the PTA
     logits ``LI(A)/tau_2`` stacked (see :class:`~mosmos_components.losses.MosmosSegLoss`); otherwise (eval,
@@ -162,6 +163,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
             norm_name=norm_name, radiological_flip=radiological_flip, vit_style=vit_style)
         self.use_pta = use_pta
+        # each encoder sees the input distribution of its pre-training: CLIP's statistics, or timm ViTs' 0.5 / 0.5
+        self.input_mean, self.input_std = (0.5, 0.5) if vit_style == "timm" else (CLIP_GREY_MEAN, CLIP_GREY_STD)
         self.flip_dims = (2, 3) if radiological_flip else ()
         self.skip_indices = [num_layers * k // 4 - 1 for k in (1, 2, 3)]
         self.encoder = ClipViT3DEncoder(in_channels, img_size, patch_size, hidden_size, num_layers, num_heads,
@@ -193,7 +196,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         """The pixel-tag attention maps ``A`` (B, K, h, w, d) for an input (B, C, H, W, D)."""
         if self.pta is None:
             raise ValueError("this network was built with use_pta=False: it has no attention maps")
-        tokens, _ = self.encoder((self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD)
+        tokens, _ = self.encoder((self._flip(x) - self.input_mean) / self.input_std)
         return self._flip(self._attention(tokens))
 
     def _attention(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -203,7 +206,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing() and tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
             raise ValueError(f"input spatial size {tuple(x.shape[2:])} != img_size {tuple(s * 16 for s in self.grid)}")
-        z = (self._flip(x) - CLIP_GREY_MEAN) / CLIP_GREY_STD
+        z = (self._flip(x) - self.input_mean) / self.input_std
         tokens, skips = self.encoder(z, self.skip_indices)
         enc1 = self.encoder1(z)
         enc2 = self.encoder2(self._grid(skips[0]))
