@@ -1,6 +1,6 @@
-"""The CLIP baselines of METHOD.md section 5: CLIP weights written as a pre-training checkpoint (no MOSMOS
-pre-training), the CLIP initialisation of the segmentation encoder, and CLIP+DenseCLIP's pixel-text score maps
-from fixed class prompts."""
+"""The baselines of METHOD.md section 5: CLIP weights written as a pre-training checkpoint (no MOSMOS
+pre-training), the CLIP initialisation of the segmentation encoder, CLIP+DenseCLIP's pixel-text score maps from
+fixed class prompts, and the ImageNet initialisations (timm ViT into UNETR, torchvision ResNet-50 into the U-Net)."""
 
 import open_clip
 import pytest
