@@ -32,13 +32,15 @@ class BestModelSaver:
         metric_name: a key of ``evaluator.state.metrics``.
         mode: ``"min"`` (losses) or ``"max"`` (Dice).
         rank0_only: write only on rank 0 under torch.distributed.
+        extra: more entries for the sidecar (e.g. how the weights were pre-trained).
     """
 
     def __init__(self, network: torch.nn.Module, path: str, metric_name: str = "val_loss", mode: str = "min",
-                 rank0_only: bool = True) -> None:
+                 rank0_only: bool = True, extra: dict | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.network, self.path, self.metric_name, self.mode = network, Path(path), metric_name, mode
+        self.extra = dict(extra or {})
         self.rank0_only = rank0_only
         self.best = math.inf if mode == "min" else -math.inf
 
@@ -59,7 +61,8 @@ class BestModelSaver:
         self.best = value
         if self.rank0_only and not is_rank0():
             return
-        save_network(self.network, self.path, extra={"metric": {self.metric_name: value}, "epoch": engine.state.epoch})
+        save_network(self.network, self.path,
+                     extra={**self.extra, "metric": {self.metric_name: value}, "epoch": engine.state.epoch})
         logger.info("new best %s=%.5f at epoch %d: wrote %s", self.metric_name, value, engine.state.epoch, self.path)
 
 

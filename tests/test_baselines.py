@@ -248,3 +248,45 @@ def _deeper_resnet(tmp_path):
     path = tmp_path / "deeper.pth"
     torch.save(ResNet(Bottleneck, [1, 2, 1, 1]).state_dict(), path)
     return path
+
+
+def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(roco_dir, tmp_path):
+    """Swin UNETR's proxy tasks on the pre-training images: shapes, deterministic validation views, the loss going
+    down, and through the pre-training bundle (ssl.json) a checkpoint the segmentation transfer takes."""
+    from monai.bundle import run
+
+    from mosmos_components.networks import SSLPretrainNet, SSLProxyLoss
+    from mosmos_components.networks.ssl import mask_patches
+    from test_pretrain_bundle import BUNDLE, _overrides
+
+    masked = mask_patches(torch.ones(4, 3, 64, 64), 16, 0.5, torch.Generator().manual_seed(0))
+    assert set(masked.unique().tolist()) == {0.0, 1.0} and 0.2 < float((masked == 0).float().mean()) < 0.8
+    torch.manual_seed(0)
+    net = SSLPretrainNet(MosmosPretrainNet("mosmos-tiny-vit", decoder_heads=4, _warn_random=False))
+    x = torch.rand(6, 3, 96, 96)
+    out = net(x)
+    assert out["rotation_logits"].shape == (6, 2, 4) and out["reconstruction"].shape == (6, 2, 3, 96, 96)
+    net.eval()
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    torch.testing.assert_close(a["reconstruction"], b["reconstruction"])  # validation views are reproducible
+    net.train()
+    loss_fn, opt = SSLProxyLoss(), torch.optim.Adam(net.parameters(), 1e-3)
+    losses = []
+    for _ in range(25):
+        loss = loss_fn(net(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+    configs = [str(BUNDLE / "configs" / c) for c in ("train.json", "demo.json", "ssl.json")]
+    run(config_file=configs, **_overrides(roco_dir, tmp_path, max_epochs=1))
+    side = read_sidecar(tmp_path / "models" / "model.pt")
+    assert side["mosmos_pretrained"] is False and "inpainting" in side["pretraining"]
+    pre = load_pretrain_network(tmp_path / "models" / "model.pt")  # the plain pre-training format, strictly
+    seg = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
+    load_pretrained(seg, tmp_path / "models" / "model.pt")
+    torch.testing.assert_close(seg.encoder.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
+                               pre.clip.visual.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"])

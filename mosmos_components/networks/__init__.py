@@ -10,6 +10,7 @@ from mosmos_components.networks.mosmos_clip import (
     register_model_configs,
 )
 from mosmos_components.networks.pta import PixelTagAttention
+from mosmos_components.networks.ssl import SSLPretrainNet, SSLProxyLoss
 from mosmos_components.networks.tag_decoder import GroupWiseLinear, TagDecoder, sine_position_encoding
 from mosmos_components.networks.unet2d import MosmosUNet2D
 from mosmos_components.networks.unetr import ClipViT3DEncoder, MosmosUNETR
@@ -23,6 +24,8 @@ __all__ = [
     "MosmosUNETR",
     "MosmosUNet2D",
     "PixelTagAttention",
+    "SSLPretrainNet",
+    "SSLProxyLoss",
     "TagDecoder",
     "TagPromptLearner",
     "create_clip",

@@ -1,0 +1,108 @@
+"""The self-supervised baseline of METHOD.md section 5: Swin UNETR's three proxy tasks (masked-patch inpainting,
+rotation prediction, contrastive coding of two views; Tang et al., CVPR 2022) trained on the pre-training images
+alone, with the same open_clip image tower as MOSMOS, so the same transfer carries its weights into the
+segmentation networks (without PTA: the text side is never trained).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
+
+__all__ = ["SSLPretrainNet", "SSLProxyLoss", "mask_patches"]
+
+
+def mask_patches(image: torch.Tensor, patch: int, ratio: float, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Zero a random ``ratio`` of the ``patch`` x ``patch`` squares of each image (B, C, H, W)."""
+    b, _, h, w = image.shape
+    keep = torch.rand(b, 1, h // patch, w // patch, generator=generator, device=image.device) >= ratio
+    keep = keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return image * keep.to(image.dtype)
+
+
+class SSLPretrainNet(nn.Module):
+    """A :class:`MosmosPretrainNet` (``pretrain``; only its image tower is trained) with the three proxy-task heads.
+
+    Args:
+        pretrain: the network whose image tower is pre-trained (and saved, in its own checkpoint format).
+        mask_ratio: fraction of patches zeroed for inpainting (Swin UNETR masks ~30 % of the volume).
+        projection_dim: width of the contrastive head.
+
+    ``forward(image (B, 3, H, W), text=None)`` makes two views (independent masks and 90-degree rotations),
+    and returns a dict with ``rotation_logits`` (B, 2, 4), ``rotation`` (B, 2), ``reconstruction`` and ``target``
+    (B, 2, 3, H, W), ``embedding`` (B, 2, projection_dim), the second axis being the view. ``text`` is accepted
+    and ignored (the pre-training bundle passes the reports). In ``eval()`` the masks and rotations are drawn
+    from a fixed seed, so validation losses are comparable between epochs.
+    """
+
+    def __init__(self, pretrain: MosmosPretrainNet, mask_ratio: float = 0.3, projection_dim: int = 128) -> None:
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.pretrain, self.mask_ratio = pretrain, mask_ratio
+        d = pretrain.embed_dim
+        self.rotation_head = nn.Linear(d, 4)
+        self.projection_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, projection_dim))
+        with torch.no_grad():
+            _, _, grid = pretrain.encode_image(torch.zeros(1, 3, pretrain.image_size, pretrain.image_size))
+        self.stride = pretrain.image_size // grid[0]
+        self.reconstruction_head = nn.Linear(d, 3 * self.stride * self.stride)
+
+    def config(self) -> dict:
+        return self.pretrain.config()
+
+    def _view(self, image: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        k = torch.randint(0, 4, (image.shape[0],), generator=generator, device=image.device)
+        target = torch.stack([torch.rot90(im, int(r), dims=(1, 2)) for im, r in zip(image, k)])
+        return mask_patches(target, self.stride, self.mask_ratio, generator), target, k
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if image.shape[2] != image.shape[3]:
+            raise ValueError(f"SSL views are rotated by 90 degrees: images must be square, got {tuple(image.shape)}")
+        gen = None
+        if not self.training:
+            gen = torch.Generator(device=image.device).manual_seed(0)
+        v1, t1, k1 = self._view(image, gen)
+        v2, t2, k2 = self._view(image, gen)
+        g, s, grid = self.pretrain.encode_image(torch.cat([v1, v2]))
+        n = s.shape[0]
+        rec = self.reconstruction_head(s).reshape(n, grid[0], grid[1], 3, self.stride, self.stride)
+        rec = rec.permute(0, 3, 1, 4, 2, 5).reshape(n, 3, grid[0] * self.stride, grid[1] * self.stride)
+
+        def pair(t: torch.Tensor) -> torch.Tensor:  # (2B, ...) -> (B, 2, ...): one item per image, two views
+            return t.reshape(2, n // 2, *t.shape[1:]).transpose(0, 1)
+
+        return {
+            "rotation_logits": pair(self.rotation_head(g)),
+            "rotation": pair(torch.cat([k1, k2])),
+            "reconstruction": pair(rec),
+            "target": pair(torch.cat([t1, t2])),
+            "embedding": pair(self.projection_head(g)),
+        }
+
+
+class SSLProxyLoss(nn.Module):
+    """``L = L_inpaint (L1 on the whole image) + L_rot (cross-entropy) + L_contrast (InfoNCE between the two
+    views of each image, temperature ``tau``)``, Swin UNETR's sum with unit weights. Called as
+    ``loss(pred, label)``; ``label`` (the tags) is ignored. Writes ``loss_inpaint``, ``loss_rotation``,
+    ``loss_contrast`` (detached) back into ``pred`` for the metrics."""
+
+    def __init__(self, tau: float = 0.5) -> None:
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, pred: dict, label: torch.Tensor | None = None) -> torch.Tensor:
+        rec = F.l1_loss(pred["reconstruction"], pred["target"])
+        rot = F.cross_entropy(pred["rotation_logits"].flatten(0, 1), pred["rotation"].flatten())
+        z = F.normalize(pred["embedding"].transpose(0, 1).flatten(0, 1), dim=-1)  # view 1 of every image, then view 2
+        b = z.shape[0] // 2
+        sim = z @ z.t() / self.tau
+        sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+        partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+        con = F.cross_entropy(sim, partner)
+        pred["loss_inpaint"], pred["loss_rotation"], pred["loss_contrast"] = rec.detach(), rot.detach(), con.detach()
+        return rec + rot + con
