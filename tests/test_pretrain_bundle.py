@@ -97,14 +97,19 @@ def test_missing_dataset_dir_is_a_clear_error(tmp_path):
     assert any(isinstance(e, FileNotFoundError) and "nowhere" in str(e) for e in _chain(info.value))
 
 
-def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["ssl.json"]])  # MOSMOS, and the self-supervised baseline
+def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    port = 29533 + len(extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "monai.bundle", "run", "--config_file",
-           str(CONFIGS + [str(BUNDLE / "configs" / "multi_gpu_train.json")]),
+           str(CONFIGS + [str(BUNDLE / "configs" / c) for c in ["multi_gpu_train.json"] + extra]),
            "--bundle_root", str(BUNDLE), "--dataset_dir", str(roco_dir), "--ckpt_dir", str(tmp_path / "models"),
            "--output_dir", str(tmp_path / "eval"), "--max_epochs", "1", "--num_workers", "0", "--batch_size", "8",
            "--show_progress", "False"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
+    if extra:  # the image tower alone, saved in the pre-training format
+        assert json.loads((tmp_path / "models" / "model.json").read_text())["mosmos_pretrained"] is False
+        load_pretrain_network(tmp_path / "models" / "model.pt")

@@ -44,6 +44,10 @@ class SSLPretrainNet(nn.Module):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.pretrain, self.mask_ratio = pretrain, mask_ratio
+        # only the image tower learns: the text tower, prompt, tag decoder and classifier stay as they are (also
+        # keeps DistributedDataParallel from waiting for gradients that never come)
+        for name, p in pretrain.named_parameters():
+            p.requires_grad_(name.startswith("clip.visual."))
         d = pretrain.embed_dim
         self.rotation_head = nn.Linear(d, 4)
         self.projection_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, projection_dim))
