@@ -22,6 +22,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,13 @@ class TransferReport:
         return (f"{len(self.transferred)} tensors transferred, {len(self.inflated)} inflated/resized, "
                 f"{len(self.computed)} computed (class embeddings), {len(self.initial)} left at initial values")
 
+    def finish(self, network: nn.Module, source: str) -> TransferReport:
+        """Mark every tensor of ``network`` the transfer did not touch as initial, and log the report."""
+        done = set(self.transferred) | set(self.inflated) | set(self.computed)
+        self.initial = [k for k in network.state_dict() if k not in done]
+        self.log(source)
+        return self
+
     def log(self, source: str) -> None:
         logger.info("pre-trained weights from %s: %s", source, self.summary())
         for what in ("inflated", "computed", "initial", "transferred"):
@@ -63,17 +71,24 @@ class TransferReport:
                 logger.info("  %s: %s", what, ", ".join(names))
 
 
+@contextmanager
+def _eval_mode(net: nn.Module):
+    """``net`` in eval mode for the block, then back to the mode it was in."""
+    was = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was)
+
+
 @torch.no_grad()
 def class_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str]) -> torch.Tensor:
     """One embedding per class name (K, d): the learned prompt + frozen text encoder, computed once.
 
     Names outside the pre-training tags (open-set classes) go through the very same prompt."""
-    was = pretrain.training
-    pretrain.eval()
-    try:
+    with _eval_mode(pretrain):
         return pretrain.tag_queries(pretrain.prompt.tokenize(list(names))).float()
-    finally:
-        pretrain.train(was)
 
 
 DEFAULT_PROMPT_TEMPLATE = "a medical image of the {}."
@@ -86,13 +101,9 @@ def fixed_prompt_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str],
     encoder alone: the class embeddings of the CLIP+DenseCLIP baseline, with no learned context."""
     if "{}" not in template:
         raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
-    was = pretrain.training
-    pretrain.eval()
-    try:
+    with _eval_mode(pretrain):
         tokens = pretrain.prompt._tokenizer([template.format(n) for n in names])
         return pretrain.clip.encode_text(tokens.to(pretrain.clip.token_embedding.weight.device)).float()
-    finally:
-        pretrain.train(was)
 
 
 def inflate_patch_kernel(kernel_2d: torch.Tensor, in_channels: int, depth: int) -> torch.Tensor:
@@ -130,25 +141,39 @@ def _copy(dst: nn.Module, dst_prefix: str, src_state: dict, report: TransferRepo
         report.transferred.append(name)
 
 
+def _check_vit_fits(source: str, enc: nn.Module, width: int, n_blocks: int, patch: tuple[int, ...]) -> None:
+    """A 2D ViT of ``width`` x ``n_blocks`` with ``patch`` patches must match the UNETR encoder ``enc``."""
+    if width != enc.transformer.width or n_blocks != len(enc.transformer.resblocks):
+        raise ValueError(f"{source}: pre-trained ViT is width {width} x {n_blocks} layers, the UNETR encoder width "
+                         f"{enc.transformer.width} x {len(enc.transformer.resblocks)}: set hidden_size/num_layers "
+                         "to match")
+    if tuple(patch) != tuple(enc.conv1.kernel_size[:2]):
+        raise ValueError(f"{source}: pre-trained ViT has {tuple(patch)} patches, the UNETR encoder "
+                         f"{tuple(enc.conv1.kernel_size[:2])} (UNETR needs a /16 ViT such as ViT-B-16)")
+
+
+def _inflate_patches_and_positions(seg: MosmosUNETR, kernel_2d: torch.Tensor, positions_2d: torch.Tensor,
+                                   report: TransferReport) -> None:
+    """The 2D patch kernel inflated over depth, the 2D position grid resized to the 3D grid."""
+    enc = seg.encoder
+    with torch.no_grad():
+        enc.conv1.weight.copy_(inflate_patch_kernel(kernel_2d, enc.conv1.in_channels, enc.conv1.kernel_size[2]))
+        enc.positional_embedding.copy_(resize_position_grid(positions_2d, seg.grid))
+    report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
+
+
 def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferReport, source: str) -> None:
     vis = pre.clip.visual
     if not isinstance(vis, VisionTransformer):
         raise ValueError(f"{source} holds a {type(vis).__name__} image encoder; MosmosUNETR needs a ViT "
                          "(pre-train with a ViT backbone, or use MosmosUNet2D for a ResNet)")
     enc = seg.encoder
-    if vis.transformer.width != enc.transformer.width or len(vis.transformer.resblocks) != len(enc.transformer.resblocks):
-        raise ValueError(f"{source}: pre-trained ViT is width {vis.transformer.width} x "
-                         f"{len(vis.transformer.resblocks)} layers, the UNETR encoder width "
-                         f"{enc.transformer.width} x {len(enc.transformer.resblocks)}: set hidden_size/num_layers "
-                         "to match")
+    _check_vit_fits(source, enc, vis.transformer.width, len(vis.transformer.resblocks), vis.conv1.kernel_size)
     quick_pre = bool(pre.model_cfg.get("quick_gelu", False) or pre.force_quick_gelu)
     quick_seg = isinstance(enc.transformer.resblocks[0].mlp.gelu, QuickGELU)
     if quick_pre != quick_seg:
         raise ValueError(f"{source}: pre-trained ViT uses {'Quick' if quick_pre else ''}GELU, the UNETR encoder "
                          f"{'Quick' if quick_seg else ''}GELU: set quick_gelu={quick_pre}")
-    if tuple(vis.conv1.kernel_size) != tuple(enc.conv1.kernel_size[:2]):
-        raise ValueError(f"{source}: pre-trained ViT has {tuple(vis.conv1.kernel_size)} patches, the UNETR encoder "
-                         f"{tuple(enc.conv1.kernel_size[:2])} (UNETR needs a /16 ViT such as ViT-B-16)")
     heads_pre = vis.transformer.resblocks[0].attn.num_heads
     heads_seg = enc.transformer.resblocks[0].attn.num_heads
     if heads_pre != heads_seg:
@@ -160,10 +185,7 @@ def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferRe
         _copy(seg, "encoder.", {"class_embedding": vis.class_embedding}, report, source)
         if seg.encoder.proj is not None:
             _copy(seg, "encoder.", {"proj": vis.proj}, report, source)
-        p = enc.conv1.kernel_size[2]
-        enc.conv1.weight.copy_(inflate_patch_kernel(vis.conv1.weight, enc.conv1.in_channels, p))
-        enc.positional_embedding.copy_(resize_position_grid(vis.positional_embedding, seg.grid))
-    report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
+    _inflate_patches_and_positions(seg, vis.conv1.weight, vis.positional_embedding, report)
 
 
 def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: TransferReport, source: str) -> None:
@@ -234,27 +256,14 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
             mapped["ln_post." + k[len("norm."):]] = v
         elif k == "cls_token":
             mapped["class_embedding"] = v.reshape(-1)
-    n_blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    if n_blocks != len(enc.transformer.resblocks) or state["cls_token"].shape[-1] != enc.transformer.width:
-        raise ValueError(f"{source}: ViT of width {state['cls_token'].shape[-1]} x {n_blocks} blocks, the UNETR "
-                         f"encoder {enc.transformer.width} x {len(enc.transformer.resblocks)}: "
-                         "set hidden_size/num_layers")
     kernel = state["patch_embed.proj.weight"]
-    if tuple(kernel.shape[2:]) != tuple(enc.conv1.kernel_size[:2]):
-        raise ValueError(f"{source}: {tuple(kernel.shape[2:])} patches, the UNETR encoder "
-                         f"{tuple(enc.conv1.kernel_size[:2])} (UNETR needs a /16 ViT)")
+    _check_vit_fits(source, enc, state["cls_token"].shape[-1],
+                    len({k.split(".")[1] for k in state if k.startswith("blocks.")}), kernel.shape[2:])
     report = TransferReport()
     with torch.no_grad():
-        _copy(network, "encoder.", mapped, report, source)
-        enc.conv1.weight.copy_(inflate_patch_kernel(kernel, enc.conv1.in_channels, enc.conv1.kernel_size[2]))
-        enc.conv1.bias.copy_(state["patch_embed.proj.bias"])
-        enc.positional_embedding.copy_(resize_position_grid(state["pos_embed"][0], network.grid))
-    report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
-    report.transferred.append("encoder.conv1.bias")
-    done = set(report.transferred) | set(report.inflated)
-    report.initial = [k for k in network.state_dict() if k not in done]
-    report.log(source)
-    return report
+        _copy(network, "encoder.", {**mapped, "conv1.bias": state["patch_embed.proj.bias"]}, report, source)
+    _inflate_patches_and_positions(network, kernel, state["pos_embed"][0], report)
+    return report.finish(network, source)
 
 
 def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> TransferReport:
@@ -268,20 +277,18 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
     if "conv1.weight" not in state or "layer4.0.conv1.weight" not in state:
         raise ValueError(f"{source} is not a torchvision ResNet state dict (no conv1.weight / layer4)")
     encoder = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    extra = sorted(set(encoder) - set(network.encoder.state_dict()))
+    expected = set(network.encoder.state_dict())
+    extra = sorted(set(encoder) - expected)
     if extra:
         raise ValueError(f"{source}: {len(extra)} tensors have no place in the encoder (e.g. {extra[:3]}): "
                          "set layers to the ResNet's blocks per stage ((3, 4, 6, 3) for ResNet-50)")
+    missing = sorted(expected - set(encoder))
+    if missing:
+        raise ValueError(f"{source}: the encoder's {missing[:3]} ... are not in the file: set layers to match it")
     report = TransferReport()
     with torch.no_grad():
         _copy(network, "encoder.", encoder, report, source)
-    done = set(report.transferred)
-    report.initial = [k for k in network.state_dict() if k not in done]
-    missing = [k for k in report.initial if k.startswith("encoder.")]
-    if missing:
-        raise ValueError(f"{source}: the encoder's {missing[:3]} ... are not in the file: set layers to match it")
-    report.log(source)
-    return report
+    return report.finish(network, source)
 
 
 def load_pretrained(
@@ -327,10 +334,7 @@ def load_pretrained(
             _copy(network, "pta.decoder.", pre.decoder.state_dict(), report, source)
             network.pta.set_class_embeddings(class_embeddings(pre, network.pta.class_names))
         report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
-    done = set(report.transferred) | set(report.inflated) | set(report.computed)
-    report.initial = [k for k in network.state_dict() if k not in done]
-    report.log(source)
-    return report
+    return report.finish(network, source)
 
 
 def prepare_network(
