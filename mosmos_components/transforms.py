@@ -19,6 +19,13 @@ def _source(data: Mapping, key: Hashable) -> str:
     return str(meta.get("filename_or_obj", data.get("id", "<unknown file>")))
 
 
+def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str) -> None:
+    """An error naming the file when ``label`` holds a value outside ``allowed`` (``known`` ends the message)."""
+    unknown = sorted({int(v) for v in torch.unique(torch.as_tensor(label)).tolist()} - set(allowed))
+    if unknown:
+        raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")
+
+
 class ToRGBd(MapTransform):
     """Make a channel-first 2D image 3-channel: grey is repeated, an alpha channel dropped; anything else is
     an error that names the file."""
@@ -102,11 +109,7 @@ class ValidateSegmentationPaird(MapTransform):
                              f"{_source(d, self.label_key)} {tuple(lab.shape[1:])}"
                              + ("" if same_affine else " (affines differ)"))
         if self.label_values is not None:
-            values = {int(v) for v in torch.unique(torch.as_tensor(lab)).tolist()}
-            unknown = sorted(values - self.label_values)
-            if unknown:
-                raise ValueError(f"{_source(d, self.label_key)}: unknown label value(s) {unknown[:10]}; "
-                                 f"allowed: {sorted(self.label_values)}")
+            _check_label_values(d, self.label_key, lab, self.label_values, f"allowed: {sorted(self.label_values)}")
         return d
 
 
@@ -122,10 +125,7 @@ class RemapLabelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lab = d[key]
-            values = {int(v) for v in torch.unique(torch.as_tensor(lab)).tolist()}
-            unknown = sorted(values - set(self.mapping))
-            if unknown:
-                raise ValueError(f"{_source(d, key)}: unknown label value(s) {unknown[:10]}; known: {sorted(self.mapping)}")
+            _check_label_values(d, key, lab, self.mapping, f"known: {sorted(self.mapping)}")
             out = torch.zeros_like(lab)  # a MetaTensor stays one, with its affine and meta
             t = torch.as_tensor(lab)
             for src, dst in self.mapping.items():
@@ -146,9 +146,7 @@ class MSDBratsRegionsd(MapTransform):
             t = torch.as_tensor(lab)
             if t.shape[0] != 1:
                 raise ValueError(f"{_source(d, key)}: expected a 1-channel MSD label map, got {t.shape[0]} channels")
-            unknown = sorted({int(v) for v in torch.unique(t).tolist()} - {0, 1, 2, 3})
-            if unknown:
-                raise ValueError(f"{_source(d, key)}: unknown label value(s) {unknown}; MSD BraTS uses 0-3")
+            _check_label_values(d, key, t, {0, 1, 2, 3}, "MSD BraTS uses 0-3")
             regions = torch.cat([(t == 2) | (t == 3), t > 0, t == 3], dim=0).to(torch.float32)
             if hasattr(lab, "meta"):
                 from monai.data import MetaTensor
