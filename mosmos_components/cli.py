@@ -3,7 +3,7 @@
     mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report
     mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
     mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
-    mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired test between two evaluations
+    mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
     mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
 """
@@ -67,11 +67,12 @@ class MosmosCLI:
         save_clip_checkpoint(out_path, backbone, clip_pretrained, force_quick_gelu)
         return f"wrote {out_path} (+ sidecar): {backbone} from {clip_pretrained}, no MOSMOS pre-training"
 
-    def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice") -> str:
-        """Wilcoxon signed-rank test between two evaluations' per_case.csv (paired per-case mean METRIC)."""
+    def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice", unit: str = "class") -> str:
+        """Wilcoxon signed-rank test between two evaluations' per_case.csv: paired per class on the test-set mean
+        METRIC (the paper's unit, default) or, with --unit case, per case on the mean over classes."""
         from mosmos_components.evaluation import wilcoxon_test
 
-        return json.dumps(wilcoxon_test(per_case_a, per_case_b, metric))
+        return json.dumps(wilcoxon_test(per_case_a, per_case_b, metric, unit))
 
     def bundle_demo(self, bundle: str, pretrained_ckpt: str, out_dir: str = "demo_output", seed: int = 0,
                     n: int | None = None, max_epochs: int | None = None) -> str:

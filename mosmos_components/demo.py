@@ -179,14 +179,14 @@ def _comparison_table(runs: dict) -> str:
 
 
 def _wilcoxon_line(runs: dict) -> str:
-    """The paper's paired test between the two initialisations (per-case mean Dice); a demo's few test cases
-    cannot make it significant, and the line says so."""
+    """The paper's paired test between the two initialisations (per class, on each class's test-set mean Dice);
+    with fewer than 6 pairs no p can fall below 0.05, and the line says so."""
     try:
         w = wilcoxon_test(runs["mosmos"]["per_case"], runs["random"]["per_case"])
     except ValueError as e:
         return f"Wilcoxon signed-rank test not computed: {e}"
-    note = " (too few cases for significance: the smallest possible p with n < 6 is above 0.05)" if w["n"] < 6 else ""
-    return (f"Wilcoxon signed-rank, per-case mean Dice MOSMOS vs Random: n = {w['n']}, "
+    note = " (too few pairs for significance: the smallest possible p with n < 6 is above 0.05)" if w["n"] < 6 else ""
+    return (f"Wilcoxon signed-rank, per-class mean Dice MOSMOS vs Random: n = {w['n']} classes, "
             f"{100 * w['mean_a']:.1f} vs {100 * w['mean_b']:.1f} %, p = {w['p']:.3g}{note}")
 
 

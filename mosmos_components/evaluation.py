@@ -1,5 +1,6 @@
 """Segmentation metrics as the paper reports them (METHOD.md section 7): per-case, per-class Dice and HD95 in mm,
-CSV reports with a summary table, and the Wilcoxon signed-rank test between two methods.
+CSV reports with a summary table, and the Wilcoxon signed-rank test between two methods (paired per class,
+as the paper's Tables 2-3; per case as an option).
 
 Empty masks: a class absent from a case's ground truth is *excluded* for that case (NaN, left out of means);
 a class present in the ground truth but not predicted scores Dice 0 and HD95 = the volume's diagonal in mm.
@@ -20,7 +21,7 @@ from monai.metrics import compute_hausdorff_distance
 
 from mosmos_components.distributed import gather_lists, is_rank0
 
-__all__ = ["case_scores", "summarize", "write_reports", "format_table", "wilcoxon_test", "SegmentationReport"]
+__all__ = ["case_scores", "summarize", "write_reports", "format_table", "wilcoxon_test", "wilcoxon_paired", "SegmentationReport"]
 
 
 def case_scores(
@@ -96,31 +97,69 @@ def write_reports(rows: Sequence[dict], names: Sequence[str], out_dir: str | os.
     return summary
 
 
-def _case_means(per_case_csv: str | os.PathLike, metric: str) -> dict[str, float]:
-    by_case: dict[str, list[float]] = {}
+WILCOXON_UNITS = ("class", "case")
+
+
+def _read_per_case(per_case_csv: str | os.PathLike, metric: str) -> list[tuple[str, str, float]]:
+    """(case, class, value) rows of a ``per_case.csv`` whose ``metric`` is not NaN."""
+    rows = []
     with open(per_case_csv, encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
+        reader = csv.DictReader(fh)
+        missing = {"case", "class", metric} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{per_case_csv}: not a per_case.csv (columns {sorted(missing)} missing)")
+        for r in reader:
             v = float(r[metric])
             if not math.isnan(v):
-                by_case.setdefault(r["case"], []).append(v)
-    return {c: float(np.mean(v)) for c, v in by_case.items()}
+                rows.append((r["case"], r["class"], v))
+    return rows
 
 
-def wilcoxon_test(per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, metric: str = "dice") -> dict:
-    """Wilcoxon signed-rank test on paired per-case mean ``metric`` of two methods' ``per_case.csv``
-    (cases matched by name, as in the paper's Tables 2-3)."""
+def _means_by(rows: Sequence[tuple[str, str, float]], unit: str) -> dict[str, float]:
+    """Mean value per case (``unit="case"``: over its scored classes) or per class (over its scored cases)."""
+    key = 0 if unit == "case" else 1
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(r[key], []).append(r[2])
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict:
+    """Two-sided Wilcoxon signed-rank test of paired values (scipy's, exact for small n without ties).
+
+    >>> round(wilcoxon_paired([1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6])["p"], 4)
+    0.0156
+    """
     from scipy.stats import wilcoxon
 
-    a, b = _case_means(per_case_a, metric), _case_means(per_case_b, metric)
-    cases = sorted(set(a) & set(b))
-    if len(cases) < 2:
-        raise ValueError(f"need at least 2 cases scored by both methods, found {len(cases)}")
-    x, y = np.array([a[c] for c in cases]), np.array([b[c] for c in cases])
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two equally long vectors of at least 2 paired values, got {x.shape} and {y.shape}")
+    out = {"n": len(x), "mean_a": float(x.mean()), "mean_b": float(y.mean())}
     if np.allclose(x, y):
-        return {"n": len(cases), "mean_a": float(x.mean()), "mean_b": float(y.mean()), "statistic": 0.0, "p": 1.0}
+        return {**out, "statistic": 0.0, "p": 1.0}
     res = wilcoxon(x, y)
-    return {"n": len(cases), "mean_a": float(x.mean()), "mean_b": float(y.mean()),
-            "statistic": float(res.statistic), "p": float(res.pvalue)}
+    return {**out, "statistic": float(res.statistic), "p": float(res.pvalue)}
+
+
+def wilcoxon_test(per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, metric: str = "dice",
+                  unit: str = "class") -> dict:
+    """Wilcoxon signed-rank test between two methods' ``per_case.csv``.
+
+    ``unit="class"`` (the paper's, Tables 2-3): the pairs are the classes, each the test-set mean ``metric`` of
+    that class over its scored cases. ``unit="case"`` (an extra, not the paper's): the pairs are the cases, each
+    the mean over its scored classes. Pairs are matched by name; the result lists them under ``"pairs"``.
+    """
+    if unit not in WILCOXON_UNITS:
+        raise ValueError(f"unit must be one of {WILCOXON_UNITS}, got {unit!r}")
+    a = _means_by(_read_per_case(per_case_a, metric), unit)
+    b = _means_by(_read_per_case(per_case_b, metric), unit)
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 2:
+        raise ValueError(f"need at least 2 {unit + ('es' if unit == 'class' else 's')} scored by both methods, found {len(keys)}"
+                         f" ({per_case_a} vs {per_case_b})")
+    res = wilcoxon_paired([a[k] for k in keys], [b[k] for k in keys])
+    return {**res, "unit": unit, "metric": metric, "pairs": keys}
 
 
 class SegmentationReport:

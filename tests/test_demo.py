@@ -36,17 +36,18 @@ def test_bundle_demo_cli(tmp_path, pretrained):
     assert "tumor core" in out.stdout and "enhancing tumor" in out.stdout and "_seg.nii.gz" in out.stdout
 
 
-def test_demo_wilcoxon_line_says_when_cases_are_too_few(tmp_path):
+def test_demo_wilcoxon_line_pairs_classes_and_says_when_too_few(tmp_path):
     from mosmos_components.demo import _wilcoxon_line
 
     runs = {}
     for name, dice in (("mosmos", [0.8, 0.7, 0.9]), ("random", [0.5, 0.6, 0.4])):
         path = tmp_path / f"{name}.csv"
-        rows = "".join(f"case{i},liver,{d},3.0\n" for i, d in enumerate(dice))
+        # two cases per class: the pairs are the three classes' means, not the two cases
+        rows = "".join(f"case{j},organ{i},{d + (0.05 if j else -0.05)},3.0\n" for i, d in enumerate(dice) for j in (0, 1))
         path.write_text("case,class,dice,hd95\n" + rows)
         runs[name] = {"per_case": str(path)}
     line = _wilcoxon_line(runs)
-    assert "n = 3" in line and "80.0 vs 50.0 %" in line and "p = 0.25" in line and "too few cases" in line
+    assert "n = 3 classes" in line and "80.0 vs 50.0 %" in line and "p = 0.25" in line and "too few pairs" in line
     runs["random"]["per_case"] = str(tmp_path / "missing.csv")
     (tmp_path / "missing.csv").write_text("case,class,dice,hd95\nother,liver,0.5,1.0\n")
     assert "not computed" in _wilcoxon_line(runs)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mosmos_components.evaluation import case_scores, format_table, wilcoxon_test, write_reports
+from mosmos_components.evaluation import case_scores, format_table, wilcoxon_paired, wilcoxon_test, write_reports
 
 
 def _onehot(label, k):
@@ -50,15 +50,70 @@ def _per_case(path, values):
             w.writerow({"case": case, "class": "b", "dice": "nan", "hd95": "nan"})
 
 
-def test_wilcoxon_pairs_cases_by_name(tmp_path):
+def test_wilcoxon_per_case_option_pairs_cases_by_name(tmp_path):
     better = {f"c{i}": 0.8 + 0.01 * i for i in range(10)}
     worse = {f"c{i}": 0.7 + 0.012 * i for i in reversed(range(10))}
     _per_case(tmp_path / "a.csv", better)
     _per_case(tmp_path / "b.csv", worse)
-    res = wilcoxon_test(tmp_path / "a.csv", tmp_path / "b.csv")
-    assert res["n"] == 10 and res["mean_a"] > res["mean_b"] and res["p"] < 0.01
-    same = wilcoxon_test(tmp_path / "a.csv", tmp_path / "a.csv")
+    res = wilcoxon_test(tmp_path / "a.csv", tmp_path / "b.csv", unit="case")
+    assert res["n"] == 10 and res["mean_a"] > res["mean_b"] and res["p"] < 0.01 and res["unit"] == "case"
+    same = wilcoxon_test(tmp_path / "a.csv", tmp_path / "a.csv", unit="case")
     assert same["p"] == 1.0
     _per_case(tmp_path / "one.csv", {"c0": 0.5})
     with pytest.raises(ValueError, match="at least 2 cases"):
-        wilcoxon_test(tmp_path / "a.csv", tmp_path / "one.csv")
+        wilcoxon_test(tmp_path / "a.csv", tmp_path / "one.csv", unit="case")
+    # per class (the default) there is one scored class here ("b" is all NaN): too few pairs
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        wilcoxon_test(tmp_path / "a.csv", tmp_path / "b.csv")
+
+
+def test_wilcoxon_default_pairs_classes_on_their_test_set_means(tmp_path):
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    classes = [f"organ{k}" for k in range(8)]
+    for name, shift in (("a", 0.05), ("b", 0.0)):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
+            w.writeheader()
+            for case in range(5):
+                for k, c in enumerate(classes):
+                    w.writerow({"case": f"c{case}", "class": c, "dice": 0.5 + 0.04 * k + shift + rng.normal(0, 0.03),
+                                "hd95": 3.0})
+    res = wilcoxon_test(tmp_path / "a.csv", tmp_path / "b.csv")
+    assert res["unit"] == "class" and res["n"] == 8 and res["pairs"] == classes
+
+    def class_means(path):
+        with open(path) as fh:
+            rows = list(csv.DictReader(fh))
+        return [np.mean([float(r["dice"]) for r in rows if r["class"] == c]) for c in classes]
+
+    assert res["p"] == pytest.approx(wilcoxon(class_means(tmp_path / "a.csv"), class_means(tmp_path / "b.csv")).pvalue)
+
+
+# Tables 2-3 of the paper, typed in: per-class test-set means of MOSMOS and PubMedCLIP+DenseCLIP
+_BTCV_UNET = ([94.36, 93.56, 93.81, 73.01, 72.24, 96.11, 81.85, 89.04, 83.72, 60.74, 76.16, 64.95, 61.68],
+              [93.09, 90.04, 90.89, 62.67, 69.94, 95.48, 81.25, 90.77, 79.95, 67.27, 69.35, 63.01, 50.47])
+_BTCV_UNETR = ([93.21, 93.68, 93.39, 72.71, 72.96, 96.46, 80.46, 88.84, 82.83, 70.39, 75.00, 66.90, 57.87],
+               [93.19, 93.74, 93.28, 61.32, 71.39, 96.50, 79.28, 88.97, 82.61, 69.56, 74.41, 66.52, 58.97])
+_MMWHS_UNET_DICE = ([83.74, 84.99, 93.78, 86.51, 90.89, 74.87, 70.24], [81.39, 84.95, 93.48, 85.80, 88.65, 69.13, 65.10])
+_MMWHS_UNET_HD95 = ([2.00, 3.46, 1.70, 6.76, 3.25, 13.22, 6.81], [2.35, 3.24, 2.16, 9.32, 4.01, 15.59, 10.38])
+_MMWHS_UNETR_DICE = ([84.65, 87.62, 94.02, 88.61, 93.22, 84.08, 79.49], [82.69, 79.35, 92.86, 82.60, 88.75, 79.88, 69.36])
+_MMWHS_UNETR_HD95 = ([1.77, 3.48, 1.85, 4.62, 2.30, 4.60, 5.60], [2.24, 5.11, 2.58, 8.05, 10.47, 7.69, 8.90])
+
+
+@pytest.mark.parametrize("rows, printed", [
+    (_BTCV_UNET, "2.7e-2"), (_BTCV_UNETR, "8.0e-2"), (_MMWHS_UNET_DICE, "1.6e-2"), (_MMWHS_UNET_HD95, "3.1e-2"),
+    (_MMWHS_UNETR_DICE, "1.6e-2"), (_MMWHS_UNETR_HD95, "1.6e-2"),
+])
+def test_per_class_wilcoxon_reproduces_the_papers_p_values(tmp_path, rows, printed):
+    mosmos, other = rows
+    assert f"{wilcoxon_paired(mosmos, other)['p']:.1e}".replace("e-02", "e-2") == printed
+    # the same through the per_case.csv reader: one case, one row per class
+    for name, values in (("a", mosmos), ("b", other)):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
+            w.writeheader()
+            w.writerows({"case": "test", "class": f"c{k:02d}", "dice": v, "hd95": v} for k, v in enumerate(values))
+    assert f"{wilcoxon_test(tmp_path / 'a.csv', tmp_path / 'b.csv')['p']:.1e}".replace("e-02", "e-2") == printed

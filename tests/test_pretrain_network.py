@@ -4,7 +4,7 @@ import torch
 
 from mosmos_components.checkpoint import load_pretrain_network, load_state_dict, save_network
 from mosmos_components.networks import MosmosPretrainNet, create_clip, encode_text_embeddings
-from mosmos_components.networks.tag_decoder import TagDecoder, sine_position_encoding
+from mosmos_components.networks.tag_decoder import TagDecoder, TagDecoderLayer, sine_position_encoding
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,34 @@ def test_tag_decoder_attention_is_a_distribution():
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 7))
     pe = sine_position_encoding((2, 3, 4), 64)
     assert pe.shape == (24, 64) and not torch.allclose(pe[0], pe[1])
+
+
+def test_tag_decoder_maps_are_clean_softmax_weights_in_training():
+    """nn.MultiheadAttention returns its weights after dropout; the decoder's maps must not be."""
+    torch.manual_seed(0)
+    layer = TagDecoderLayer(32, heads=4, dropout=0.5).train()
+    q, memory = torch.randn(2, 7, 32), torch.randn(2, 12, 32)
+    _, attn = layer(q, memory)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 7))
+    # the same weights nn.MultiheadAttention gives without dropout (eval), from the same queries
+    layer.eval()
+    q1 = layer.norm1(q + layer.self_attn(q, q, q, need_weights=False)[0])
+    _, ref = layer.cross_attn(q1, memory, memory, need_weights=True, average_attn_weights=True)
+    torch.testing.assert_close(layer(q, memory)[1], ref)
+
+
+def test_tag_decoder_keeps_the_2d_layout_in_plane_for_3d_grids():
+    dec = TagDecoder(64, layers=1, heads=4, depth=3)
+    pe2 = sine_position_encoding((4, 5), 64)  # what the 2D pre-trained decoder uses
+    pe3 = dec.position((4, 5, 3), torch.device("cpu")).reshape(4, 5, 3, 64)
+    for k in range(3):  # the pre-trained in-plane channel layout, broadcast over depth (depth term starts at 0)
+        torch.testing.assert_close(pe3[:, :, k].reshape(20, 64), pe2)
+    with torch.no_grad():
+        dec.depth_position.copy_(torch.randn(3, 64))
+    pe3 = dec.position((4, 5, 3), torch.device("cpu")).reshape(4, 5, 3, 64)
+    assert not torch.allclose(pe3[:, :, 0], pe3[:, :, 1])  # the learnable term tells slices apart
+    with pytest.raises(ValueError, match="depth 3"):
+        dec.position((4, 5, 2), torch.device("cpu"))
 
 
 def test_checkpoint_roundtrip_weights_only(tmp_path, tiny_vit):

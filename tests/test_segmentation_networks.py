@@ -82,6 +82,30 @@ def test_vit_transfer_computes_the_same_function(vit_ckpt):
     assert not any("token_embedding" in k for k in seg.state_dict())  # no text encoder in the segmentation net
 
 
+def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(vit_ckpt):
+    """With the transferred weights, a one-patch-deep volume through the 3D PTA gives the pre-trained 2D
+    decoder's attention maps on the same image (same position layout in plane, depth term zero)."""
+    pre, path = vit_ckpt
+    seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, radiological_flip=False, **TINY_UNETR).eval()
+    load_pretrained(seg, path)
+    img = torch.rand(1, 96, 96)
+    with torch.no_grad():  # the network standardises its input as CLIP's preprocessing does
+        _, s2d, grid = pre.encode_image(((img - seg.input_mean) / seg.input_std).expand(3, -1, -1).unsqueeze(0))
+        _, attn2d = pre.decoder(class_embeddings(pre, NAMES), s2d, grid)
+        attn3d = seg.attention_maps(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
+    assert attn3d.shape == (1, 4, 6, 6, 1)
+    torch.testing.assert_close(attn3d[..., 0].reshape(1, 4, 36), attn2d, rtol=1e-4, atol=1e-5)
+
+
+def test_pixel_tag_attention_maps_are_the_same_in_training_and_evaluation(vit_ckpt):
+    seg = MosmosUNETR(1, 4, img_size=(64, 64, 32), class_names=NAMES, **TINY_UNETR)
+    load_pretrained(seg, vit_ckpt[1])
+    tokens = torch.randn(2, 4 * 4 * 2, 64)
+    train_maps = seg.pta.train()(tokens, seg.grid)
+    torch.testing.assert_close(train_maps.flatten(2).sum(-1), torch.ones(2, 4))
+    torch.testing.assert_close(train_maps, seg.pta.eval()(tokens, seg.grid))
+
+
 def test_inflation_and_position_resize_rules():
     k2 = torch.randn(8, 3, 16, 16)
     k3 = inflate_patch_kernel(k2, in_channels=4, depth=16)

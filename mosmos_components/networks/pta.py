@@ -42,6 +42,18 @@ class PixelTagAttention(nn.Module):
         tau_init: initial temperature tau_2 (0.07).
         class_names: names of the K classes (kept for the sidecar; embeddings are set by the transfer).
         mode: ``"decoder"`` (MOSMOS) or ``"score"`` (DenseCLIP score maps; no decoder parameters).
+        sigmoid_offset: for a branch read with a sigmoid (BraTS's overlapping regions) the logits are
+            ``(LI(A) - 1/N)/tau_2 + b_k``: the maps centred on the uniform attention ``1/N`` (N tokens) plus a
+            learnable per-class offset ``b_k`` (zero-initialised). Attention weights are >= 0, so ``LI(A)/tau_2``
+            alone gives every voxel a probability >= 0.5 for every region and the branch could never say
+            "absent"; centred, a voxel attended less than uniformly starts as absent **(choice; the paper is
+            silent)**.
+        depth: depth of a 3D token grid (the decoder adds a zero-initialised learnable depth term to the
+            pre-trained 2D position encoding); ``0`` for 2D networks.
+
+    The decoder runs without dropout in fine-tuning **(choice; the paper is silent)**: the maps are features of
+    the bottleneck and the input of ``L_pta``, so they are the same clean softmax weights in training and
+    evaluation (in pre-training, where they are not used by a loss, the decoder keeps Query2Label's dropout).
 
     ``forward(features (B, N, d), grid)`` -> ``A (B, K, *grid)``; :meth:`aux_logits` upsamples it to the input
     size and divides by tau_2 (a softmax over classes gives ``Y_pta``).
@@ -56,16 +68,20 @@ class PixelTagAttention(nn.Module):
         tau_init: float = 0.07,
         class_names: Sequence[str] | None = None,
         mode: str = "decoder",
+        sigmoid_offset: bool = False,
+        depth: int = 0,
     ) -> None:
         super().__init__()
         if mode not in PTA_MODES:
             raise ValueError(f"pixel-tag attention mode must be one of {PTA_MODES}, got {mode!r}")
         self.mode = mode
-        self.decoder = TagDecoder(embed_dim, decoder_layers, decoder_heads) if mode == "decoder" else None
+        self.decoder = (TagDecoder(embed_dim, decoder_layers, decoder_heads, dropout=0.0, depth=depth)
+                        if mode == "decoder" else None)
         # persistent: an exported or saved model carries the embeddings, not the text encoder
         self.register_buffer("class_embeddings", torch.zeros(num_classes, embed_dim))
         self.register_buffer("embeddings_ready", torch.zeros((), dtype=torch.bool))
         self.log_tau = nn.Parameter(torch.tensor(math.log(tau_init)))
+        self.aux_offset = nn.Parameter(torch.zeros(num_classes)) if sigmoid_offset else None
         self.class_names = list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
@@ -97,10 +113,14 @@ class PixelTagAttention(nn.Module):
         return attn.reshape(attn.shape[0], attn.shape[1], *grid)
 
     def aux_logits(self, attention: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """``LI(A) / tau_2`` at ``size`` ((bi|tri)linear); softmax over dim 1 gives ``Y_pta``."""
+        """``LI(A) / tau_2`` at ``size`` ((bi|tri)linear): a softmax over dim 1 gives ``Y_pta``. With
+        ``sigmoid_offset``: ``(LI(A) - 1/N) / tau_2 + b_k``, read with a sigmoid."""
         mode = "bilinear" if attention.dim() == 4 else "trilinear"
         up = F.interpolate(attention, size=tuple(size), mode=mode, align_corners=False)
-        return up / self.tau
+        if self.aux_offset is None:
+            return up / self.tau
+        uniform = 1.0 / math.prod(attention.shape[2:])
+        return (up - uniform) / self.tau + self.aux_offset.view(1, -1, *([1] * (up.dim() - 2))).to(up.dtype)
 
 
 class SegmentationNetMixin:

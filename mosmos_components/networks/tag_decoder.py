@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["sine_position_encoding", "TagDecoderLayer", "TagDecoder", "GroupWiseLinear"]
@@ -62,13 +63,31 @@ class TagDecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
+    def attention_weights(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The cross-attention's clean softmax weights, averaged over heads: (B, K, N), each row sums to 1.
+
+        ``nn.MultiheadAttention`` returns its weights *after* dropout in training mode (randomly zeroed and
+        rescaled); the pixel-tag attention maps must be the same distribution in training and evaluation, so they
+        are computed here from the same projections, without dropout.
+        """
+        attn = self.cross_attn
+        d, h = attn.embed_dim, attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        qp = F.linear(q, w[:d], None if b is None else b[:d])
+        kp = F.linear(key, w[d : 2 * d], None if b is None else b[d : 2 * d])
+        qp = qp.reshape(q.shape[0], q.shape[1], h, d // h).transpose(1, 2)
+        kp = kp.reshape(key.shape[0], key.shape[1], h, d // h).transpose(1, 2)
+        return ((qp @ kp.transpose(-1, -2)) * (d // h) ** -0.5).softmax(dim=-1).mean(dim=1)
+
     def forward(
-        self, q: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``q`` (B, K, d), ``memory`` (B, N, d), ``pos`` (N, d) -> (queries (B, K, d), attention (B, K, N))."""
+        self, q: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None, need_attn: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``q`` (B, K, d), ``memory`` (B, N, d), ``pos`` (N, d) -> (queries (B, K, d), attention (B, K, N) or
+        ``None`` without ``need_attn``). Dropout acts on the attention's output path only, never on the maps."""
         q = self.norm1(q + self.drop(self.self_attn(q, q, q, need_weights=False)[0]))
         key = memory if pos is None else memory + pos.to(memory.dtype)
-        out, attn = self.cross_attn(q, key, memory, need_weights=True, average_attn_weights=True)
+        attn = self.attention_weights(q, key) if need_attn else None
+        out = self.cross_attn(q, key, memory, need_weights=False)[0]
         q = self.norm2(q + self.drop(out))
         q = self.norm3(q + self.drop(self.mlp(q)))
         return q, attn
@@ -81,7 +100,13 @@ class TagDecoder(nn.Module):
         d_model: width of queries and memory (the CLIP embedding dimension).
         layers: number of decoder layers.
         heads: attention heads; must divide ``d_model``.
-        dropout: dropout inside the layers.
+        dropout: dropout inside the layers (attention output path, residuals, MLP; never the returned maps).
+        depth: for a 3D grid ``(h, w, d)``, its depth ``d``: a learnable depth term (d, d_model), zero-initialised,
+            is added to the 2D encoding of the in-plane axes (``0``: 2D grids only, or a 3D grid without it).
+
+    The position encoding is the 2D sine encoding of the pre-training, laid out the same way in 3D: the in-plane
+    axes ``(h, w)`` keep the 2D channel layout the pre-trained key projections learned, broadcast over depth (as
+    the ViT's position grid is), so a one-slice volume gives exactly the 2D decoder's attention.
 
     >>> dec = TagDecoder(64, layers=2, heads=8)
     >>> out, attn = dec(torch.randn(20, 64), torch.randn(2, 36, 64), spatial=(6, 6))
@@ -89,21 +114,38 @@ class TagDecoder(nn.Module):
     (torch.Size([2, 20, 64]), torch.Size([2, 20, 36]))
     """
 
-    def __init__(self, d_model: int, layers: int = 2, heads: int = 8, dropout: float = 0.1) -> None:
+    def __init__(self, d_model: int, layers: int = 2, heads: int = 8, dropout: float = 0.1, depth: int = 0) -> None:
         super().__init__()
         if d_model % heads:
             raise ValueError(f"tag decoder: heads={heads} must divide d_model={d_model}")
         self.d_model = d_model
         self.layers = nn.ModuleList([TagDecoderLayer(d_model, heads, dropout=dropout) for _ in range(layers)])
+        self.depth_position = nn.Parameter(torch.zeros(depth, d_model)) if depth else None
         self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def position(self, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        key = tuple(int(s) for s in spatial)
+    def _plane_position(self, plane: tuple[int, int], device: torch.device) -> torch.Tensor:
         if torch.jit.is_tracing():  # a cache hit would make a second trace differ from the first
-            return sine_position_encoding(key, self.d_model).to(device)
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sine_position_encoding(key, self.d_model)
-        return self._pos_cache[key].to(device)
+            return sine_position_encoding(plane, self.d_model).to(device)
+        if plane not in self._pos_cache:
+            self._pos_cache[plane] = sine_position_encoding(plane, self.d_model)
+        return self._pos_cache[plane].to(device)
+
+    def position(self, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """(prod(spatial), d_model) for a 2D ``(h, w)`` or 3D ``(h, w, d)`` grid (token order of ``flatten``)."""
+        key = tuple(int(s) for s in spatial)
+        if len(key) not in (2, 3):
+            raise ValueError(f"tag decoder: position encoding for 2D or 3D grids, got {key}")
+        plane = self._plane_position(key[:2], device)
+        if len(key) == 2:
+            if self.depth_position is not None:
+                raise ValueError(f"tag decoder built for 3D grids of depth {len(self.depth_position)}, got {key}")
+            return plane
+        pos = plane.reshape(key[0], key[1], 1, self.d_model).expand(-1, -1, key[2], -1)
+        if self.depth_position is not None:
+            if len(self.depth_position) != key[2]:
+                raise ValueError(f"tag decoder built for grid depth {len(self.depth_position)}, got {key}")
+            pos = pos + self.depth_position.to(pos.dtype)
+        return pos.reshape(-1, self.d_model)
 
     def forward(
         self, queries: torch.Tensor, memory: torch.Tensor, spatial: tuple[int, ...] | None = None
@@ -117,8 +159,8 @@ class TagDecoder(nn.Module):
         pos = self.position(spatial, memory.device) if spatial is not None else None
         attn = None
         q = queries
-        for layer in self.layers:
-            q, attn = layer(q, memory, pos)
+        for i, layer in enumerate(self.layers):
+            q, attn = layer(q, memory, pos, need_attn=i == len(self.layers) - 1)
         return q, attn
 
 

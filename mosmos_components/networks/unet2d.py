@@ -48,6 +48,8 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         class_names: names of the K classes.
         pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention) or ``"score"`` (the CLIP+DenseCLIP baseline's
             pixel-text score maps; see :class:`~mosmos_components.networks.pta.PixelTagAttention`).
+        pta_sigmoid: the outputs are read with a sigmoid (overlapping regions, BraTS): the PTA branch gets a
+            learnable per-class offset so that it can predict a region as absent.
         decoder_layers: PTA tag-decoder layers (as pre-trained).
         decoder_heads: PTA tag-decoder heads (as pre-trained).
         norm_name: decoder normalisation.
@@ -78,6 +80,7 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         use_pta: bool = True,
         class_names: Sequence[str] | None = None,
         pta_mode: str = "decoder",
+        pta_sigmoid: bool = False,
         decoder_layers: int = 2,
         decoder_heads: int = 8,
         norm_name: str = "instance",
@@ -96,7 +99,7 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         self._record_config(
             in_channels=in_channels, out_channels=out_channels, layers=layers, width=width, embed_dim=embed_dim,
             attn_heads=attn_heads, decoder_channels=decoder_channels, use_pta=use_pta, class_names=class_names,
-            pta_mode=pta_mode,
+            pta_mode=pta_mode, pta_sigmoid=pta_sigmoid,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, norm_name=norm_name,
             radiological_flip=radiological_flip, resnet_style=resnet_style)
         self.in_channels = in_channels
@@ -115,7 +118,7 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         if use_pta:
             self.v_proj, self.c_proj = nn.Linear(feat, feat), nn.Linear(feat, embed_dim)
             self.pta = PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads,
-                                         class_names=class_names, mode=pta_mode)
+                                         class_names=class_names, mode=pta_mode, sigmoid_offset=pta_sigmoid)
         else:
             self.pta = None
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)

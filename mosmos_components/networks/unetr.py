@@ -107,6 +107,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         class_names: names of the K classes (their embeddings come with the pre-trained weights).
         pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention) or ``"score"`` (the CLIP+DenseCLIP baseline's
             pixel-text score maps; see :class:`~mosmos_components.networks.pta.PixelTagAttention`).
+        pta_sigmoid: the outputs are read with a sigmoid (overlapping regions, BraTS): the PTA branch gets a
+            learnable per-class offset so that it can predict a region as absent.
         decoder_layers: PTA tag-decoder layers (as pre-trained).
         decoder_heads: PTA tag-decoder heads (as pre-trained).
         quick_gelu: QuickGELU activations (OpenAI CLIP weights).
@@ -143,6 +145,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         use_pta: bool = True,
         class_names: Sequence[str] | None = None,
         pta_mode: str = "decoder",
+        pta_sigmoid: bool = False,
         decoder_layers: int = 2,
         decoder_heads: int = 8,
         quick_gelu: bool = False,
@@ -159,7 +162,7 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             in_channels=in_channels, out_channels=out_channels, img_size=img_size, patch_size=patch_size,
             hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
             embed_dim=embed_dim, feature_size=feature_size, use_pta=use_pta, class_names=class_names,
-            pta_mode=pta_mode,
+            pta_mode=pta_mode, pta_sigmoid=pta_sigmoid,
             decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
             norm_name=norm_name, radiological_flip=radiological_flip, vit_style=vit_style)
         self.use_pta = use_pta
@@ -171,7 +174,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
                                         mlp_ratio, embed_dim if use_pta else None, quick_gelu, vit_style)
         self.grid = self.encoder.grid
         self.pta = (PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names,
-                                      mode=pta_mode) if use_pta else None)
+                                      mode=pta_mode, sigmoid_offset=pta_sigmoid, depth=self.grid[2])
+                    if use_pta else None)
         fs, h = feature_size, hidden_size
         kw = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
         self.encoder1 = UnetrBasicBlock(in_channels=in_channels, out_channels=fs, stride=1, **kw)
