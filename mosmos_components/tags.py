@@ -7,7 +7,13 @@ A report is scanned once with one regular expression built from the vocabulary i
 * a mention means the organ is in the image, so a negated finding ("no splenomegaly") still tags it;
 * sided organs (kidney, adrenal gland, atrium, ventricle) take their side from the nearest side word in the
   same phrase ("left renal cyst", "L kidney"); a plural or bilateral mention ("kidneys", "both adrenals")
-  tags both sides; an unsided singular mention tags both sides unless ``unsided="none"``;
+  tags both sides; an unsided singular mention tags both sides unless ``unsided="none"`` -- or unless the same
+  sentence names that organ with a side ("Renal cell carcinoma in the left kidney": the left kidney only);
+* phrases that contain an organ word without naming the organ are ignored: brain ventricles by number or name
+  ("4th ventricle", "lateral ventricles"), imaging phases ("portal venous phase");
+* ambiguous abbreviations count only in a sentence with a word of their context and none of a conflicting
+  one (``abbreviation_contexts``): "RA" is the right atrium next to "atrial" or "heart", not in "History of RA";
+  "PV" is the portal vein next to "liver" or "splenic", not beside "pulmonary vein";
 * repeated mentions are aggregated: the result is the set of tags, in vocabulary order.
 
 Input contract (documented for users): ``str`` or UTF-8 ``bytes``. An empty or blank text gives ``[]``;
@@ -28,7 +34,9 @@ import torch
 __all__ = ["TagVocabulary", "TagExtractor", "extract_tags", "tags_to_multi_hot", "default_vocabulary", "DEFAULT_TAGS"]
 
 _PHRASE_BREAK = re.compile(r"[,.;:()\[\]!?\n]")
+_SENTENCE_END = re.compile(r"[.;!?](?=\s|$)|\n")
 _MAX_SIDE_GAP_WORDS = 2  # "left lower pole renal cyst": the side word may precede the organ word by two words
+_SIDE_WINDOW = 256  # characters looked back for a side word: bounded, so extraction stays linear in the text
 
 
 def _vocab_path() -> str:
@@ -50,6 +58,8 @@ class TagVocabulary:
         self.sided: dict[str, tuple[str, str, bool]] = {}  # lower-case phrase -> (right tag, left tag, plural)
         self.ignore: set[str] = set()
         self.side_words: dict[str, str] = {}
+        self.contexts: dict[str, set[str]] = {}  # name -> lower-case words
+        self.abbreviation_contexts: dict[str, tuple[str, str | None]] = {}  # abbreviation -> (context, unless)
         files = ([_vocab_path()] if include_default else []) + [os.fspath(p) for p in (paths or [])]
         if not files:
             raise ValueError("TagVocabulary needs at least one vocabulary file.")
@@ -95,6 +105,16 @@ class TagVocabulary:
             for w in words:
                 self.side_words[w.lower()] = side
         self.ignore.update(w.lower() for w in data.get("ignore", []))
+        for name, words in data.get("contexts", {}).items():
+            self.contexts.setdefault(name, set()).update(w.lower() for w in words)
+        for abbr, spec in data.get("abbreviation_contexts", {}).items():
+            if abbr not in self.abbreviations:
+                raise ValueError(f"tag vocabulary {path}: abbreviation_contexts names '{abbr}', not an abbreviation")
+            for key in ("context", "unless"):
+                if spec.get(key) is not None and spec[key] not in self.contexts:
+                    raise ValueError(f"tag vocabulary {path}: abbreviation_contexts['{abbr}'] {key} "
+                                     f"'{spec[key]}' is not in 'contexts'")
+            self.abbreviation_contexts[abbr] = (spec["context"], spec.get("unless"))
 
 
 class TagExtractor:
@@ -133,7 +153,7 @@ class TagExtractor:
 
     def _side(self, text: str, start: int) -> str | None:
         """The nearest side word before ``start`` within the same phrase (at most a few words back)."""
-        before = _PHRASE_BREAK.split(text[:start])[-1]
+        before = _PHRASE_BREAK.split(text[max(0, start - _SIDE_WINDOW) : start])[-1]
         words = re.findall(r"[A-Za-z]+", before)[-(_MAX_SIDE_GAP_WORDS + 1) :]
         for w in reversed(words):
             side = self.vocabulary.side_words.get(w.lower())
@@ -149,11 +169,40 @@ class TagExtractor:
                 raise ValueError(f"report bytes are not valid UTF-8: {e}") from e
         if not isinstance(text, str):
             raise TypeError(f"extract_tags expects a str (or UTF-8 bytes), got {type(text).__name__}")
-        found: set[str] = set()
         v = self.vocabulary
-        for m in self._regex.finditer(text):
+        found: set[str] = set()
+        for start, end in self._sentences(text):
+            found |= self._sentence_tags(text, start, end)
+        return [t for t in v.tags if t in found]
+
+    @staticmethod
+    def _sentences(text: str):
+        """(start, end) of each sentence: split after ``. ; ! ?`` followed by a space, and at line breaks."""
+        start = 0
+        for m in _SENTENCE_END.finditer(text):
+            yield start, m.end()
+            start = m.end()
+        if start < len(text):
+            yield start, len(text)
+
+    def _context_ok(self, abbr: str, words: set[str]) -> bool:
+        context, unless = self.vocabulary.abbreviation_contexts[abbr]
+        ok = bool(words & self.vocabulary.contexts[context])
+        return ok and not (unless is not None and words & self.vocabulary.contexts[unless])
+
+    def _sentence_tags(self, text: str, start: int, end: int) -> set[str]:
+        v = self.vocabulary
+        found: set[str] = set()
+        unsided: list[tuple[str, str]] = []  # organs mentioned without a side in this sentence
+        words = None
+        for m in self._regex.finditer(text, start, end):
             raw = m.group(0)
             if raw in v.abbreviations:
+                if raw in v.abbreviation_contexts:
+                    if words is None:
+                        words = {w.lower() for w in re.findall(r"[A-Za-z]+", text[start:end])}
+                    if not self._context_ok(raw, words):
+                        continue
                 found.update(v.abbreviations[raw])
                 continue
             key = self._space.sub(" ", raw.lower())
@@ -170,9 +219,12 @@ class TagExtractor:
                     found.add(right)
                 elif side == "left":
                     found.add(left)
-                elif self.unsided == "both":
-                    found.update((right, left))
-        return [t for t in v.tags if t in found]
+                else:
+                    unsided.append((right, left))
+        for right, left in unsided:  # a sided mention of the same organ in the sentence wins
+            if self.unsided == "both" and right not in found and left not in found:
+                found.update((right, left))
+        return found
 
 
 @lru_cache(maxsize=1)
