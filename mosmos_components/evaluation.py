@@ -21,7 +21,8 @@ from monai.metrics import compute_hausdorff_distance
 
 from mosmos_components.distributed import gather_lists, is_rank0
 
-__all__ = ["case_scores", "summarize", "write_reports", "format_table", "wilcoxon_test", "wilcoxon_paired", "SegmentationReport"]
+__all__ = ["case_scores", "summarize", "write_reports", "format_table", "wilcoxon_test", "wilcoxon_paired",
+           "group_summaries", "SegmentationReport"]
 
 
 def case_scores(
@@ -82,19 +83,35 @@ def format_table(summary: Sequence[dict]) -> str:
 
 
 def write_reports(rows: Sequence[dict], names: Sequence[str], out_dir: str | os.PathLike) -> list[dict]:
-    """``per_case.csv`` (case, class, dice, hd95) and ``summary.csv``; returns the summary."""
+    """``per_case.csv`` (case, class, dice, hd95[, group]) and ``summary.csv``; where the rows carry a ``group``
+    (AMOS: the modality), also ``summary_<group>.csv`` per group (the paper's Fig. 4 reports CT and MRI apart).
+    Returns the pooled summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    by_group = group_summaries(rows, names)
+    fields = ["case", "class", "dice", "hd95"] + (["group"] if by_group else [])
     with open(out / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     summary = summarize(rows, names)
-    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as fh:
+    _write_summary(summary, out / "summary.csv")
+    for g, s in by_group.items():
+        _write_summary(s, out / f"summary_{g}.csv")
+    return summary
+
+
+def group_summaries(rows: Sequence[dict], names: Sequence[str]) -> dict[str, list[dict]]:
+    """The summary of each ``group`` of rows (empty without groups)."""
+    groups = sorted({r["group"] for r in rows if r.get("group") is not None})
+    return {g: summarize([r for r in rows if r.get("group") == g], names) for g in groups}
+
+
+def _write_summary(summary: Sequence[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["class", "dice", "dice_std", "hd95", "n"])
         w.writeheader()
         w.writerows(summary)
-    return summary
 
 
 WILCOXON_UNITS = ("class", "case")
@@ -172,13 +189,15 @@ class SegmentationReport:
         channels: the channels to score (default: 1..K, background excluded).
         output_dir: where to write the CSVs (``None``: metrics only).
         hd95: compute HD95 (slower; off during training validation).
+        group_key: an item key whose value groups the cases (AMOS's ``"modality"``): each group is also reported
+            on its own (``summary_<group>.csv``, ``case_mean_dice_<group>``) next to the pooled table.
     """
 
     def __init__(self, class_names: Sequence[str], channels: Sequence[int] | None = None,
-                 output_dir: str | None = None, hd95: bool = True) -> None:
+                 output_dir: str | None = None, hd95: bool = True, group_key: str | None = "modality") -> None:
         self.names = list(class_names)
         self.channels = list(channels) if channels is not None else list(range(1, len(self.names) + 1))
-        self.output_dir, self.hd95 = output_dir, hd95
+        self.output_dir, self.hd95, self.group_key = output_dir, hd95, group_key
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -196,8 +215,10 @@ class SegmentationReport:
             case = os.path.basename(str(meta.get("filename_or_obj", f"case{len(self.rows)}")))
             spacing = getattr(label, "pixdim", None)
             spacing = [float(s) for s in spacing] if spacing is not None else [1.0] * (label.dim() - 1)
+            group = item.get(self.group_key) if self.group_key else None
+            extra = {"group": str(group)} if isinstance(group, str) else {}
             for r in case_scores(item["pred"], label, spacing, self.channels, self.names, self.hd95):
-                self.rows.append({"case": case, **r})
+                self.rows.append({"case": case, **r, **extra})
 
     def _finish(self, engine: Engine) -> None:
         self.rows = gather_lists(self.rows)  # under torch.distributed every rank scored its shard of the cases
@@ -207,6 +228,11 @@ class SegmentationReport:
         engine.state.metrics["case_mean_dice"] = summary[-1]["dice"]
         if self.hd95:
             engine.state.metrics["mean_hd95"] = summary[-1]["hd95"]
+        by_group = group_summaries(self.rows, self.names)
+        for g, s in by_group.items():
+            engine.state.metrics[f"case_mean_dice_{g}"] = s[-1]["dice"]
         if self.output_dir is not None and is_rank0():
             write_reports(self.rows, self.names, self.output_dir)
             engine.logger.info("segmentation report (%s):\n%s", self.output_dir, format_table(summary))
+            for g, s in by_group.items():
+                engine.logger.info("segmentation report, %s cases only:\n%s", g, format_table(s))

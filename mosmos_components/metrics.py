@@ -1,5 +1,6 @@
 """Ignite metrics for pre-training validation: loss, image->report retrieval recall@k, tag mAP (over all
-ranks' validation samples under torch.distributed)."""
+ranks' validation samples under torch.distributed), and the pointing game of the tag attention where organ masks
+are known."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from mosmos_components.distributed import gather_lists
 
-__all__ = ["PretrainLossMetric", "RetrievalRecall", "TagMeanAP", "average_precision", "retrieval_recall"]
+__all__ = ["PretrainLossMetric", "RetrievalRecall", "TagMeanAP", "PointingGame", "average_precision",
+           "retrieval_recall", "pointing_game"]
 
 
 def _pred_label(output: dict):
@@ -111,3 +113,96 @@ class TagMeanAP(_Accumulating):
     def compute(self) -> float:
         ap = average_precision(torch.cat(gather_lists(self._a)), torch.cat(gather_lists(self._b)))
         return ap[~ap.isnan()].mean().item() if (~ap.isnan()).any() else float("nan")
+
+
+def pointing_game(attention: torch.Tensor, mask: torch.Tensor, tag_values: dict[int, int]) -> tuple[int, int, float]:
+    """Pointing game of one image: for each tag ``k`` present (``tag_values``: tag index -> mask value, for the
+    tags its report names), is the peak of its attention map, bilinearly upsampled to the mask, inside the
+    organ? ``attention`` (K, g0, g1) in the image tensor's axis order, ``mask`` (S0, S1) in the same order.
+
+    Returns (hits, pairs scored, chance): ``chance`` sums each scored organ's area fraction, the expected hits of a
+    peak placed uniformly at random (a flat map). Tags whose organ is not in the mask are not scored.
+    """
+    hits = pairs = 0
+    chance = 0.0
+    for k, value in tag_values.items():
+        organ = mask == value
+        if not bool(organ.any()):
+            continue
+        up = F.interpolate(attention[k][None, None].float(), size=tuple(mask.shape), mode="bilinear",
+                           align_corners=False)[0, 0]
+        peak = int(up.flatten().argmax())
+        hits += int(organ.flatten()[peak])
+        pairs += 1
+        chance += float(organ.float().mean())
+    return hits, pairs, chance
+
+
+class PointingGame:
+    """Evaluator handler: does each tag's attention peak inside that organ? (the demo data's organ masks).
+
+    For every validation item with a ``"mask"`` (an organ-mask PNG whose values are listed in the ``labels.json``
+    beside it, as :func:`mosmos_components.data.demo.write_roco` writes them) and every tag its report names, the
+    peak of the tag decoder's last cross-attention map (upsampled to the mask) is a hit when it lies inside the
+    organ. At each evaluation it puts ``pointing_acc`` (hits / pairs) and ``pointing_chance`` (the same for a flat
+    map: the mean organ area fraction) into ``engine.state.metrics``; attach it before the handlers that save or
+    log the metrics. Items without a mask (real ROCO) are skipped, and with none the metrics are not set.
+
+    Args:
+        network: the pre-training network (``encode_image``, ``tag_queries``, ``decoder``, ``tags``).
+        items: the validation data dicts (``image``, ``tags``, ``mask``).
+        transform: the validation preprocessing of the image (the mask follows the image's axis order).
+        device: where to run the network.
+    """
+
+    def __init__(self, network: torch.nn.Module, items: list[dict], transform: Callable, device="cpu") -> None:
+        self.network, self.transform, self.device = network, transform, torch.device(device)
+        self.items = [d for d in items if d.get("mask")]
+        self._cache: list[tuple[torch.Tensor, torch.Tensor, dict[int, int]]] | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _prepared(self, tags: list[str]):
+        if self._cache is None:
+            import json
+            from pathlib import Path
+
+            import numpy as np
+            from PIL import Image
+
+            self._cache, names = [], {}
+            for d in self.items:
+                folder = Path(d["mask"]).parent
+                if folder not in names:
+                    labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+                    names[folder] = {name: int(v) for v, name in labels.items()}
+                image = torch.as_tensor(self.transform(dict(d))["image"]).float()
+                with Image.open(d["mask"]) as im:  # PIL (rows, cols) -> MONAI's PIL reader order (cols, rows)
+                    mask = torch.as_tensor(np.asarray(im).T.copy())
+                values = {k: names[folder][t] for k, t in enumerate(tags)
+                          if d["tags"][k] and t in names[folder]}
+                self._cache.append((image, mask, values))
+        return self._cache
+
+    def __call__(self, engine) -> None:
+        net = getattr(self.network, "module", self.network)
+        if not self.items or not hasattr(net, "tag_queries"):  # no masks, or a network without tag attention (SSL)
+            return
+        was_training = net.training
+        net.eval()
+        hits = pairs = 0
+        chance = 0.0
+        with torch.no_grad():
+            queries = net.tag_queries()
+            for image, mask, values in self._prepared(list(net.tags)):
+                _, s, grid = net.encode_image(image[None].to(self.device))
+                _, attn = net.decoder(queries, s, grid)
+                h, p, c = pointing_game(attn[0].reshape(-1, *grid).cpu(), mask, values)
+                hits, pairs, chance = hits + h, pairs + p, chance + c
+        net.train(was_training)
+        if pairs:
+            engine.state.metrics["pointing_acc"] = hits / pairs
+            engine.state.metrics["pointing_chance"] = chance / pairs

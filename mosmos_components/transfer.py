@@ -149,7 +149,7 @@ def _check_vit_fits(source: str, enc: nn.Module, width: int, n_blocks: int, patc
                          "to match")
     if tuple(patch) != tuple(enc.conv1.kernel_size[:2]):
         raise ValueError(f"{source}: pre-trained ViT has {tuple(patch)} patches, the UNETR encoder "
-                         f"{tuple(enc.conv1.kernel_size[:2])} (UNETR needs a /16 ViT such as ViT-B-16)")
+                         f"{tuple(enc.conv1.kernel_size[:2])}: set patch_size={patch[0]} (UNETR takes /16 and /32 ViTs)")
 
 
 def _inflate_patches_and_positions(seg: MosmosUNETR, kernel_2d: torch.Tensor, positions_2d: torch.Tensor,
@@ -318,10 +318,14 @@ def load_pretrained(
             network.pta.set_class_embeddings(fixed_prompt_embeddings(pre, network.pta.class_names, prompt_template))
         report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
     elif network.pta is not None:
-        if pretrain is None and read_sidecar(ckpt_path).get("mosmos_pretrained") is False:
+        side = read_sidecar(ckpt_path) if pretrain is None else {}
+        if side.get("mosmos_pretrained") is False:
             warnings.warn(f"{source} holds CLIP weights without MOSMOS pre-training: its tag decoder and prompt are "
                           "untrained, so pixel-tag attention starts from random queries (for the CLIP+DenseCLIP "
                           "baseline set pta_mode to 'score')", stacklevel=2)
+        elif side.get("pretrain_losses", {}).get("mlr") is False:
+            warnings.warn(f"{source} was pre-trained without L_mlr (Table 4's ablation): its tag decoder and prompt "
+                          "are untrained, so pixel-tag attention starts from random queries", stacklevel=2)
         if network.pta.decoder.d_model != pre.embed_dim:
             raise ValueError(f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
                              f"{network.pta.decoder.d_model}")
@@ -341,8 +345,8 @@ def prepare_network(
     network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE, pretrained_kind: str = "mosmos",
 ) -> MosmosUNETR | MosmosUNet2D:
-    """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation, which
-    needs ``use_pta=False`` since the class embeddings come from the pre-trained text encoder).
+    """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation;
+    with ``use_pta=True`` the class embeddings are random vectors, with a warning: Table 4's "no pre-training" row).
     ``pretrained_kind``: ``"mosmos"`` (a MOSMOS or CLIP-only pre-training checkpoint) or ``"imagenet"`` (timm
     ViT weights, :func:`load_imagenet_vit`; torchvision ResNet weights, :func:`load_imagenet_resnet`)."""
     if pretrained_ckpt:
@@ -361,10 +365,16 @@ def prepare_network(
         else:
             raise ValueError(f"pretrained_kind must be 'mosmos' (MOSMOS or CLIP checkpoints) or 'imagenet', "
                              f"got {pretrained_kind!r}")
+    elif network.pta is not None:
+        # Table 4's "no pre-training" row: the whole framework on untrained weights. There is no text encoder to
+        # give class embeddings, so they are random vectors (std 1, seeded by the run's seed), as an untrained
+        # text encoder's outputs would be.
+        warnings.warn(f"{type(network).__name__}: no pre-trained weights, yet pixel-tag attention is on (the paper's "
+                      "'no pre-training' ablation): the encoder, the tag decoder and the class embeddings are all "
+                      "random, so the attention maps start uninformative", stacklevel=2)
+        with torch.no_grad():
+            network.pta.set_class_embeddings(torch.randn_like(network.pta.class_embeddings))
     else:
-        if network.pta is not None:
-            raise ValueError("use_pta needs the pre-trained MOSMOS checkpoint (its text encoder gives the class "
-                             "embeddings); set use_pta to false to train from random initialisation")
         warnings.warn(f"{type(network).__name__}: no pre-trained weights, training from random initialisation",
                       stacklevel=2)
     return network

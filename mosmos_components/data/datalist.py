@@ -152,8 +152,14 @@ def load_or_create_datalist(
     pairs: Sequence[dict], datalist_file: str | os.PathLike, fractions: Sequence[float] = (0.7, 0.1, 0.2),
     seed: int = 0, in_channels: int = 1,
 ) -> dict:
-    """The split written in ``datalist_file`` if it exists (checked against the files on disk), else a new seeded
-    split of ``pairs`` written there (atomically), so later runs and evaluations use the same cases."""
+    """The split written in ``datalist_file`` if it exists (checked against the files on disk and against
+    ``pairs``), else a new seeded split of ``pairs`` written there (atomically), so later runs and evaluations use
+    the same cases.
+
+    An existing split is reused only for the data it was made from: when ``pairs`` are a subset of its cases (AMOS
+    ``--modality ct`` after a split of both modalities) it is narrowed to them, split kept and the log says so;
+    when ``pairs`` hold cases it does not (another ``--dataset_dir``, or ``--modality both`` after a CT-only split)
+    it is an error naming the file and the difference, never a silent evaluation of other data."""
     path = Path(datalist_file)
     if path.is_file():
         with open(path, encoding="utf-8") as fh:
@@ -162,10 +168,29 @@ def load_or_create_datalist(
         if missing:
             raise FileNotFoundError(f"datalist {path} lists {len(missing)} missing file(s), e.g. {missing[:3]}; "
                                     "delete it to split the current data afresh")
-        return dl
+        return _reuse(dl, pairs, path)
     check_headers(pairs, in_channels)
     dl = split_pairs(pairs, fractions, seed)
     atomic_json_save(dl, path)
+    return dl
+
+
+def _reuse(dl: dict, pairs: Sequence[dict], path: Path) -> dict:
+    """``dl`` narrowed to the images of ``pairs``; an error if ``pairs`` hold images that ``dl`` does not."""
+    def key(p: str) -> str:
+        return os.path.realpath(p)
+
+    wanted = {key(p["image"]) for p in pairs}
+    listed = {key(it["image"]) for sec in dl.values() for it in sec}
+    new = sorted(wanted - listed)
+    if new:
+        raise ValueError(f"datalist {path} was made from other data: {len(new)} of the {len(wanted)} current images are "
+                         f"not in it (e.g. {new[:2]}); delete it, or give another datalist_file, to split the current "
+                         "data (e.g. a new --dataset_dir, or --modality both after a single-modality split)")
+    if wanted != listed:
+        dl = {sec: [it for it in items if key(it["image"]) in wanted] for sec, items in dl.items()}
+        logger.info("datalist %s: using the %d of its %d cases selected now (e.g. one --modality), split kept",
+                    path, len(wanted), len(listed))
     return dl
 
 

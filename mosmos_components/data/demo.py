@@ -32,6 +32,7 @@ from mosmos_components.data.phantom import (
     HeartPhantom,
     mri_intensities,
 )
+from mosmos_components.tags import DEFAULT_TAGS
 
 __all__ = ["write_roco", "write_btcv", "write_amos", "write_mmwhs", "write_brats", "DEMO_KINDS", "write_demo_data",
            "AMOS_FROM_PHANTOM"]
@@ -73,6 +74,7 @@ _TAG_OF_MMWHS = MMWHS_VALUES
 _ROCO_SPLITS = (("train", 1.0), ("validation", 0.25), ("test", 0.25))
 _ROCO_WINDOW_HU = (-175.0, 250.0)  # the same window the segmentation bundles use: what is learned transfers
 _CARDIAC_FRACTION = 0.2
+_MASK_VALUES = {t: i + 1 for i, t in enumerate(DEFAULT_TAGS)}  # organ masks of the demo ROCO images: tag number
 
 
 def _caption(rng: np.random.Generator, visible: list[str], cardiac: bool) -> str:
@@ -96,6 +98,10 @@ def _to_uint8(hu: np.ndarray, window=_ROCO_WINDOW_HU) -> np.ndarray:
 
 def write_roco(out_dir: str | os.PathLike, n: int = 64, seed: int = 0, size: int = 128) -> Path:
     """Write a ROCO-layout data set of ``n`` training pairs (+ n/4 validation, n/4 test) under ``out_dir/data``.
+
+    Beside ROCO's files each split gets ``masks/<ROCO_ID>.png`` (the phantom's organs, pixel value = tag number as
+    listed in ``masks/labels.json``, 0 elsewhere): not part of ROCO, they let the pre-training evaluation measure
+    whether the tag attention points at the organ (:class:`mosmos_components.metrics.PointingGame`).
 
     Returns the ``data`` folder (the one holding ``train/``, ``validation/``, ``test/``).
     """
@@ -123,11 +129,19 @@ def write_roco(out_dir: str | os.PathLike, n: int = 64, seed: int = 0, size: int
                     break
             hu = hu + rng.normal(0, 12.0, hu.shape)
             Image.fromarray(_to_uint8(hu)).save(folder / "images" / f"{roco_id}.jpg", quality=92)
+            organ_mask = np.zeros(label.shape, dtype=np.uint8)  # the phantom's organs as tag numbers (pointing game)
+            for v, name in names.items():
+                if name in _MASK_VALUES:
+                    organ_mask[label == v] = _MASK_VALUES[name]
+            (folder / "masks").mkdir(exist_ok=True)
+            Image.fromarray(organ_mask).save(folder / "masks" / f"{roco_id}.png")
             caption = _caption(rng, visible, cardiac)
             captions.append(f"{roco_id}\t {caption}")
             keywords.append(f"{roco_id}\t {'cardiac ct' if cardiac else 'abdominal ct'}")
             pmc = f"PMC{1000000 + counter}"
             dlinks.append(f"{roco_id}\t wget https://example.invalid/{pmc}.tar.gz\t {pmc}_{roco_id.lower()}.jpg")
+        (folder / "masks" / "labels.json").write_text(json.dumps({str(v): k for k, v in _MASK_VALUES.items()}, indent=1),
+                                                      encoding="utf-8")
         for name, lines in (("captions.txt", captions), ("keywords.txt", keywords), ("dlinks.txt", dlinks)):
             (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root

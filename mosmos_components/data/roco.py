@@ -67,7 +67,9 @@ def load_roco(
         max_items: keep the first N usable pairs (quick runs).
 
     Returns:
-        ``[{"image": path, "report": caption, "id": ROCO_ID, "tags": [0./1. x K]}, ...]``.
+        ``[{"image": path, "report": caption, "id": ROCO_ID, "tags": [0./1. x K]}, ...]``, plus ``"mask"`` where
+        the split has ``masks/<ROCO_ID>.png`` (organ masks, as the demo data writes; see
+        :class:`~mosmos_components.metrics.PointingGame`).
     """
     folder = roco_split_dir(root, split)
     captions = folder / "captions.txt"
@@ -110,10 +112,12 @@ def load_roco(
                 logger.warning("ROCO %s: unreadable image %s skipped", split, image)
                 continue
         found = extract_tags(caption, extractor)
-        items.append(
-            {"image": str(image), "report": caption, "id": roco_id,
-             "tags": tags_to_multi_hot([t for t in found if t in tags], tags).tolist()}
-        )
+        item = {"image": str(image), "report": caption, "id": roco_id,
+                "tags": tags_to_multi_hot([t for t in found if t in tags], tags).tolist()}
+        mask = folder / "masks" / f"{roco_id}.png"
+        if mask.is_file():  # organ masks (the demo data has them): the pointing game of the tag attention
+            item["mask"] = str(mask)
+        items.append(item)
         if max_items is not None and len(items) >= max_items:
             break
     problems = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no problems"

@@ -52,6 +52,39 @@ def register_model_configs() -> None:
         _registered = True
 
 
+def _is_torchscript_archive(path: str) -> bool:
+    """OpenAI's released CLIP files are TorchScript archives (a zip with ``code/`` and ``constants.pkl``), unlike
+    ``torch.save`` state dicts (a zip with ``data.pkl`` only)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def resolve_quick_gelu(model_name: str, pretrained: str | None, force_quick_gelu: bool) -> bool:
+    """Whether the CLIP must be built with QuickGELU: OpenAI's weights were trained with it, and running them with
+    GELU silently computes another function. An open_clip tag whose weights are OpenAI's (``openai``) turns it on;
+    OpenAI's own TorchScript file given without ``force_quick_gelu`` stops with that advice."""
+    if force_quick_gelu or pretrained is None:
+        return force_quick_gelu
+    if os.path.isfile(pretrained):
+        cfg = open_clip.get_model_config(model_name) or {}
+        if _is_torchscript_archive(pretrained) and not cfg.get("quick_gelu", False):
+            raise ValueError(
+                f"{pretrained} is OpenAI's CLIP archive, trained with QuickGELU: set force_quick_gelu=True "
+                "(bundles: --force_quick_gelu True; segmentation: --quick_gelu True), or use the "
+                f"'{model_name}-quickgelu' model"
+            )
+        return False
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+    if tag_cfg.get("quick_gelu", False):
+        logger.info("CLIP '%s/%s' was trained with QuickGELU: building it with QuickGELU", model_name, pretrained)
+        return True
+    return False
+
+
 def create_clip(
     model_name: str,
     pretrained: str | None = None,
@@ -72,6 +105,7 @@ def create_clip(
         warn_random: warn when no weights are given.
     """
     register_model_configs()
+    force_quick_gelu = resolve_quick_gelu(model_name, pretrained, force_quick_gelu)
     if model_cfg is not None:
         cfg = dict(model_cfg)
         if force_quick_gelu:
@@ -234,8 +268,8 @@ class MosmosPretrainNet(nn.Module):
         self.model_cfg = dict(model_cfg) if model_cfg is not None else open_clip.get_model_config(model_name)
         if self.model_cfg is None:
             raise ValueError(f"unknown open_clip model '{model_name}'")
-        self.force_quick_gelu = force_quick_gelu
-        self.clip = create_clip(model_name, pretrained, force_quick_gelu, model_cfg, warn_random=_warn_random)
+        self.force_quick_gelu = resolve_quick_gelu(model_name, pretrained, force_quick_gelu)
+        self.clip = create_clip(model_name, pretrained, self.force_quick_gelu, model_cfg, warn_random=_warn_random)
         self.embed_dim = int(self.model_cfg["embed_dim"])
         self.context_length = int(self.clip.context_length)
         self.image_size = int(self.clip.visual.image_size[0] if isinstance(self.clip.visual.image_size, tuple)

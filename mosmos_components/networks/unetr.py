@@ -96,7 +96,9 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         in_channels: image channels (1 for CT/MRI, 4 for BraTS).
         out_channels: output classes K, background included.
         img_size: crop size (H, W, D) (96^3 in the paper).
-        patch_size: must be 16 (UNETR's decoder upsamples 4 times by 2).
+        patch_size: 16 (ViT-B/16, the paper's default) or 32 (ViT-B/32, Table 5; PubMedCLIP's ViT). UNETR's
+            pyramid stays at 1/8, 1/4, 1/2 of the input: with patch 32 every skip path gets one more 2x
+            up-sampling and the bottleneck is up-sampled 4x.
         hidden_size: ViT width (768).
         num_layers: ViT depth (12); skips come after blocks depth/4, depth/2, 3 depth/4.
         num_heads: ViT heads (12).
@@ -154,8 +156,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         vit_style: str = "clip",
     ) -> None:
         super().__init__()
-        if patch_size != 16:
-            raise ValueError("MosmosUNETR's decoder needs patch_size=16 (four 2x upsamplings)")
+        if patch_size not in (16, 32):
+            raise ValueError(f"MosmosUNETR supports patch_size 16 or 32 (ViT-B/16, ViT-B/32), got {patch_size}")
         if num_layers < 4:
             raise ValueError("num_layers must be >= 4 (three skip connections and the bottleneck)")
         self._record_config(
@@ -179,14 +181,17 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         fs, h = feature_size, hidden_size
         kw = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
         self.encoder1 = UnetrBasicBlock(in_channels=in_channels, out_channels=fs, stride=1, **kw)
-        self.encoder2 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 2, num_layer=2, stride=1,
+        extra = patch_size // 32  # one more 2x step per skip path for /32 patches
+        self.patch_size = patch_size
+        self.encoder2 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 2, num_layer=2 + extra, stride=1,
                                        upsample_kernel_size=2, conv_block=True, **kw)
-        self.encoder3 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 4, num_layer=1, stride=1,
+        self.encoder3 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 4, num_layer=1 + extra, stride=1,
                                        upsample_kernel_size=2, conv_block=True, **kw)
-        self.encoder4 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 8, num_layer=0, stride=1,
+        self.encoder4 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 8, num_layer=0 + extra, stride=1,
                                        upsample_kernel_size=2, conv_block=True, **kw)
         bottleneck = h + (out_channels if use_pta else 0)  # concat[S, A]
-        self.decoder5 = UnetrUpBlock(in_channels=bottleneck, out_channels=fs * 8, upsample_kernel_size=2, **kw)
+        self.decoder5 = UnetrUpBlock(in_channels=bottleneck, out_channels=fs * 8, upsample_kernel_size=patch_size // 8,
+                                     **kw)
         self.decoder4 = UnetrUpBlock(in_channels=fs * 8, out_channels=fs * 4, upsample_kernel_size=2, **kw)
         self.decoder3 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=2, **kw)
         self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, **kw)
@@ -208,8 +213,9 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         return self.pta(tokens @ self.encoder.proj, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != tuple(s * 16 for s in self.grid):
-            raise ValueError(f"input spatial size {tuple(x.shape[2:])} != img_size {tuple(s * 16 for s in self.grid)}")
+        size = tuple(s * self.patch_size for s in self.grid)
+        if not torch.jit.is_tracing() and tuple(x.shape[2:]) != size:
+            raise ValueError(f"input spatial size {tuple(x.shape[2:])} != img_size {size}")
         z = (self._flip(x) - self.input_mean) / self.input_std
         tokens, skips = self.encoder(z, self.skip_indices)
         enc1 = self.encoder1(z)
