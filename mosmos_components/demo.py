@@ -206,6 +206,8 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
         f"(irc {m.get('val_irc', float('nan')):.4f}, mlr {m.get('val_mlr', float('nan')):.4f}), "
         f"recall@1/5/10 {m.get('recall_at_1', 0):.3f}/{m.get('recall_at_5', 0):.3f}/{m.get('recall_at_10', 0):.3f}, "
         f"tag mAP {m.get('tag_map', 0):.3f}",
+        f"tag attention pointing game (peak inside the named organ): {m.get('pointing_acc', float('nan')):.3f} vs "
+        f"{m.get('pointing_chance', float('nan')):.3f} for a flat map (chance)",
         f"pre-trained weights: {stage['ckpt']}",
         f"btcv_seg fine-tuning: {seg['runs']['mosmos']['train_s']:.0f} s from MOSMOS weights, "
         f"{seg['runs']['random']['train_s']:.0f} s from random initialisation; test split "

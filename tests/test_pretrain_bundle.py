@@ -42,7 +42,9 @@ def test_loss_goes_down_and_checkpoint_is_written(trained):
     assert len(hist) == 4
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
     val = _history(trained / "eval" / "val_history.csv")
-    assert {"val_loss", "val_irc", "val_mlr", "recall_at_1", "recall_at_5", "recall_at_10", "tag_map"} <= set(val[0])
+    assert {"val_loss", "val_irc", "val_mlr", "recall_at_1", "recall_at_5", "recall_at_10", "tag_map",
+            "pointing_acc", "pointing_chance"} <= set(val[0])
+    assert 0.0 < float(val[0]["pointing_chance"]) < 0.5 and 0.0 <= float(val[0]["pointing_acc"]) <= 1.0
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     side = json.loads((trained / "models" / "model.json").read_text())
@@ -59,6 +61,7 @@ def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir):
     metrics = dict(row for row in csv.reader(open(out / "metrics.csv")) if len(row) == 2)
     side = json.loads((trained / "models" / "model.json").read_text())
     assert float(metrics["val_loss"]) == pytest.approx(side["metric"]["val_loss"], rel=1e-4)
+    assert "pointing_acc" in metrics and "pointing_chance" in metrics  # the pointing game in metrics.csv
     assert load_pretrain_network(trained / "models" / "model.pt").tags == side["tags"]
 
 
@@ -80,7 +83,7 @@ def test_mlflow_tracking(roco_dir, tmp_path):
     exp = client.get_experiment_by_name("mosmos_test")
     runs = client.search_runs([exp.experiment_id])
     keys = set().union(*(r.data.metrics.keys() for r in runs))
-    assert {"train_loss", "val_loss", "recall_at_1"} <= keys
+    assert {"train_loss", "val_loss", "recall_at_1", "pointing_acc", "pointing_chance"} <= keys
     assert any(r.data.params.get("max_epochs") == "1" for r in runs)  # run parameters are recorded
 
 
@@ -113,3 +116,17 @@ def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
     if extra:  # the image tower alone, saved in the pre-training format
         assert json.loads((tmp_path / "models" / "model.json").read_text())["mosmos_pretrained"] is False
         load_pretrain_network(tmp_path / "models" / "model.pt")
+
+
+def test_pointing_game_scores_the_attention_peak_against_the_organ_mask():
+    from mosmos_components.metrics import pointing_game
+
+    mask = torch.zeros(8, 8, dtype=torch.uint8)
+    mask[0:4, 0:4] = 3  # organ of tag value 3: a quarter of the image
+    mask[6:8, 6:8] = 5
+    attn = torch.zeros(2, 4, 4)
+    attn[0, 0, 0] = 1.0  # tag 0 peaks inside its organ (top-left)
+    attn[1, 0, 0] = 1.0  # tag 1 peaks in the top-left too, but its organ is bottom-right
+    hits, pairs, chance = pointing_game(attn, mask, {0: 3, 1: 5})
+    assert (hits, pairs) == (1, 2) and chance == pytest.approx(16 / 64 + 4 / 64)
+    assert pointing_game(attn, mask, {0: 7}) == (0, 0, 0.0)  # an organ not in the image is not scored
