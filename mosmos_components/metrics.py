@@ -14,7 +14,7 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from mosmos_components.distributed import gather_lists
 
 __all__ = ["PretrainLossMetric", "RetrievalRecall", "TagMeanAP", "PointingGame", "average_precision",
-           "retrieval_recall", "pointing_game"]
+           "retrieval_recall", "pointing_game", "tag_map_correlation"]
 
 
 def _pred_label(output: dict):
@@ -138,14 +138,26 @@ def pointing_game(attention: torch.Tensor, mask: torch.Tensor, tag_values: dict[
     return hits, pairs, chance
 
 
+def tag_map_correlation(attention: torch.Tensor) -> float:
+    """Mean Pearson correlation between the attention maps of different tags on one image (``attention`` (K, N)):
+    near 1 when every tag looks at the same place (maps that are not tag-specific), near 0 for unrelated maps."""
+    a = attention.float() - attention.float().mean(dim=-1, keepdim=True)
+    a = F.normalize(a, dim=-1)
+    c = a @ a.t()
+    k = c.shape[0]
+    return float((c.sum() - c.diagonal().sum()) / max(k * (k - 1), 1))
+
+
 class PointingGame:
     """Evaluator handler: does each tag's attention peak inside that organ? (the demo data's organ masks).
 
     For every validation item with a ``"mask"`` (an organ-mask PNG whose values are listed in the ``labels.json``
     beside it, as :func:`mosmos_components.data.demo.write_roco` writes them) and every tag its report names, the
     peak of the tag decoder's last cross-attention map (upsampled to the mask) is a hit when it lies inside the
-    organ. At each evaluation it puts ``pointing_acc`` (hits / pairs) and ``pointing_chance`` (the same for a flat
-    map: the mean organ area fraction) into ``engine.state.metrics``; attach it before the handlers that save or
+    organ. At each evaluation it puts ``pointing_acc`` (hits / pairs), ``pointing_chance`` (the same for a flat
+    map: the mean organ area fraction) and ``attention_tag_corr`` (:func:`tag_map_correlation`, averaged over the
+    images: are the maps tag-specific?) and ``patch_token_cosine`` (mean cosine similarity between the spatial
+    features of one image: near 1, every position carries the same content) into ``engine.state.metrics``; attach it before the handlers that save or
     log the metrics. Items without a mask (real ROCO) are skipped, and with none the metrics are not set.
 
     Args:
@@ -195,6 +207,7 @@ class PointingGame:
         net.eval()
         hits = pairs = 0
         chance = 0.0
+        corr, sims = [], []
         with torch.no_grad():
             queries = net.tag_queries()
             for image, mask, values in self._prepared(list(net.tags)):
@@ -202,7 +215,13 @@ class PointingGame:
                 _, attn = net.decoder(queries, s, grid)
                 h, p, c = pointing_game(attn[0].reshape(-1, *grid).cpu(), mask, values)
                 hits, pairs, chance = hits + h, pairs + p, chance + c
+                corr.append(tag_map_correlation(attn[0].cpu()))
+                tokens = F.normalize(s[0].float(), dim=-1)
+                n = tokens.shape[0]
+                sims.append(float(((tokens @ tokens.t()).sum() - n) / max(n * (n - 1), 1)))
         net.train(was_training)
         if pairs:
             engine.state.metrics["pointing_acc"] = hits / pairs
             engine.state.metrics["pointing_chance"] = chance / pairs
+            engine.state.metrics["attention_tag_corr"] = float(sum(corr) / len(corr))
+            engine.state.metrics["patch_token_cosine"] = float(sum(sims) / len(sims))

@@ -1,7 +1,10 @@
-"""MONAI dictionary transforms that MONAI does not have (pre-training inputs)."""
+"""MONAI dictionary transforms that MONAI does not have: input checks that name the file (channels, grids, label
+values, non-finite voxels), label conversions (MM-WHS values, BraTS regions, AMOS class masks), intensity by
+modality, and the pre-training inputs (RGB images, tokenised reports)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import open_clip
@@ -20,8 +23,15 @@ def _source(data: Mapping, key: Hashable) -> str:
 
 
 def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str) -> None:
-    """An error naming the file when ``label`` holds a value outside ``allowed`` (``known`` ends the message)."""
-    unknown = sorted({int(v) for v in torch.unique(torch.as_tensor(label)).tolist()} - set(allowed))
+    """An error naming the file when ``label`` holds a non-integral value or a value outside ``allowed``
+    (``known`` ends the message)."""
+    values = torch.unique(torch.as_tensor(label))
+    if values.is_floating_point():
+        bad = values[~torch.isfinite(values) | (values != values.round())]
+        if bad.numel():
+            raise ValueError(f"{_source(data, key)}: non-integer label value(s) {bad[:10].tolist()}: a label map holds "
+                             "class numbers (was it resampled with linear interpolation?)")
+    unknown = sorted({int(v) for v in values.tolist()} - set(allowed))
     if unknown:
         raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")
 
@@ -82,20 +92,35 @@ class ValidateSegmentationPaird(MapTransform):
         keys: ``(image_key, label_key)``; the label may be absent (inference).
         in_channels: expected image channels.
         label_values: the allowed raw label values (e.g. ``range(14)`` for BTCV); ``None`` skips the check.
+        nonfinite: what NaN/Inf image voxels do: ``"error"`` (default: refused, naming the file and the count) or
+            ``"zero"`` (replaced by 0, with a warning naming the file).
     """
 
     def __init__(self, keys: KeysCollection = ("image", "label"), in_channels: int = 1,
-                 label_values: Sequence[int] | None = None, allow_missing_keys: bool = True) -> None:
+                 label_values: Sequence[int] | None = None, nonfinite: str = "error",
+                 allow_missing_keys: bool = True) -> None:
         super().__init__(keys, allow_missing_keys)
+        if nonfinite not in ("error", "zero"):
+            raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
         self.image_key, self.label_key = list(self.keys)[:2]
         self.in_channels = in_channels
         self.label_values = None if label_values is None else {int(v) for v in label_values}
+        self.nonfinite = nonfinite
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         img = d[self.image_key]
         if img.shape[0] != self.in_channels:
             raise ValueError(f"{_source(d, self.image_key)}: {img.shape[0]} channel(s), expected {self.in_channels}")
+        if torch.is_floating_point(torch.as_tensor(img)):
+            finite = torch.isfinite(torch.as_tensor(img))
+            if not bool(finite.all()):
+                n = int((~finite).sum())
+                if self.nonfinite == "error":
+                    raise ValueError(f"{_source(d, self.image_key)}: {n} NaN/Inf voxel(s); fix the file, or set "
+                                     "nonfinite to 'zero' to replace them by 0")
+                warnings.warn(f"{_source(d, self.image_key)}: {n} NaN/Inf voxel(s) replaced by 0", stacklevel=2)
+                d[self.image_key] = torch.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
         if self.label_key not in d:
             return d
         lab = d[self.label_key]

@@ -43,7 +43,7 @@ def test_loss_goes_down_and_checkpoint_is_written(trained):
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
     val = _history(trained / "eval" / "val_history.csv")
     assert {"val_loss", "val_irc", "val_mlr", "recall_at_1", "recall_at_5", "recall_at_10", "tag_map",
-            "pointing_acc", "pointing_chance"} <= set(val[0])
+            "pointing_acc", "pointing_chance", "attention_tag_corr", "patch_token_cosine"} <= set(val[0])
     assert 0.0 < float(val[0]["pointing_chance"]) < 0.5 and 0.0 <= float(val[0]["pointing_acc"]) <= 1.0
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -130,3 +130,12 @@ def test_pointing_game_scores_the_attention_peak_against_the_organ_mask():
     hits, pairs, chance = pointing_game(attn, mask, {0: 3, 1: 5})
     assert (hits, pairs) == (1, 2) and chance == pytest.approx(16 / 64 + 4 / 64)
     assert pointing_game(attn, mask, {0: 7}) == (0, 0, 0.0)  # an organ not in the image is not scored
+
+
+def test_tag_map_correlation_tells_shared_maps_from_tag_specific_ones():
+    from mosmos_components.metrics import tag_map_correlation
+
+    base = torch.rand(36)
+    assert tag_map_correlation(torch.stack([base, base, base])) == pytest.approx(1.0)
+    eye = torch.eye(3, 36)  # three maps peaked at three different tokens
+    assert tag_map_correlation(eye) < 0
