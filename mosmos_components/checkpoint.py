@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_json_save", "save_network", "load_state_dict", "read_sidecar",
+__all__ = ["atomic_torch_save", "atomic_json_save", "save_network", "check_finite", "load_state_dict", "read_sidecar",
            "load_pretrain_network", "load_segmentation_network", "load_weights"]
 
 
@@ -46,14 +46,52 @@ def atomic_json_save(obj: Any, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=4).encode("utf-8")))
 
 
+def check_finite(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to write weights that hold NaN/Inf (a model trained on a poisoned batch), naming the tensors."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FloatingPointError(f"refusing to write {path}: {len(bad)} tensor(s) hold NaN/Inf (e.g. {bad[:3]}); the "
+                                 "files already there are kept")
+
+
 def save_network(network: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Write ``network``'s state_dict to ``path`` and ``network.config()`` (+ ``extra``) to its ``.json``."""
+    """Write ``network``'s state_dict to ``path`` and ``network.config()`` (+ ``extra``) to its ``.json``.
+
+    Non-finite weights are refused (:func:`check_finite`). The pair is replaced as one unit: the weights first,
+    then the sidecar, which records the weights' SHA-256 (``weights_sha256``); a reader that finds the two out of
+    step (a writer killed between the two renames) gets an error naming both, never a silent mix."""
+    import hashlib
+    import io
+
     net = getattr(network, "module", network)  # unwrap DistributedDataParallel
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    check_finite(state, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
     sidecar = dict(net.config()) if hasattr(net, "config") else {}
     sidecar.update(extra or {})
-    atomic_torch_save(state, path)
+    sidecar["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    _atomic_write(path, lambda fh: fh.write(data))
     atomic_json_save(sidecar, Path(path).with_suffix(".json"))
+
+
+def _check_pair(path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
+    """The weights at ``path`` are the ones its sidecar was written with (when the sidecar records a hash)."""
+    import hashlib
+
+    want = sidecar.get("weights_sha256")
+    if want is None or not Path(path).is_file():
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != want:
+        raise RuntimeError(f"{path} and {Path(path).with_suffix('.json')} are not from the same save (weights "
+                           "SHA-256 differs from the sidecar's): a writer was interrupted, or one file was replaced; "
+                           "re-export the model")
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
@@ -87,6 +125,7 @@ def load_pretrain_network(path: str | os.PathLike):
     from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 
     cfg = read_sidecar(path)
+    _check_pair(path, cfg)
     try:
         net = MosmosPretrainNet.from_config(cfg)
     except (KeyError, ValueError) as e:
@@ -95,14 +134,43 @@ def load_pretrain_network(path: str | os.PathLike):
     return net
 
 
-def load_segmentation_network(path: str | os.PathLike) -> torch.nn.Module:
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)))
+    return a == b
+
+
+def check_expectations(path: str | os.PathLike, cfg: dict[str, Any], expect: dict[str, Any]) -> None:
+    """The checkpoint's sidecar must agree with what the bundle expects (class names, channels; under ``"data"``
+    the data settings it was trained with: spacing, intensity range, modality). A key the sidecar lacks (older
+    checkpoints) is not checked; a difference is an error naming both values."""
+    diffs = []
+    for key, want in expect.items():
+        if key == "data" and isinstance(want, dict):
+            have = cfg.get("data", {})
+            diffs += [f"data.{k}: checkpoint {have[k]!r}, bundle {v!r}" for k, v in want.items()
+                      if k in have and not _same(have[k], v)]
+        elif key in cfg and cfg[key] is not None and not _same(cfg[key], want):
+            diffs.append(f"{key}: checkpoint {cfg[key]!r}, bundle {want!r}")
+    if diffs:
+        raise ValueError(f"{path} was trained for other data than this bundle's: " + "; ".join(diffs)
+                         + " (use the bundle the model was trained with, or a model trained for this one)")
+
+
+def load_segmentation_network(path: str | os.PathLike, expect: dict[str, Any] | None = None) -> torch.nn.Module:
     """Rebuild the fine-tuned segmentation network saved at ``path`` (``MosmosUNETR`` or ``MosmosUNet2D``, as its
-    sidecar says) with every weight loaded, class embeddings included: no config and no text encoder needed."""
+    sidecar says) with every weight loaded, class embeddings included: no config and no text encoder needed.
+    ``expect``: what the caller's bundle needs (:func:`check_expectations`), checked before anything is built."""
     import inspect
 
     from mosmos_components import networks
 
     cfg = read_sidecar(path)
+    _check_pair(path, cfg)
+    if expect:
+        check_expectations(path, cfg, expect)
     name = cfg.get("network")
     if cfg.get("format") != "mosmos-seg/1" or name not in ("MosmosUNETR", "MosmosUNet2D"):
         raise ValueError(f"{path}: sidecar does not describe a MOSMOS segmentation network (network={name!r})")

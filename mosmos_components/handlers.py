@@ -1,4 +1,5 @@
-"""Ignite handlers MONAI does not have: resumable training checkpoints and best-model export with a sidecar.
+"""Ignite handlers MONAI does not have: resumable training checkpoints, best-model export with a sidecar, a run
+guard (folder lock, no earlier model lost, no training on a non-finite loss) and a final validation.
 
 Both write atomically (temporary file + rename), so an interrupted run never leaves a half-written file, and
 both read back with ``torch.load(..., weights_only=True)``.
@@ -14,10 +15,12 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from mosmos_components.checkpoint import atomic_json_save, atomic_torch_save, load_state_dict, save_network
+from mosmos_components.checkpoint import (atomic_json_save, atomic_torch_save, check_finite, load_state_dict,
+                                          save_network)
 from mosmos_components.distributed import is_rank0
 
-__all__ = ["BestModelSaver", "TrainingCheckpointer", "ProgressBarHandler", "MetricsHistory"]
+__all__ = ["BestModelSaver", "TrainingCheckpointer", "ProgressBarHandler", "MetricsHistory", "RunGuard",
+           "FinalValidation", "batch_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ class TrainingCheckpointer:
         if not is_rank0():
             return
         state = {k: self._unwrap(v).state_dict() for k, v in self.save_dict.items()}
+        if "network" in state:
+            check_finite(state["network"], self.path)
         state["trainer"] = {"epoch": torch.tensor(engine.state.epoch), "iteration": torch.tensor(engine.state.iteration)}
         atomic_torch_save(state, self.path)
         atomic_json_save({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
@@ -164,3 +169,147 @@ class MetricsHistory:
             if new:
                 fh.write(",".join(["epoch", *metrics]) + "\n")
             fh.write(",".join([str(engine.state.epoch), *(f"{v:.6g}" for v in metrics.values())]) + "\n")
+
+
+class RunGuard:
+    """Attached first to a trainer: one run per folder, no earlier model lost, no leftovers, no NaN training.
+
+    * **Lock.** At start it takes an exclusive lock on ``.mosmos.lock`` in each of ``folders`` (the checkpoint and
+      output folders): a second run into the same folders stops, naming the PID that holds them. The lock is the
+      operating system's (``flock``): it goes with the process, so a killed run leaves no stale lock.
+    * **Leftovers.** Temporary files a killed writer left (``.NAME.*.tmp``, see
+      :mod:`mosmos_components.checkpoint`) are removed, saying so.
+    * **Earlier models.** A fresh run (nothing to resume: ``resume`` off or no ``checkpoint``) into a folder that
+      holds ``model`` stops unless ``overwrite``; with ``overwrite`` the earlier run's files are moved aside into
+      ``previous-<time>/`` in that folder, and the log says where. Resuming a run is not a fresh run.
+    * **Non-finite loss.** After each iteration a NaN/Inf loss stops training with the batch's files named, before
+      a checkpoint or a best model can be written from the poisoned weights.
+
+    Args:
+        folders: the run's folders (``ckpt_dir``, ``output_dir``).
+        model: the best-model file of this run (``models/model.pt``).
+        checkpoint: the training checkpoint this run would resume from.
+        resume: whether the run resumes from ``checkpoint`` when it exists.
+        overwrite: replace an earlier run's model (moved aside, not deleted).
+    """
+
+    LOCK = ".mosmos.lock"
+
+    def __init__(self, folders, model: str, checkpoint: str, resume: bool = True, overwrite: bool = False) -> None:
+        self.folders = [Path(f) for f in dict.fromkeys(str(f) for f in folders)]
+        self.model, self.checkpoint = Path(model), Path(checkpoint)
+        self.resume, self.overwrite = resume, overwrite
+        self._locks: list = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.check_loss)
+        engine.add_event_handler(Events.COMPLETED, self.release)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._release_and_raise)
+
+    def start(self, engine: Engine) -> None:
+        if not is_rank0():
+            return
+        for folder in self.folders:
+            self._lock(folder)
+        for folder in self.folders:
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+                logger.warning("removed %s, left by an interrupted write", tmp)
+        fresh = not (self.resume and self.checkpoint.is_file())
+        if fresh and self.model.is_file():
+            if not self.overwrite:
+                raise FileExistsError(
+                    f"{self.model} holds the model of an earlier run and this run starts afresh (no checkpoint to "
+                    "resume from, or resume off): set overwrite to true to move the earlier files aside, or give "
+                    "another ckpt_dir")
+            self._move_aside()
+
+    def _lock(self, folder: Path) -> None:
+        import fcntl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.LOCK
+        fh = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RuntimeError(f"{folder} is in use by another run (PID {holder}); wait for it, or give this run "
+                               "other folders (ckpt_dir, output_dir)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._locks.append(fh)
+
+    def _move_aside(self) -> None:
+        import time
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for folder in self.folders:
+            old = [p for p in folder.iterdir() if p.is_file() and p.name != self.LOCK]
+            if not old:
+                continue
+            dest = folder / f"previous-{stamp}"
+            dest.mkdir(exist_ok=True)
+            for p in old:
+                p.replace(dest / p.name)
+            logger.warning("overwrite: the earlier run's %d file(s) in %s moved to %s", len(old), folder, dest)
+
+    def check_loss(self, engine: Engine) -> None:
+        from monai.handlers import from_engine
+
+        loss = from_engine(["loss"], first=True)(engine.state.output)
+        loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss}) at epoch {engine.state.epoch}, iteration "
+                                     f"{engine.state.iteration}; batch files: {', '.join(batch_files(engine.state.batch))}"
+                                     "; no checkpoint or model was written from this step")
+
+    def release(self, engine: Engine | None = None) -> None:
+        import fcntl
+
+        for fh in self._locks:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            finally:
+                fh.close()
+        self._locks = []
+
+    def _release_and_raise(self, engine: Engine, e: BaseException) -> None:
+        self.release()
+        raise e
+
+
+def batch_files(batch) -> list[str]:
+    """The source file names of a (collated or decollated) batch, for error messages."""
+    items = batch if isinstance(batch, (list, tuple)) else [batch]
+    names = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        img = item.get("image")
+        meta = getattr(img, "meta", None) or item.get("image_meta_dict") or {}
+        src = meta.get("filename_or_obj", item.get("id", "?"))
+        names += [str(s) for s in src] if isinstance(src, (list, tuple)) else [str(src)]
+    return names or ["<unknown>"]
+
+
+class FinalValidation:
+    """Attached to a trainer: validate after the last epoch when ``interval`` did not (``max_epochs`` below
+    ``val_interval``, or not a multiple of it), so a run always ends with a validated, saved best model."""
+
+    def __init__(self, validator, interval: int = 1) -> None:
+        self.validator, self.interval = validator, int(interval)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval:
+            logger.info("max_epochs=%d is not a multiple of val_interval=%d: validating the last epoch",
+                        engine.state.max_epochs, self.interval)
+            self.validator.run(engine.state.epoch)
