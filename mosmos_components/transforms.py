@@ -29,8 +29,9 @@ def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str
     if values.is_floating_point():
         bad = values[~torch.isfinite(values) | (values != values.round())]
         if bad.numel():
-            raise ValueError(f"{_source(data, key)}: non-integer label value(s) {bad[:10].tolist()}: a label map holds "
-                             "class numbers (was it resampled with linear interpolation?)")
+            shown = [float(f"{v:.6g}") for v in bad[:10].tolist()]
+            raise ValueError(f"{_source(data, key)}: non-integer label value(s) {shown}: a label map holds class "
+                             "numbers (was it resampled with linear interpolation?)")
     unknown = sorted({int(v) for v in values.tolist()} - set(allowed))
     if unknown:
         raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")

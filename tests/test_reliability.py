@@ -1,0 +1,199 @@
+"""Bad input and faults (issue: nothing silent, nothing lost): non-finite data, mismatched checkpoints, an earlier
+model overwritten, concurrent runs, non-integer labels, another data set's split, a too-short run. Tiny
+networks through btcv_seg's bundle where the behaviour is the bundle's."""
+
+import json
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.bundle import ConfigParser, run
+from monai.data import MetaTensor
+
+from conftest import REPO
+from mosmos_components.checkpoint import load_segmentation_network, save_network
+from mosmos_components.handlers import RunGuard
+from mosmos_components.networks import MosmosUNETR
+from mosmos_components.transforms import ValidateSegmentationPaird
+
+BUNDLE = REPO / "bundles" / "btcv_seg"
+CFG = BUNDLE / "configs"
+TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "max_epochs": 1, "val_interval": 1, "warmup_epochs": 1,
+        "num_workers": 0, "cache_rate": 0.0, "show_progress": False, "num_samples": 1, "sw_batch_size": 1}
+TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
+                  quick_gelu=True)
+
+
+def _chain(exc):
+    while exc is not None:
+        yield str(exc)
+        exc = exc.__cause__ or exc.__context__
+
+
+def _train(btcv_dir, tmp, ckpt, **kw):
+    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(btcv_dir), ckpt_dir=str(tmp / "models"),
+                output_dir=str(tmp / "eval"), pretrained_ckpt=str(ckpt), logging_file=str(CFG / "logging.conf"))
+    over.update(kw)
+    run(config_file=[str(CFG / "train.json"), str(CFG / "demo.json")], **over)
+
+
+def _copy_btcv(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ----- 1. non-finite data -----
+
+def _pair(image, label=None, name="/data/img0001.nii.gz"):
+    d = {"image": MetaTensor(image, meta={"filename_or_obj": name})}
+    if label is not None:
+        d["label"] = MetaTensor(label, meta={"filename_or_obj": name.replace("img", "label")})
+    return d
+
+
+def test_nan_voxels_are_refused_naming_the_file_or_replaced_on_request():
+    img = torch.zeros(1, 4, 4, 4)
+    img[0, 1, 1, 1] = float("nan")
+    img[0, 2, 2, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"img0001\.nii\.gz: 2 NaN/Inf voxel"):
+        ValidateSegmentationPaird(in_channels=1)(_pair(img))
+    with pytest.warns(UserWarning, match="replaced by 0"):
+        out = ValidateSegmentationPaird(in_channels=1, nonfinite="zero")(_pair(img))
+    assert torch.isfinite(out["image"]).all() and float(out["image"].abs().sum()) == 0.0
+
+
+def test_a_nan_volume_stops_training_before_any_model_is_written(btcv_dir, pretrained, tmp_path):
+    data = _copy_btcv(btcv_dir, tmp_path / "btcv")
+    first = sorted((data / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    nii = nib.load(first)
+    arr = np.asarray(nii.dataobj).astype(np.float32)
+    arr[:4, :4, :4] = np.nan
+    nib.save(nib.Nifti1Image(arr, nii.affine), first)
+    with pytest.raises(Exception) as info:
+        _train(data, tmp_path, pretrained["mosmos-tiny-vit"])
+    assert any(first.name in m and "NaN/Inf" in m for m in _chain(info.value))
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_a_non_finite_loss_stops_the_step_naming_the_batch_files(tmp_path):
+    guard = RunGuard([tmp_path], tmp_path / "model.pt", tmp_path / "checkpoint.pt")
+    batch = {"image": MetaTensor(torch.zeros(2, 1, 2, 2, 2), meta={"filename_or_obj": ["a.nii.gz", "b.nii.gz"]})}
+    engine = Engine(lambda e, b: [{"loss": torch.tensor(float("nan"))}])
+    guard.attach(engine)
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss.*a\.nii\.gz, b\.nii\.gz"):
+        engine.run([batch], max_epochs=1)
+    # the lock went with the failed run: another run may start
+    RunGuard([tmp_path], tmp_path / "model.pt", tmp_path / "checkpoint.pt").start(Engine(lambda e, b: None))
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    save_network(net, tmp_path / "model.pt")
+    before = (tmp_path / "model.pt").read_bytes()
+    with torch.no_grad():
+        net.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="refusing to write"):
+        save_network(net, tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").read_bytes() == before  # the earlier file is kept
+
+
+# ----- 2. a checkpoint with other classes -----
+
+def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tmp_path):
+    net = MosmosUNETR(1, 14, img_size=(32, 32, 32), use_pta=False, class_names=[f"c{i}" for i in range(14)],
+                      **TINY_UNETR)
+    save_network(net, tmp_path / "model.pt", extra={"data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"}})
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / "amos_seg" / "configs" / f) for f in ("train.json", "evaluate.json")])
+    expect = parser.get_parsed_content("checkpoint_expect")
+    with pytest.raises(ValueError, match=r"trained for other data.*out_channels: checkpoint 14, bundle 16"):
+        load_segmentation_network(tmp_path / "model.pt", expect=expect)
+    same = {"class_names": [f"c{i}" for i in range(14)], "in_channels": 1, "out_channels": 14,
+            "data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"}}
+    load_segmentation_network(tmp_path / "model.pt", expect=same)
+    with pytest.raises(ValueError, match=r"data\.pixdim"):
+        load_segmentation_network(tmp_path / "model.pt", expect=dict(same, data={"pixdim": [1.0, 1.0, 1.0]}))
+
+
+def test_weights_and_sidecar_from_different_saves_are_an_error(tmp_path):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), use_pta=False, class_names=["a", "b", "c"], **TINY_UNETR)
+    save_network(net, tmp_path / "model.pt")
+    side = (tmp_path / "model.json").read_text()
+    with torch.no_grad():
+        net.out.conv.conv.weight.add_(1.0)
+    save_network(net, tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(side)  # as if a writer died between the two renames
+    with pytest.raises(RuntimeError, match="not from the same save"):
+        load_segmentation_network(tmp_path / "model.pt")
+
+
+# ----- 3. an earlier model is never silently overwritten; 4. concurrent runs -----
+
+def test_a_fresh_run_never_replaces_an_earlier_model_unless_told(btcv_dir, pretrained, tmp_path):
+    ckpt = pretrained["mosmos-tiny-vit"]
+    _train(btcv_dir, tmp_path, ckpt)
+    model = tmp_path / "models" / "model.pt"
+    first = model.read_bytes()
+    with pytest.raises(Exception) as info:
+        _train(btcv_dir, tmp_path, ckpt, resume=False)
+    assert any("holds the model of an earlier run" in m for m in _chain(info.value))
+    assert model.read_bytes() == first
+    (tmp_path / "models" / ".model.pt.x1y2.tmp").write_bytes(b"half a file")  # a killed writer's leftover
+    _train(btcv_dir, tmp_path, ckpt, resume=False, overwrite=True)
+    aside = list((tmp_path / "models").glob("previous-*/model.pt"))
+    assert len(aside) == 1 and aside[0].read_bytes() == first  # moved aside, not lost
+    assert model.is_file() and not list((tmp_path / "models").glob(".*.tmp"))
+
+
+def test_a_second_run_on_the_same_folders_is_refused_naming_the_holder(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from mosmos_components.handlers import RunGuard; "
+         f"g = RunGuard([{str(tmp_path)!r}], 'm.pt', 'c.pt'); g._lock(__import__('pathlib').Path({str(tmp_path)!r})); "
+         "print('locked', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=f"in use by another run \\(PID {holder.pid}\\)"):
+            RunGuard([tmp_path], tmp_path / "model.pt", tmp_path / "checkpoint.pt").start(Engine(lambda e, b: None))
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    RunGuard([tmp_path], tmp_path / "model.pt", tmp_path / "checkpoint.pt").start(Engine(lambda e, b: None))
+
+
+# ----- 5. non-integer labels -----
+
+def test_non_integer_label_values_are_an_error_naming_the_file_and_values():
+    lab = torch.zeros(1, 4, 4, 4)
+    lab[0, 0, 0, 0], lab[0, 1, 1, 1] = 0.5, 6.6
+    with pytest.raises(ValueError, match=r"label0001\.nii\.gz: non-integer label value\(s\) \[0\.5, 6\.6"):
+        ValidateSegmentationPaird(in_channels=1, label_values=range(14))(_pair(torch.zeros(1, 4, 4, 4), lab))
+
+
+# ----- 6. evaluation of another data set with an old split -----
+
+def test_a_split_of_other_data_is_refused(btcv_dir, tmp_path):
+    from mosmos_components.data.datalist import btcv_pairs, load_or_create_datalist
+    from mosmos_components.data.demo import write_btcv
+
+    load_or_create_datalist(btcv_pairs(btcv_dir), tmp_path / "datalist.json")
+    other = write_btcv(tmp_path / "other", n=3, seed=5, shape=(24, 24, 12))
+    with pytest.raises(ValueError, match="made from other data"):
+        load_or_create_datalist(btcv_pairs(other), tmp_path / "datalist.json")
+
+
+# ----- 11. a run shorter than val_interval still ends with a model -----
+
+def test_max_epochs_below_val_interval_still_validates_and_saves(btcv_dir, pretrained, tmp_path):
+    _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, val_interval=5)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["epoch"] == 1
