@@ -1,6 +1,6 @@
 """The ``mosmos`` command line (python-fire).
 
-    mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report
+    mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report (or --stdin, --file PATH)
     mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
     mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
@@ -43,11 +43,29 @@ def run_bundle(bundle: str, configs: list[str], **overrides) -> None:
 class MosmosCLI:
     """MOSMOS: multi-organ segmentation facilitated by medical report supervision."""
 
-    def tags(self, text: str, vocab: str | list[str] | None = None, unsided: str = "both") -> str:
-        """Print the organ tags found in TEXT (JSON list). --vocab adds your own vocabulary file(s)."""
+    def tags(self, text: str | None = None, vocab: str | list[str] | None = None, unsided: str = "both",
+             file: str | None = None, stdin: bool = False) -> str:
+        """Print the organ tags found in TEXT (JSON list); --stdin reads the text from standard input, --file from
+        a UTF-8 text file. --vocab adds your own vocabulary file(s)."""
+        import sys
+
         files = [vocab] if isinstance(vocab, str) else vocab
         extractor = TagExtractor(TagVocabulary(files), unsided=unsided)
-        return json.dumps(extractor(str(text)))
+        if (text is not None) + (file is not None) + bool(stdin) != 1:
+            raise ValueError("give one of: the report TEXT, --file PATH, or --stdin")
+        if file is not None:
+            data = Path(file).read_bytes()
+            try:
+                return json.dumps(extractor(data))
+            except ValueError as e:
+                raise ValueError(f"{file}: {e}") from e
+        if stdin:
+            return json.dumps(extractor(sys.stdin.buffer.read()))
+        text = str(text)
+        if any("\udc80" <= ch <= "\udcff" for ch in text):  # bytes the command line could not decode as UTF-8
+            raise ValueError("the report text on the command line is not valid UTF-8 (check the terminal's "
+                             "encoding, or pass the text with --file or on standard input)")
+        return json.dumps(extractor(text))
 
     def demo_data(self, out_dir: str, kind: str = "roco", n: int | None = None, seed: int = 0) -> str:
         """Write synthetic data in the real layout of KIND (roco, btcv, amos, mmwhs, brats) under OUT_DIR."""
@@ -99,7 +117,10 @@ class MosmosCLI:
 
 
 def main() -> None:
+    from mosmos_components.errors import install_summary_hook
+
     logging.basicConfig(level=logging.WARNING)
+    install_summary_hook()  # the root cause of a failure is the last line printed
     fire.Fire(MosmosCLI, name="mosmos")
 
 

@@ -10,9 +10,9 @@ from collections.abc import Hashable, Mapping, Sequence
 import open_clip
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import LoadImaged, MapTransform, Transform
 
-__all__ = ["ToRGBd", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
+__all__ = ["LoadImageNamed", "ToRGBd", "ScaleBitDepthd", "pil_standard_mode", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
            "ModalityIntensityd", "RegionsToMSDLabelsd"]
 
 
@@ -37,6 +37,19 @@ def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str
         raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")
 
 
+class LoadImageNamed(LoadImaged):
+    """MONAI's ``LoadImaged`` whose read errors name the file: a truncated ``.nii.gz`` otherwise fails with a bare
+    ``EOFError`` ("Compressed file ended before the end-of-stream marker was reached") and no path."""
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            names = [str(data.get(k)) for k in self.keys if k in data]
+            raise OSError(f"{', '.join(names)}: cannot be read ({type(e).__name__}: {e}); is the file complete and in "
+                          "a supported format?") from e
+
+
 class ToRGBd(MapTransform):
     """Make a channel-first 2D image 3-channel: grey is repeated, an alpha channel dropped; anything else is
     an error that names the file."""
@@ -58,6 +71,45 @@ class ToRGBd(MapTransform):
             elif c != 3:
                 raise ValueError(f"{_source(d, key)}: image has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
             d[key] = img
+        return d
+
+
+def pil_standard_mode(image):
+    """``PILReader`` converter: palette images become RGB(A) by their palette (their pixel values are indices, not
+    intensities), 1-bit images grey, CMYK and YCbCr RGB; grey, RGB(A) and 16/32-bit modes are kept."""
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    return image
+
+
+class ScaleBitDepthd(MapTransform):
+    """Intensities of a PIL-read image to [0, 1] by its own bit depth (the ``mode`` its reader recorded): 8-bit
+    modes / 255, 16-bit grey (``I;16``) / 65535, 32-bit integer ``I`` / 65535 when its values fit 16 bits (how
+    16-bit PNGs often open) and by its maximum otherwise, float ``F`` by its own range. A 16-bit radiograph
+    scaled as 0-255 would be saturated to white."""
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            mode = str((getattr(img, "meta", None) or {}).get("mode", "L"))
+            x = torch.as_tensor(img).float()
+            if mode.startswith("I;16"):
+                out = x / 65535.0
+            elif mode == "I":
+                top = float(x.max()) if x.numel() else 1.0
+                out = x / (65535.0 if top <= 65535 else max(top, 1.0))
+            elif mode == "F":
+                lo, hi = float(x.min()), float(x.max())
+                out = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+            else:
+                out = x / 255.0
+            out = out.clamp(0.0, 1.0)
+            d[key] = type(img)(out, meta=img.meta) if hasattr(img, "meta") else out
         return d
 
 

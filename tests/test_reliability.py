@@ -197,3 +197,100 @@ def test_max_epochs_below_val_interval_still_validates_and_saves(btcv_dir, pretr
     _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, val_interval=5)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert json.loads((tmp_path / "models" / "model.json").read_text())["epoch"] == 1
+
+
+# ----- 8. pre-training images of any mode and bit depth -----
+
+def _write_png(path, kind):
+    from PIL import Image
+
+    grad = (np.arange(40 * 30).reshape(30, 40) / (40 * 30 - 1))  # 0 .. 1
+    if kind == "grey8":
+        Image.fromarray((grad * 200).astype(np.uint8)).save(path)
+        return 200 / 255
+    if kind == "grey16":
+        Image.fromarray((grad * 50000).astype(np.uint16)).save(path)
+        return 50000 / 65535
+    if kind == "palette":
+        im = Image.fromarray((grad * 3).round().astype(np.uint8), mode="P")
+        im.putpalette([0, 0, 0, 60, 60, 60, 120, 120, 120, 180, 180, 180] + [0] * 756)
+        im.save(path)
+        return 180 / 255  # the palette's grey, not the index 3
+    if kind == "rgba":
+        rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+        rgba[..., :3] = (grad * 100).astype(np.uint8)[..., None]
+        rgba[..., 3] = 255
+        Image.fromarray(rgba, mode="RGBA").save(path)
+        return 100 / 255
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["grey8", "grey16", "palette", "rgba"])
+def test_pretraining_images_are_scaled_by_their_own_bit_depth(tmp_path, kind):
+    from monai.transforms import Compose
+
+    path = tmp_path / f"{kind}.png"
+    top = _write_png(path, kind)
+    parser = ConfigParser()
+    root = REPO / "bundles" / "mosmos_pretrain" / "configs"
+    parser.read_config([str(root / "train.json"), str(root / "demo.json")])
+    steps = parser.get_parsed_content("train#deterministic_transforms")
+    until_scaled = Compose([t for t in steps if type(t).__name__ in
+                            ("LoadImageNamed", "EnsureChannelFirstd", "ToRGBd", "ScaleBitDepthd")])
+    img = until_scaled({"image": str(path)})["image"]
+    assert img.shape == (3, 40, 30)
+    assert float(img.min()) >= 0.0 and float(img.max()) == pytest.approx(top, abs=0.01)
+
+
+# ----- 9. read errors name the file, and the last line says so -----
+
+def test_a_truncated_volume_is_named_and_summarised_on_the_last_line(btcv_dir, pretrained, tmp_path):
+    data = _copy_btcv(btcv_dir, tmp_path / "btcv")
+    first = sorted((data / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    raw = first.read_bytes()
+    first.write_bytes(raw[: len(raw) * 2 // 3])  # header intact, data cut
+    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(data), ckpt_dir=str(tmp_path / "models"),
+                output_dir=str(tmp_path / "eval"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           str([str(CFG / "train.json"), str(CFG / "demo.json")])]
+    for k, v in over.items():
+        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("MOSMOS error: OSError:") and first.name in last and "cannot be read" in last
+
+
+def test_summary_line_prefers_the_error_that_names_the_file():
+    from mosmos_components.errors import summary_line
+    from mosmos_components.transforms import LoadImageNamed
+
+    try:
+        try:
+            LoadImageNamed("image")({"image": "/nowhere/missing.nii.gz"})
+        except OSError as inner:
+            raise RuntimeError("applying transform <LoadImageNamed>") from inner
+    except RuntimeError as outer:
+        line = summary_line(outer)
+    assert line.startswith("MOSMOS error: OSError: /nowhere/missing.nii.gz: cannot be read")
+
+
+# ----- 10-11. mosmos tags: file, standard input, invalid UTF-8 on the command line -----
+
+def test_tags_command_reads_a_file_and_stdin_and_refuses_undecodable_arguments(tmp_path):
+    report = tmp_path / "report.txt"
+    report.write_text("Left renal cyst. History of RA.", encoding="utf-8")
+    mosmos = [sys.executable, "-c", "from mosmos_components.cli import main; main()", "tags"]
+    out = subprocess.run(mosmos + ["--file", str(report)], capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout) == ["left kidney"]
+    out = subprocess.run(mosmos + ["--stdin"], input="The liver is enlarged.", capture_output=True, text=True,
+                         timeout=120)
+    assert json.loads(out.stdout) == ["liver"]
+    bad = subprocess.run(mosmos + [b"\xff\xfe liver".decode("utf-8", "surrogateescape")], capture_output=True,
+                         text=True, timeout=120, env={"PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8",
+                                                      "PATH": "/usr/bin:/bin"})
+    assert bad.returncode != 0 and "not valid UTF-8" in bad.stderr.strip().splitlines()[-1]
+    (tmp_path / "latin1.txt").write_bytes("Leber: hépatique".encode("latin-1"))
+    bad = subprocess.run(mosmos + ["--file", str(tmp_path / "latin1.txt")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "latin1.txt" in bad.stderr.strip().splitlines()[-1]
