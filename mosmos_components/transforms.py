@@ -37,11 +37,34 @@ def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str
         raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")
 
 
+def _itk_series_id(folder: str, uid: str) -> str:
+    """ITK's identifier of DICOM series ``uid`` in ``folder``: MONAI's ``ITKReader`` asks GDCM for series with
+    details, whose identifiers are the SeriesInstanceUID followed by the image geometry."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)
+    names.AddSeriesRestriction("0008|0021")
+    names.SetDirectory(folder)
+    ids = [str(i) for i in names.GetSeriesUIDs() if str(i) == uid or str(i).startswith(uid + ".")]
+    if len(ids) != 1:
+        raise OSError(f"{folder}: DICOM series {uid} is {'not found' if not ids else 'split'} by ITK's reader "
+                      f"({len(ids)} parts: its slices differ in size or date)")
+    return ids[0]
+
+
 class LoadImageNamed(LoadImaged):
     """MONAI's ``LoadImaged`` whose read errors name the file: a truncated ``.nii.gz`` otherwise fails with a bare
-    ``EOFError`` ("Compressed file ended before the end-of-stream marker was reached") and no path."""
+    ``EOFError`` ("Compressed file ended before the end-of-stream marker was reached") and no path. An item with a
+    ``series_uid`` (a DICOM folder, see :func:`mosmos_components.data.datalist.inference_inputs`) is read with
+    ITK's reader restricted to that series."""
 
     def __call__(self, data, reader=None):
+        uid = data.get("series_uid") if isinstance(data, Mapping) else None
+        if reader is None and uid:  # a DICOM folder: read the chosen series
+            from monai.data import ITKReader
+
+            reader = ITKReader(series_name=_itk_series_id(str(data[self.keys[0]]), str(uid)))
         try:
             return super().__call__(data, reader)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named

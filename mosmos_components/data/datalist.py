@@ -211,19 +211,91 @@ def label_fraction(datalist: dict, fraction: float = 1.0, seed: int = 0) -> dict
     return {**datalist, "training": [train[i] for i in keep]}
 
 
-def inference_inputs(path: str | os.PathLike) -> list[dict]:
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """DICOM by content: the ``DICM`` marker after the 128-byte preamble (scanners rarely write a ``.dcm`` suffix)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.iterdir()) if f.is_file() and is_dicom_file(f)]
+
+
+def dicom_series(folder: str | os.PathLike) -> dict[str, dict]:
+    """The DICOM series of ``folder`` (its files, not sub-folders): UID -> ``{"description", "files",
+    "positions"}`` read from the headers (pydicom, without pixel data)."""
+    import pydicom
+
+    series: dict[str, dict] = {}
+    for f in _dicom_files(Path(folder)):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise OSError(f"{f}: unreadable DICOM header ({type(e).__name__}: {e})") from e
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "<no SeriesInstanceUID>")
+        s = series.setdefault(uid, {"description": str(getattr(ds, "SeriesDescription", "") or ""), "files": [],
+                                    "positions": [], "orientation": None})
+        s["files"].append(str(f))
+        if hasattr(ds, "ImagePositionPatient") and hasattr(ds, "ImageOrientationPatient"):
+            s["positions"].append([float(v) for v in ds.ImagePositionPatient])
+            s["orientation"] = [float(v) for v in ds.ImageOrientationPatient]
+    return series
+
+
+def check_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> str:
+    """The UID of the series to read from ``folder``: its only series, or ``series_uid``; several series without a
+    choice are an error listing them (UID and description). The chosen series must have evenly spaced slices:
+    a missing slice would otherwise be read with the spacing of the first two and every position after it would
+    be wrong, so it is an error naming the gap."""
+    series = dicom_series(folder)
+    if not series:
+        raise FileNotFoundError(f"{folder}: no DICOM file (by content: 'DICM' after the 128-byte preamble)")
+    listing = "; ".join(f"{uid} ({s['description'] or 'no description'}, {len(s['files'])} files)"
+                        for uid, s in series.items())
+    if series_uid is None:
+        if len(series) > 1:
+            raise ValueError(f"{folder} holds {len(series)} DICOM series: {listing}; choose one with series_uid")
+        series_uid = next(iter(series))
+    if series_uid not in series:
+        raise ValueError(f"{folder}: no DICOM series {series_uid}; it holds {listing}")
+    s = series[series_uid]
+    if len(s["positions"]) >= 3 and s["orientation"] is not None:
+        o = np.asarray(s["orientation"], dtype=float)
+        normal = np.cross(o[:3], o[3:])
+        z = np.sort(np.asarray(s["positions"], dtype=float) @ normal)
+        steps = np.diff(z)
+        step = float(np.median(steps))
+        if step <= 0 or np.any(np.abs(steps - step) > max(0.01, 0.05 * abs(step))):
+            gaps = [f"{z[i]:.2f}->{z[i + 1]:.2f} mm" for i in np.flatnonzero(np.abs(steps - step) > 0.05 * abs(step))]
+            raise ValueError(f"{folder}: DICOM series {series_uid} is not evenly spaced (slice step {step:.2f} mm, "
+                             f"irregular at {', '.join(gaps[:5]) or 'duplicate positions'}): a slice is missing or "
+                             "duplicated; it would be read with the wrong geometry")
+    return series_uid
+
+
+def inference_inputs(path: str | os.PathLike, series_uid: str | None = None) -> list[dict]:
     """``[{"image": ...}]`` for a NIfTI file, a DICOM series folder, or a folder of NIfTI files and/or DICOM
-    series folders."""
+    series folders. DICOM is recognised by content; each series folder is checked (:func:`check_dicom_series`:
+    one series or ``series_uid``, evenly spaced) and its item carries ``series_uid``."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"inference input not found: {p}")
 
     def is_series(d: Path) -> bool:
-        return d.is_dir() and any(f.suffix.lower() == ".dcm" for f in d.iterdir() if f.is_file())
+        return d.is_dir() and any(is_dicom_file(f) for f in d.iterdir() if f.is_file())
+
+    def item(c: Path) -> dict:
+        if c.is_dir():
+            return {"image": str(c), "series_uid": check_dicom_series(c, series_uid)}
+        return {"image": str(c)}
 
     if p.is_file() or is_series(p):
-        return [{"image": str(p)}]
-    found = [{"image": str(c)} for c in sorted(p.iterdir()) if (c.is_file() and _NIFTI.search(c.name)) or is_series(c)]
+        return [item(p)]
+    found = [item(c) for c in sorted(p.iterdir()) if (c.is_file() and _NIFTI.search(c.name)) or is_series(c)]
     if not found:
         raise FileNotFoundError(f"no NIfTI file or DICOM series in {p}")
     return found
