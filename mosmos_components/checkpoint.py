@@ -89,6 +89,7 @@ def _check_pair(path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != want:
+        load_state_dict(path)  # a file that is no checkpoint at all says so first
         raise RuntimeError(f"{path} and {Path(path).with_suffix('.json')} are not from the same save (weights "
                            "SHA-256 differs from the sidecar's): a writer was interrupted, or one file was replaced; "
                            "re-export the model")
