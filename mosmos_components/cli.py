@@ -3,6 +3,7 @@
     mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report (or --stdin, --file PATH)
     mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
     mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
+    mosmos tag-stats CORPUS --out_dir tag_stats                  # tag frequencies of a ROCO / MedPix 2.0 corpus
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
     mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
@@ -84,6 +85,20 @@ class MosmosCLI:
 
         save_clip_checkpoint(out_path, backbone, clip_pretrained, force_quick_gelu)
         return f"wrote {out_path} (+ sidecar): {backbone} from {clip_pretrained}, no MOSMOS pre-training"
+
+    def tag_stats(self, corpus: str, out_dir: str = "tag_stats", layout: str = "auto",
+                  vocab: str | list[str] | None = None) -> str:
+        """Tag statistics of an image-report CORPUS (ROCO or MedPix 2.0 folder; the paper's Fig. 2): tag
+        frequencies, tags per report and the share of reports without a tag, as CSV files, JSON and a bar chart."""
+        from mosmos_components.data.corpus_stats import tag_statistics
+
+        files = [vocab] if isinstance(vocab, str) else vocab
+        s = tag_statistics(corpus, out_dir, layout, files)
+        top = sorted(s["tag_reports"].items(), key=lambda kv: -kv[1])[:5]
+        return (f"{s['reports']} reports ({s['layout']}): {s['share_without_tag']:.1%} without a tag, "
+                f"{s['mean_tags_per_report']:.2f} tags per report; most frequent: "
+                + ", ".join(f"{t} {n}" for t, n in top) + f"; wrote {out_dir}/tag_frequencies.csv, .png, "
+                "tags_per_report.csv, tag_stats.json")
 
     def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice", unit: str = "class") -> str:
         """Wilcoxon signed-rank test between two evaluations' per_case.csv: paired per class on the test-set mean

@@ -173,7 +173,8 @@ def wilcoxon_test(per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, 
     b = _means_by(_read_per_case(per_case_b, metric), unit)
     keys = sorted(set(a) & set(b))
     if len(keys) < 2:
-        raise ValueError(f"need at least 2 {unit + ('es' if unit == 'class' else 's')} scored by both methods, found {len(keys)}"
+        units = unit + ("es" if unit == "class" else "s")
+        raise ValueError(f"need at least 2 {units} scored by both methods, found {len(keys)}"
                          f" ({per_case_a} vs {per_case_b})")
     res = wilcoxon_paired([a[k] for k in keys], [b[k] for k in keys])
     return {**res, "unit": unit, "metric": metric, "pairs": keys}

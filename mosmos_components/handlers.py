@@ -266,7 +266,8 @@ class RunGuard:
         loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss ({loss}) at epoch {engine.state.epoch}, iteration "
-                                     f"{engine.state.iteration}; batch files: {', '.join(batch_files(engine.state.batch))}"
+                                     f"{engine.state.iteration}; batch files: "
+                                     f"{', '.join(batch_files(engine.state.batch))}"
                                      "; no checkpoint or model was written from this step")
 
     def release(self, engine: Engine | None = None) -> None:

@@ -157,7 +157,8 @@ class PointingGame:
     organ. At each evaluation it puts ``pointing_acc`` (hits / pairs), ``pointing_chance`` (the same for a flat
     map: the mean organ area fraction) and ``attention_tag_corr`` (:func:`tag_map_correlation`, averaged over the
     images: are the maps tag-specific?) and ``patch_token_cosine`` (mean cosine similarity between the spatial
-    features of one image: near 1, every position carries the same content) into ``engine.state.metrics``; attach it before the handlers that save or
+    features of one image: near 1, every position carries the same content) into ``engine.state.metrics``;
+    attach it before the handlers that save or
     log the metrics. Items without a mask (real ROCO) are skipped, and with none the metrics are not set.
 
     Args:

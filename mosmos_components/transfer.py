@@ -149,7 +149,8 @@ def _check_vit_fits(source: str, enc: nn.Module, width: int, n_blocks: int, patc
                          "to match")
     if tuple(patch) != tuple(enc.conv1.kernel_size[:2]):
         raise ValueError(f"{source}: pre-trained ViT has {tuple(patch)} patches, the UNETR encoder "
-                         f"{tuple(enc.conv1.kernel_size[:2])}: set patch_size={patch[0]} (UNETR takes /16 and /32 ViTs)")
+                         f"{tuple(enc.conv1.kernel_size[:2])}: set patch_size={patch[0]} "
+                         "(UNETR takes /16 and /32 ViTs)")
 
 
 def _inflate_patches_and_positions(seg: MosmosUNETR, kernel_2d: torch.Tensor, positions_2d: torch.Tensor,

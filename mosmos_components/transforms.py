@@ -12,7 +12,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform, Transform
 
-__all__ = ["LoadImageNamed", "ToRGBd", "ScaleBitDepthd", "pil_standard_mode", "TokenizeReportd", "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
+__all__ = ["LoadImageNamed", "ToRGBd", "ScaleBitDepthd", "pil_standard_mode", "TokenizeReportd",
+           "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
            "ModalityIntensityd", "RegionsToMSDLabelsd"]
 
 

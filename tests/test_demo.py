@@ -43,7 +43,8 @@ def test_demo_wilcoxon_line_pairs_classes_and_says_when_too_few(tmp_path):
     for name, dice in (("mosmos", [0.8, 0.7, 0.9]), ("random", [0.5, 0.6, 0.4])):
         path = tmp_path / f"{name}.csv"
         # two cases per class: the pairs are the three classes' means, not the two cases
-        rows = "".join(f"case{j},organ{i},{d + (0.05 if j else -0.05)},3.0\n" for i, d in enumerate(dice) for j in (0, 1))
+        rows = "".join(f"case{j},organ{i},{d + (0.05 if j else -0.05)},3.0\n"
+                       for i, d in enumerate(dice) for j in (0, 1))
         path.write_text("case,class,dice,hd95\n" + rows)
         runs[name] = {"per_case": str(path)}
     line = _wilcoxon_line(runs)

@@ -107,6 +107,44 @@ def mmwhs_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
     return _pair_images(images, lambda img: img.with_name(img.name.replace("_image", "_label")), "MM-WHS", folder)
 
 
+def acdc_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
+    """ACDC in its official layout: ``database/training/patientNNN/`` with ``Info.cfg`` (``ED:``, ``ES:`` and, in the
+    official files, ``Group:``) and ``patientNNN_frameFF.nii.gz`` + ``patientNNN_frameFF_gt.nii.gz`` for both frames.
+    Both frames are cases of one patient: each item carries ``patient`` (the split keeps a patient's frames
+    together), ``group`` (stratifies the split when present) and ``phase`` (``ED``/``ES``).
+    ``dataset_dir`` may be the ACDC folder, its ``database/`` or ``database/training/``."""
+    root = Path(dataset_dir)
+    for folder in (root / "database" / "training", root / "training", root):
+        if folder.is_dir() and any(folder.glob("patient*/Info.cfg")):
+            break
+    else:
+        raise FileNotFoundError(f"no ACDC patient folder (patientNNN/Info.cfg) under {root} (expected "
+                                f"{root}/database/training/patientNNN/)")
+    items = []
+    for info in sorted(folder.glob("patient*/Info.cfg")):
+        fields = {}
+        for line in info.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        patient = info.parent.name
+        for phase in ("ED", "ES"):
+            if phase not in fields:
+                raise ValueError(f"{info}: no '{phase}:' frame number")
+            try:
+                frame = int(float(fields[phase]))
+            except ValueError as e:
+                raise ValueError(f"{info}: '{phase}: {fields[phase]}' is not a frame number") from e
+            image = info.parent / f"{patient}_frame{frame:02d}.nii.gz"
+            label = info.parent / f"{patient}_frame{frame:02d}_gt.nii.gz"
+            for f in (image, label):
+                if not f.is_file():
+                    raise FileNotFoundError(f"ACDC {patient}: {f} (the {phase} frame of {info}) not found")
+            items.append({"image": str(image), "label": str(label), "patient": patient, "phase": phase,
+                          "group": fields.get("Group", "")})
+    return items
+
+
 def check_headers(items: Sequence[dict], in_channels: int = 1) -> None:
     """Open every image/label header (cheap): a corrupt file, a wrong channel count or an image/label grid
     mismatch (shape or affine) is an error naming the files."""
@@ -131,26 +169,52 @@ def check_headers(items: Sequence[dict], in_channels: int = 1) -> None:
                              f"{np.round(laff, 3).tolist()}")
 
 
-def split_pairs(items: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0) -> dict:
-    """Seeded shuffle, then ``training``/``validation``/``test`` by ``fractions`` (at least one case each
-    when there are three or more cases)."""
+def split_pairs(items: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
+                group_key: str | None = None, strata_key: str | None = None) -> dict:
+    """Seeded shuffle, then ``training``/``validation``/``test`` by ``fractions`` (at least one unit each when
+    there are three or more).
+
+    With ``group_key`` (ACDC: ``"patient"``) the units are the groups: a group's items stay in one split. With
+    ``strata_key`` too (ACDC's ``"group"``, the diagnosis) the groups are dealt round-robin from each stratum's own
+    shuffle, so every split gets its share of each stratum."""
     if len(fractions) not in (2, 3) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions must be 2 or 3 numbers summing to 1, got {list(fractions)}")
-    order = list(items)
-    random.Random(seed).shuffle(order)
-    n = len(order)
+    rng = random.Random(seed)
+    if group_key is None:
+        units = [[it] for it in items]
+        rng.shuffle(units)
+    else:
+        groups: dict[str, list[dict]] = {}
+        for it in items:
+            groups.setdefault(str(it[group_key]), []).append(it)
+        strata: dict[str, list[str]] = {}
+        for g in sorted(groups):
+            strata.setdefault(str(groups[g][0].get(strata_key, "")) if strata_key else "", []).append(g)
+        for members in strata.values():
+            rng.shuffle(members)
+        order, queues = [], [list(v) for _, v in sorted(strata.items())]
+        while any(queues):
+            for q in queues:
+                if q:
+                    order.append(q.pop(0))
+        units = [groups[g] for g in order]
+    n = len(units)
     n_val = max(1, int(round(fractions[1] * n))) if n >= 2 else 0
     n_test = (max(1, int(round(fractions[2] * n))) if n >= 3 else 0) if len(fractions) == 3 else 0
     n_train = n - n_val - n_test
     if n_train < 1:
         raise ValueError(f"{n} case(s) are too few to split by {list(fractions)}")
-    return {"training": order[:n_train], "validation": order[n_train:n_train + n_val],
-            "test": order[n_train + n_val:]}
+
+    def join(us):
+        return [it for u in us for it in u]
+
+    return {"training": join(units[:n_train]), "validation": join(units[n_train:n_train + n_val]),
+            "test": join(units[n_train + n_val:])}
 
 
 def load_or_create_datalist(
     pairs: Sequence[dict], datalist_file: str | os.PathLike, fractions: Sequence[float] = (0.7, 0.1, 0.2),
-    seed: int = 0, in_channels: int = 1,
+    seed: int = 0, in_channels: int = 1, group_key: str | None = None, strata_key: str | None = None,
 ) -> dict:
     """The split written in ``datalist_file`` if it exists (checked against the files on disk and against
     ``pairs``), else a new seeded split of ``pairs`` written there (atomically), so later runs and evaluations use
@@ -170,7 +234,7 @@ def load_or_create_datalist(
                                     "delete it to split the current data afresh")
         return _reuse(dl, pairs, path)
     check_headers(pairs, in_channels)
-    dl = split_pairs(pairs, fractions, seed)
+    dl = split_pairs(pairs, fractions, seed, group_key, strata_key)
     atomic_json_save(dl, path)
     return dl
 
@@ -184,9 +248,9 @@ def _reuse(dl: dict, pairs: Sequence[dict], path: Path) -> dict:
     listed = {key(it["image"]) for sec in dl.values() for it in sec}
     new = sorted(wanted - listed)
     if new:
-        raise ValueError(f"datalist {path} was made from other data: {len(new)} of the {len(wanted)} current images are "
-                         f"not in it (e.g. {new[:2]}); delete it, or give another datalist_file, to split the current "
-                         "data (e.g. a new --dataset_dir, or --modality both after a single-modality split)")
+        raise ValueError(f"datalist {path} was made from other data: {len(new)} of the {len(wanted)} current images "
+                         f"are not in it (e.g. {new[:2]}); delete it, or give another datalist_file, to split the "
+                         "current data (e.g. a new --dataset_dir, or --modality both after a single-modality split)")
     if wanted != listed:
         dl = {sec: [it for it in items if key(it["image"]) in wanted] for sec, items in dl.items()}
         logger.info("datalist %s: using the %d of its %d cases selected now (e.g. one --modality), split kept",

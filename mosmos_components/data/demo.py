@@ -140,8 +140,8 @@ def write_roco(out_dir: str | os.PathLike, n: int = 64, seed: int = 0, size: int
             keywords.append(f"{roco_id}\t {'cardiac ct' if cardiac else 'abdominal ct'}")
             pmc = f"PMC{1000000 + counter}"
             dlinks.append(f"{roco_id}\t wget https://example.invalid/{pmc}.tar.gz\t {pmc}_{roco_id.lower()}.jpg")
-        (folder / "masks" / "labels.json").write_text(json.dumps({str(v): k for k, v in _MASK_VALUES.items()}, indent=1),
-                                                      encoding="utf-8")
+        labels = json.dumps({str(v): k for k, v in _MASK_VALUES.items()}, indent=1)
+        (folder / "masks" / "labels.json").write_text(labels, encoding="utf-8")
         for name, lines in (("captions.txt", captions), ("keywords.txt", keywords), ("dlinks.txt", dlinks)):
             (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
