@@ -4,6 +4,7 @@
     mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
     mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
     mosmos tag-stats CORPUS --out_dir tag_stats                  # tag frequencies of a ROCO / MedPix 2.0 corpus
+    mosmos experiment experiments/demo_btcv.json                 # a resumable grid, aggregated
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
     mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
@@ -18,27 +19,11 @@ from pathlib import Path
 
 import fire
 
+from mosmos_components.bundle_runner import bundles_dir, run_bundle
 from mosmos_components.data.demo import DEMO_KINDS, write_demo_data
 from mosmos_components.tags import TagExtractor, TagVocabulary
 
 __all__ = ["MosmosCLI", "main", "bundles_dir", "run_bundle"]
-
-
-def bundles_dir() -> Path:
-    """The ``bundles/`` folder of this checkout."""
-    path = Path(__file__).resolve().parent.parent / "bundles"
-    if not path.is_dir():
-        raise FileNotFoundError(f"bundles folder not found at {path}: run from a clone of the MOSMOS repository")
-    return path
-
-
-def run_bundle(bundle: str, configs: list[str], **overrides) -> None:
-    """Run a bundle's workflow through MONAI's bundle API (the same path as ``python -m monai.bundle run``)."""
-    from monai.bundle import run
-
-    root = bundles_dir() / bundle
-    files = [str(root / "configs" / c) for c in configs]
-    run(config_file=files, bundle_root=str(root), logging_file=str(root / "configs" / "logging.conf"), **overrides)
 
 
 class MosmosCLI:
@@ -99,6 +84,17 @@ class MosmosCLI:
                 f"{s['mean_tags_per_report']:.2f} tags per report; most frequent: "
                 + ", ".join(f"{t} {n}" for t, n in top) + f"; wrote {out_dir}/tag_frequencies.csv, .png, "
                 "tags_per_report.csv, tag_stats.json")
+
+    def experiment(self, spec: str, output_dir: str | None = None, max_cells: int | None = None) -> str:
+        """Run the grid of an experiment SPEC (initialisations x label fractions x seeds x lambda) through the
+        bundles, skipping finished cells and resuming interrupted ones, then aggregate it into tables and figures
+        (see mosmos_components.experiment)."""
+        from mosmos_components.experiment import run_experiment
+
+        t = time.time()
+        r = run_experiment(spec, output_dir, max_cells)
+        return (f"{r['ran']} cell(s) run, {r['skipped']} already done, of {r['cells']} ({time.time() - t:.0f} s); "
+                f"results in {r['results']}: " + ", ".join(Path(t).name for t in r["tables"]))
 
     def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice", unit: str = "class") -> str:
         """Wilcoxon signed-rank test between two evaluations' per_case.csv: paired per class on the test-set mean

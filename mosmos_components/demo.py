@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.cli import run_bundle
+from mosmos_components.bundle_runner import run_bundle
 from mosmos_components.data.demo import write_demo_data, write_roco
 from mosmos_components.evaluation import wilcoxon_test
 
@@ -55,7 +55,7 @@ def _bundle_parser(bundle: str, configs: list[str], overrides: dict):
     """The bundle's parsed configuration (to reuse its transforms and network exactly as the runs did)."""
     from monai.bundle import ConfigParser
 
-    from mosmos_components.cli import bundles_dir
+    from mosmos_components.bundle_runner import bundles_dir
 
     root = bundles_dir() / bundle
     parser = ConfigParser()

@@ -1,0 +1,285 @@
+"""``mosmos experiment SPEC``: the paper's grids (initialisations x label fractions x seeds x lambda) through the
+bundles, resumable, aggregated into the paper's forms.
+
+A spec is a JSON (or, with PyYAML installed, YAML) file::
+
+    {"name": "acdc_demo", "bundle": "acdc_seg", "configs": ["train.json", "demo.json"],
+     "dataset_dir": "/data/ACDC", "output_dir": "experiments/out/acdc_demo",
+     "overrides": {"max_epochs": 30},                       # every cell
+     "inits": {"random": {"use_pretrained": false, "use_pta": false},
+               "mosmos": {"pretrained_ckpt": "pre/models/model.pt"}},   # each a named set of overrides
+     "reference": "random", "label_fractions": [0.25, 1.0], "seeds": [0, 1, 2], "lambdas": [0.8],
+     "tracking": "mlflow"}
+
+Every cell runs in its own folder (``<output_dir>/cells/<init>__frac<f>__seed<s>__lambda<l>``): training, then the
+bundle's ``evaluate.json`` on the test split, then ``done.json`` written atomically with the cell's coordinates
+and per-class results. A cell with ``done.json`` is skipped; an interrupted one resumes from its training
+checkpoint (the bundles' ``checkpoint.pt``) and is evaluated again, so no cell is trained twice and no result
+mixes two runs. All cells share one split (``<output_dir>/datalist.json``); label fractions are nested subsets of
+its training cases. With ``tracking: mlflow`` each cell is one MLflow run (named by its coordinates) in
+``<output_dir>/mlruns.db``.
+
+Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class), per label fraction and lambda
+a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds, and the
+Wilcoxon p of each method against ``reference``, paired per class on the seed-averaged test-set means: the
+paper's unit), ``label_efficiency.png`` (mean Dice against the label fraction, as the paper's Fig. 6) and, with
+several lambdas, ``lambda_box.png`` (per-class Dice for each lambda, as Fig. 5).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mosmos_components.checkpoint import atomic_json_save
+from mosmos_components.evaluation import summarize, wilcoxon_paired
+
+__all__ = ["Cell", "load_spec", "cells_of", "run_experiment", "aggregate"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    init: str
+    fraction: float
+    seed: int
+    lam: float | None
+
+    @property
+    def name(self) -> str:
+        lam = "default" if self.lam is None else f"{self.lam:g}"
+        return f"{self.init}__frac{self.fraction:g}__seed{self.seed}__lambda{lam}"
+
+    def coords(self) -> dict:
+        return {"init": self.init, "label_fraction": self.fraction, "seed": self.seed, "lambda_pta": self.lam}
+
+
+def load_spec(path: str | Path) -> dict:
+    """Read and check a spec (see the module docstring); errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment spec not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise ValueError(f"{path}: a YAML spec needs PyYAML (pip install pyyaml), or write it as JSON") from e
+        spec = yaml.safe_load(text)
+    else:
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from e
+    for key in ("bundle", "configs", "dataset_dir", "inits"):
+        if key not in spec:
+            raise ValueError(f"{path}: the spec has no '{key}'")
+    if not isinstance(spec["inits"], dict) or not spec["inits"]:
+        raise ValueError(f"{path}: 'inits' must map names to override sets")
+    ref = spec.get("reference")
+    if ref is not None and ref not in spec["inits"]:
+        raise ValueError(f"{path}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
+    spec.setdefault("name", path.stem)
+    spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
+    spec.setdefault("label_fractions", [1.0])
+    spec.setdefault("seeds", [0])
+    spec.setdefault("lambdas", [None])
+    spec.setdefault("overrides", {})
+    spec["_path"] = str(path)
+    return spec
+
+
+def cells_of(spec: dict) -> list[Cell]:
+    return [Cell(i, float(f), int(s), None if lam is None else float(lam)) for i in spec["inits"]
+            for f in spec["label_fractions"] for lam in spec["lambdas"] for s in spec["seeds"]]
+
+
+def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
+    over = {"dataset_dir": spec["dataset_dir"], **spec["overrides"], **spec["inits"][cell.init],
+            "ckpt_dir": str(folder / "models"), "output_dir": str(folder / "eval"),
+            "datalist_file": str(out / "datalist.json"), "label_fraction": cell.fraction, "seed": cell.seed,
+            "split_seed": int(spec.get("split_seed", 0)), "overwrite": True, "show_progress": False}
+    if cell.lam is not None:
+        over["lambda_pta"] = cell.lam
+    if spec.get("tracking") == "mlflow":
+        over.update(tracking="mlflow", experiment_name=spec["name"], run_name=cell.name,
+                    tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}")
+    return over
+
+
+def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
+    from mosmos_components.bundle_runner import run_bundle
+
+    folder = out / "cells" / cell.name
+    over = _overrides(spec, cell, folder, out)
+    t0 = time.time()
+    run_bundle(spec["bundle"], list(spec["configs"]), **over)  # resumes from models/checkpoint.pt if interrupted
+    t1 = time.time()
+    eval_over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+    run_bundle(spec["bundle"], list(spec["configs"]) + ["evaluate.json"], **eval_over)
+    per_case = folder / "eval" / "report" / "per_case.csv"
+    with open(per_case, encoding="utf-8") as fh:
+        rows = [dict(r, dice=float(r["dice"]), hd95=float(r["hd95"])) for r in csv.DictReader(fh)]
+    names = list(dict.fromkeys(r["class"] for r in rows))
+    done = {**cell.coords(), "cell": cell.name, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1),
+            "per_case": str(per_case), "summary": summarize(rows, names)}
+    atomic_json_save(done, folder / "done.json")
+    return done
+
+
+def run_experiment(spec_path: str | Path, output_dir: str | None = None, max_cells: int | None = None) -> dict:
+    """Run every cell of the spec not yet done (at most ``max_cells`` of them), then aggregate what is done."""
+    spec = load_spec(spec_path)
+    out = Path(output_dir or spec["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_json_save({k: v for k, v in spec.items() if not k.startswith("_")}, out / "spec.json")
+    cells = cells_of(spec)
+    ran = skipped = 0
+    for i, cell in enumerate(cells, 1):
+        if (out / "cells" / cell.name / "done.json").is_file():
+            skipped += 1
+            continue
+        if max_cells is not None and ran >= max_cells:
+            break
+        logger.warning("experiment %s: cell %d/%d %s", spec["name"], i, len(cells), cell.name)
+        print(f"[{i}/{len(cells)}] {cell.name}", flush=True)
+        _run_cell(spec, cell, out)
+        ran += 1
+    result = aggregate(out, spec)
+    result.update(ran=ran, skipped=skipped, cells=len(cells))
+    return result
+
+
+def _done_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "cells").glob("*/done.json"))]
+
+
+def _fmt(values: list[float], pct: bool) -> str:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return "-"
+    k = 100.0 if pct else 1.0
+    return f"{k * np.mean(v):.2f} ± {k * np.std(v):.2f}" if len(v) > 1 else f"{k * v[0]:.2f}"
+
+
+def aggregate(out: str | Path, spec: dict | None = None) -> dict:
+    """Collect the done cells of ``out`` into ``results/`` (see the module docstring); returns what it wrote."""
+    out = Path(out)
+    spec = spec or json.loads((out / "spec.json").read_text(encoding="utf-8"))
+    done = _done_cells(out)
+    res = out / "results"
+    res.mkdir(exist_ok=True)
+    if not done:
+        return {"tables": [], "results": str(res)}
+    classes = [r["class"] for r in done[0]["summary"] if r["class"] != "mean"]
+    with open(res / "cells.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["init", "label_fraction", "seed", "lambda_pta", "class", "dice", "hd95"])
+        for d in done:
+            for r in d["summary"]:
+                w.writerow([d["init"], d["label_fraction"], d["seed"], d["lambda_pta"], r["class"], r["dice"], r["hd95"]])
+    inits = [i for i in spec["inits"] if any(d["init"] == i for d in done)]
+    ref = spec.get("reference")
+    tables = []
+    for frac in sorted({d["label_fraction"] for d in done}):
+        for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
+            tables.append(_table(res, done, inits, classes, frac, lam, ref))
+    _label_efficiency(res, done, inits)
+    if len({d["lambda_pta"] for d in done}) > 1:
+        _lambda_box(res, done, inits)
+    return {"tables": tables, "results": str(res)}
+
+
+def _class_means(cells: list[dict], classes: list[str], metric: str) -> dict[str, list[float]]:
+    """Per class: its test-set mean ``metric`` in each cell (one value per seed)."""
+    return {c: [next(r[metric] for r in d["summary"] if r["class"] == c) for d in cells] for c in classes}
+
+
+def _table(res: Path, done, inits, classes, frac, lam, ref) -> str:
+    lam_name = "default" if lam is None else f"{lam:g}"
+    stem = res / f"table_frac{frac:g}_lambda{lam_name}"
+    header = ["method", *[f"{c} Dice" for c in classes], "mean Dice", *[f"{c} HD95" for c in classes], "mean HD95",
+              "n seeds", f"Wilcoxon p Dice vs {ref}", f"Wilcoxon p HD95 vs {ref}"]
+    rows = []
+    ref_means = None
+    if ref is not None:
+        ref_cells = [d for d in done if d["init"] == ref and d["label_fraction"] == frac and d["lambda_pta"] == lam]
+        if ref_cells:
+            ref_means = {m: _class_means(ref_cells, classes, m) for m in ("dice", "hd95")}
+    for init in inits:
+        cells = [d for d in done if d["init"] == init and d["label_fraction"] == frac and d["lambda_pta"] == lam]
+        if not cells:
+            continue
+        dice, hd = _class_means(cells, classes, "dice"), _class_means(cells, classes, "hd95")
+        mean_dice = [float(np.nanmean([dice[c][k] for c in classes])) for k in range(len(cells))]
+        mean_hd = [float(np.nanmean([hd[c][k] for c in classes])) for k in range(len(cells))]
+        p = {}
+        for m, vals in (("dice", dice), ("hd95", hd)):
+            p[m] = "-"
+            if ref_means is not None and init != ref:
+                x = [float(np.nanmean(vals[c])) for c in classes]
+                y = [float(np.nanmean(ref_means[m][c])) for c in classes]
+                ok = [i for i in range(len(classes)) if not (math.isnan(x[i]) or math.isnan(y[i]))]
+                if len(ok) >= 2:
+                    p[m] = f"{wilcoxon_paired([x[i] for i in ok], [y[i] for i in ok])['p']:.3g}"
+        rows.append([init, *[_fmt(dice[c], True) for c in classes], _fmt(mean_dice, True),
+                     *[_fmt(hd[c], False) for c in classes], _fmt(mean_hd, False), str(len(cells)), p["dice"],
+                     p["hd95"]])
+    with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    lines = [f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds; "
+             f"Wilcoxon signed-rank paired per class against {ref}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return f"{stem}.md"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label_efficiency(res: Path, done, inits) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for init in inits:
+        fr = sorted({d["label_fraction"] for d in done if d["init"] == init})
+        means = [[next(r["dice"] for r in d["summary"] if r["class"] == "mean") for d in done
+                  if d["init"] == init and d["label_fraction"] == f] for f in fr]
+        ax.errorbar([100 * f for f in fr], [100 * np.mean(m) for m in means], yerr=[100 * np.std(m) for m in means],
+                    marker="o", capsize=3, label=init)
+    ax.set(xlabel="labelled training cases (%)", ylabel="test mean Dice (%)", title="Label efficiency")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(res / "label_efficiency.png", dpi=120)
+    plt.close(fig)
+
+
+def _lambda_box(res: Path, done, inits) -> None:
+    plt = _plt()
+    lams = sorted({d["lambda_pta"] for d in done if d["lambda_pta"] is not None})
+    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
+    for ax, init in zip(axes[0], inits):
+        data = [[100 * r["dice"] for d in done if d["init"] == init and d["lambda_pta"] == lam
+                 for r in d["summary"] if r["class"] != "mean" and not math.isnan(r["dice"])] for lam in lams]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(lams) + 1), [f"{lam:g}" for lam in lams])
+        ax.set(xlabel="λ", ylabel="per-class Dice (%)", title=init)
+    fig.tight_layout()
+    fig.savefig(res / "lambda_box.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""mosmos experiment: a grid of tiny btcv_seg cells, resumed after an interruption without running a cell twice,
+and aggregated into tables whose numbers are the cells' own (p-values scipy's)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mosmos_components.experiment import aggregate, cells_of, load_spec, run_experiment
+
+TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "max_epochs": 2, "val_interval": 1, "warmup_epochs": 1,
+        "num_workers": 0, "cache_rate": 0.0, "num_samples": 1, "sw_batch_size": 1}
+
+
+@pytest.fixture(scope="module")
+def spec_file(btcv_dir, pretrained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experiment")
+    spec = {"name": "tiny", "bundle": "btcv_seg", "configs": ["train.json", "demo.json"], "dataset_dir": str(btcv_dir),
+            "output_dir": str(folder / "out"), "overrides": TINY, "reference": "random",
+            "inits": {"random": {"use_pretrained": False, "use_pta": False},
+                      "mosmos": {"pretrained_ckpt": str(pretrained["mosmos-tiny-vit"])}},
+            "label_fractions": [1.0], "seeds": [0, 1], "lambdas": [None]}
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(spec_file):
+    spec = load_spec(spec_file)
+    out = spec["output_dir"]
+    first = run_experiment(spec_file, max_cells=3)  # "interrupted" after three cells
+    assert (first["ran"], first["skipped"]) == (3, 0)
+    # and the third cell as if killed after training, before its evaluation was recorded
+    third = cells_of(spec)[2]
+    cell_dir = f"{out}/cells/{third.name}"
+    import os
+    import shutil
+
+    os.remove(f"{cell_dir}/done.json")
+    shutil.rmtree(f"{cell_dir}/eval/report")
+    second = run_experiment(spec_file)
+    return spec, second, third
+
+
+def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
+    spec, second, third = finished
+    assert (second["ran"], second["skipped"], second["cells"]) == (2, 2, 4)
+    for cell in cells_of(spec):
+        hist = list(csv.DictReader(open(f"{spec['output_dir']}/cells/{cell.name}/eval/train_history.csv")))
+        assert [int(r["epoch"]) for r in hist] == [1, 2], cell.name  # trained once: the resumed cell added no epoch
+    again = run_experiment(spec["_path"])
+    assert (again["ran"], again["skipped"]) == (0, 4)
+
+
+def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
+    from scipy.stats import wilcoxon
+
+    spec, second, _ = finished
+    out = spec["output_dir"]
+    rows = list(csv.DictReader(open(f"{out}/results/table_frac1_lambdadefault.csv")))
+    assert [r["method"] for r in rows] == ["random", "mosmos"]
+    cells = {c.name: json.load(open(f"{out}/cells/{c.name}/done.json")) for c in cells_of(spec)}
+    for init, row in zip(("random", "mosmos"), rows):
+        per_seed = [cells[f"{init}__frac1__seed{s}__lambdadefault"] for s in (0, 1)]
+        liver = [next(r["dice"] for r in c["summary"] if r["class"] == "liver") for c in per_seed]
+        assert row["liver Dice"] == f"{100 * np.mean(liver):.2f} ± {100 * np.std(liver):.2f}"
+        # the cell's summary is its per_case.csv's
+        pc = list(csv.DictReader(open(per_seed[0]["per_case"])))
+        assert liver[0] == pytest.approx(np.mean([float(r["dice"]) for r in pc if r["class"] == "liver"]))
+    classes = [r["class"] for r in cells["random__frac1__seed0__lambdadefault"]["summary"] if r["class"] != "mean"]
+
+    def means(init):
+        per = [cells[f"{init}__frac1__seed{s}__lambdadefault"]["summary"] for s in (0, 1)]
+        return [float(np.nanmean([next(r["dice"] for r in p if r["class"] == c) for p in per])) for c in classes]
+
+    x, y = means("mosmos"), means("random")
+    ok = [i for i in range(len(classes)) if not (math.isnan(x[i]) or math.isnan(y[i]))]
+    xs, ys = [x[i] for i in ok], [y[i] for i in ok]
+    expected = 1.0 if np.allclose(xs, ys) else wilcoxon(xs, ys).pvalue
+    assert float(rows[1]["Wilcoxon p Dice vs random"]) == pytest.approx(expected, rel=1e-2)
+    assert (f"{out}/results/label_efficiency.png") and json.load(open(f"{out}/spec.json"))["name"] == "tiny"
+    assert aggregate(out)["tables"]  # re-aggregation from disk alone
+
+
+def test_a_spec_names_what_is_wrong(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"bundle": "btcv_seg", "configs": [], "dataset_dir": "x", "inits": {"a": {}},
+                               "reference": "b"}))
+    with pytest.raises(ValueError, match="reference 'b' is not one of the inits"):
+        load_spec(bad)
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        load_spec(bad)
