@@ -94,3 +94,19 @@ def test_a_spec_names_what_is_wrong(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         load_spec(bad)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (__import__("conftest").REPO / "experiments").glob("*.json")))
+def test_shipped_specs_name_real_bundle_keys(name):
+    """Every override of every shipped spec is a key of its bundle's config (a typo would be silently added)."""
+    from monai.bundle import ConfigParser
+
+    from conftest import REPO
+
+    spec = load_spec(REPO / "experiments" / name)
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / spec["bundle"] / "configs" / c) for c in spec["configs"]])
+    keys = set(parser.get())
+    for overrides in [spec["overrides"], *spec["inits"].values()]:
+        assert set(overrides) <= keys, (name, set(overrides) - keys)
+    assert cells_of(spec)
