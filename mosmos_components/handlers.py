@@ -250,14 +250,15 @@ class RunGuard:
 
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for folder in self.folders:
-            old = [p for p in folder.iterdir() if p.is_file() and p.name != self.LOCK]
+            old = [p for p in folder.iterdir() if p.name != self.LOCK and not p.name.startswith("previous-")]
             if not old:
                 continue
             dest = folder / f"previous-{stamp}"
             dest.mkdir(exist_ok=True)
             for p in old:
                 p.replace(dest / p.name)
-            logger.warning("overwrite: the earlier run's %d file(s) in %s moved to %s", len(old), folder, dest)
+            logger.warning("overwrite: the earlier run's %d file(s)/folder(s) in %s moved to %s", len(old), folder,
+                           dest)
 
     def check_loss(self, engine: Engine) -> None:
         from monai.handlers import from_engine

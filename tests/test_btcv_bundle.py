@@ -4,7 +4,6 @@ zoo's bundle tests do), the 2D U-Net variant, torchrun on CPU, the real CT sampl
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, run, verify_net_in_out
 
-from conftest import REPO
+from conftest import REPO, run_torchrun
 from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
 from mosmos_components.data.datalist import (btcv_pairs, check_headers, inference_inputs, label_fraction,
                                               load_or_create_datalist)
@@ -196,7 +195,7 @@ def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29544", "-m",
            "monai.bundle", "run", "--config_file", str(_files("train.json", "demo.json", "multi_gpu_train.json")),
            *args]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+    res = run_torchrun(cmd, env=env, timeout=400, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "checkpoint.pt").is_file()
 

@@ -3,14 +3,13 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from monai.bundle import run
 
-from conftest import REPO
+from conftest import REPO, run_torchrun
 from mosmos_components.checkpoint import load_pretrain_network
 
 BUNDLE = REPO / "bundles" / "mosmos_pretrain"
@@ -110,7 +109,7 @@ def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
            "--bundle_root", str(BUNDLE), "--dataset_dir", str(roco_dir), "--ckpt_dir", str(tmp_path / "models"),
            "--output_dir", str(tmp_path / "eval"), "--max_epochs", "1", "--num_workers", "0", "--batch_size", "8",
            "--show_progress", "False"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    res = run_torchrun(cmd, env=env, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     if extra:  # the image tower alone, saved in the pre-training format
