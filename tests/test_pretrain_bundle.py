@@ -138,3 +138,18 @@ def test_tag_map_correlation_tells_shared_maps_from_tag_specific_ones():
     assert tag_map_correlation(torch.stack([base, base, base])) == pytest.approx(1.0)
     eye = torch.eye(3, 36)  # three maps peaked at three different tokens
     assert tag_map_correlation(eye) < 0
+
+
+def test_evaluate_runs_in_a_fresh_process(trained, roco_dir):
+    """`python -m monai.bundle run` with evaluate.json in a new process (it failed there: the configs used
+    mosmos_components.checkpoint without importing it, which only in-process runs had done before)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           str(CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")]), "--bundle_root", str(BUNDLE),
+           "--dataset_dir", str(roco_dir), "--ckpt_dir", str(trained / "models"),
+           "--output_dir", str(trained / "fresh_eval"), "--show_progress", "False", "--num_workers", "0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (trained / "fresh_eval" / "metrics.csv").is_file()
