@@ -24,9 +24,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot
+from mosmos_components.data.pairs import image_problem, pair_item
+from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary
 
 __all__ = ["medpix_root", "load_medpix", "detect_layout", "load_pairs", "LAYOUTS"]
 
@@ -107,22 +106,13 @@ def load_medpix(
             skipped.append(f"{stem} (no caption)")
             continue
         image = folder / "images" / f"{stem}.png"
-        if not image.is_file():
-            counts["missing image"] += 1
-            skipped.append(f"{image.name} (missing)")
+        problem = image_problem(image, check_images)
+        if problem is not None:
+            counts[f"{problem.split(':')[0]} image"] += 1
+            skipped.append(f"{image.name} ({problem})")
             continue
-        if check_images:
-            try:
-                with Image.open(image) as im:
-                    im.verify()
-            except Exception as err:  # noqa: BLE001 - any decoder error means unusable
-                counts["unreadable image"] += 1
-                skipped.append(f"{image.name} (unreadable: {type(err).__name__})")
-                continue
-        found = extract_tags(caption, extractor)
-        items.append({"image": str(image), "report": caption, "id": str(stem), "case": str(e.get("U_id")),
-                      "modality": str(e.get("Type", "")),
-                      "tags": tags_to_multi_hot([t for t in found if t in tags], tags).tolist()})
+        items.append(pair_item(image, caption, str(stem), tags, extractor, case=str(e.get("U_id")),
+                               modality=str(e.get("Type", ""))))
         if max_items is not None and len(items) >= max_items:
             break
     logger.info("MedPix 2.0 %s (%s, %s): %d usable pairs", split, folder, source, len(items))

@@ -14,9 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
-from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot
+from mosmos_components.data.pairs import image_problem, pair_item
+from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary
 
 __all__ = ["roco_split_dir", "load_roco"]
 
@@ -100,20 +99,13 @@ def load_roco(
         image = folder / "images" / f"{roco_id}.jpg"
         if not image.is_file() and roco_id in alt_names:
             image = folder / "images" / alt_names[roco_id]
-        if not image.is_file():
-            counts["missing image"] += 1
+        problem = image_problem(image, check_images)
+        if problem is not None:
+            counts[f"{problem.split(':')[0]} image"] += 1
+            if problem != "missing":
+                logger.warning("ROCO %s: %s image %s skipped", split, problem, image)
             continue
-        if check_images:
-            try:
-                with Image.open(image) as im:
-                    im.verify()
-            except Exception:  # noqa: BLE001 - any decoder error means unusable
-                counts["unreadable image"] += 1
-                logger.warning("ROCO %s: unreadable image %s skipped", split, image)
-                continue
-        found = extract_tags(caption, extractor)
-        item = {"image": str(image), "report": caption, "id": roco_id,
-                "tags": tags_to_multi_hot([t for t in found if t in tags], tags).tolist()}
+        item = pair_item(image, caption, roco_id, tags, extractor)
         mask = folder / "masks" / f"{roco_id}.png"
         if mask.is_file():  # organ masks (the demo data has them): the pointing game of the tag attention
             item["mask"] = str(mask)
