@@ -210,13 +210,20 @@ class SegmentationReport:
         self.rows = []
 
     def _collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
+        # MONAI decollates the batch and the output separately: the group key (AMOS's modality) is in the batch
+        batch = engine.state.batch if isinstance(engine.state.batch, (list, tuple)) else []
+        sources = list(batch) + [None] * (len(engine.state.output) - len(batch))
+        for item, src in zip(engine.state.output, sources):
             label = item["label"]
             meta = getattr(label, "meta", {}) or {}
             case = os.path.basename(str(meta.get("filename_or_obj", f"case{len(self.rows)}")))
             spacing = getattr(label, "pixdim", None)
             spacing = [float(s) for s in spacing] if spacing is not None else [1.0] * (label.dim() - 1)
-            group = item.get(self.group_key) if self.group_key else None
+            group = None
+            if self.group_key:
+                group = item.get(self.group_key)
+                if group is None and isinstance(src, dict):
+                    group = src.get(self.group_key)
             extra = {"group": str(group)} if isinstance(group, str) else {}
             for r in case_scores(item["pred"], label, spacing, self.channels, self.names, self.hd95):
                 self.rows.append({"case": case, **r, **extra})

@@ -47,6 +47,10 @@ def test_train_evaluate_inference(bundle, pretrained, tmp_path):
     run(config_file=cfg + [str(root / "configs" / "evaluate.json")], **over)
     rows = list(csv.DictReader(open(tmp_path / "eval" / "report" / "per_case.csv")))
     assert len({r["class"] for r in rows}) == n_scored
+    if bundle == "amos_seg":  # CT and MRI reported apart (the paper's Fig. 4), next to the pooled summary
+        groups = {r["group"] for r in rows}
+        assert groups <= {"ct", "mri"} and groups
+        assert all((tmp_path / "eval" / "report" / f"summary_{g}.csv").is_file() for g in groups)
     items = sorted((data).rglob("*.nii.gz"))
     src = next(p for p in items if "label" not in str(p))
     run(config_file=cfg + [str(root / "configs" / "inference.json")], **dict(over, dataset_dir=str(src)))
