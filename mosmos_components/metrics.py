@@ -14,7 +14,7 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from mosmos_components.distributed import gather_lists
 
 __all__ = ["PretrainLossMetric", "RetrievalRecall", "TagMeanAP", "PointingGame", "average_precision",
-           "retrieval_recall", "pointing_game", "tag_map_correlation"]
+           "retrieval_recall", "pointing_game", "tag_map_correlation", "mean_pairwise_cosine"]
 
 
 def _pred_label(output: dict):
@@ -138,14 +138,19 @@ def pointing_game(attention: torch.Tensor, mask: torch.Tensor, tag_values: dict[
     return hits, pairs, chance
 
 
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """Mean cosine similarity between the different rows of ``x`` (R, D) (the diagonal left out)."""
+    x = F.normalize(x.float(), dim=-1)
+    c = x @ x.t()
+    r = c.shape[0]
+    return float((c.sum() - c.diagonal().sum()) / max(r * (r - 1), 1))
+
+
 def tag_map_correlation(attention: torch.Tensor) -> float:
     """Mean Pearson correlation between the attention maps of different tags on one image (``attention`` (K, N)):
     near 1 when every tag looks at the same place (maps that are not tag-specific), near 0 for unrelated maps."""
-    a = attention.float() - attention.float().mean(dim=-1, keepdim=True)
-    a = F.normalize(a, dim=-1)
-    c = a @ a.t()
-    k = c.shape[0]
-    return float((c.sum() - c.diagonal().sum()) / max(k * (k - 1), 1))
+    a = attention.float()
+    return mean_pairwise_cosine(a - a.mean(dim=-1, keepdim=True))
 
 
 class PointingGame:
@@ -166,10 +171,13 @@ class PointingGame:
         items: the validation data dicts (``image``, ``tags``, ``mask``).
         transform: the validation preprocessing of the image (the mask follows the image's axis order).
         device: where to run the network.
+        batch_size: images per forward pass.
     """
 
-    def __init__(self, network: torch.nn.Module, items: list[dict], transform: Callable, device="cpu") -> None:
+    def __init__(self, network: torch.nn.Module, items: list[dict], transform: Callable, device="cpu",
+                 batch_size: int = 32) -> None:
         self.network, self.transform, self.device = network, transform, torch.device(device)
+        self.batch_size = batch_size
         self.items = [d for d in items if d.get("mask")]
         self._cache: list[tuple[torch.Tensor, torch.Tensor, dict[int, int]]] | None = None
 
@@ -209,17 +217,20 @@ class PointingGame:
         hits = pairs = 0
         chance = 0.0
         corr, sims = [], []
+        prepared = self._prepared(list(net.tags))
         with torch.no_grad():
             queries = net.tag_queries()
-            for image, mask, values in self._prepared(list(net.tags)):
-                _, s, grid = net.encode_image(image[None].to(self.device))
+            for start in range(0, len(prepared), self.batch_size):
+                chunk = prepared[start : start + self.batch_size]
+                images = torch.stack([image for image, _, _ in chunk]).to(self.device)
+                _, s, grid = net.encode_image(images)
                 _, attn = net.decoder(queries, s, grid)
-                h, p, c = pointing_game(attn[0].reshape(-1, *grid).cpu(), mask, values)
-                hits, pairs, chance = hits + h, pairs + p, chance + c
-                corr.append(tag_map_correlation(attn[0].cpu()))
-                tokens = F.normalize(s[0].float(), dim=-1)
-                n = tokens.shape[0]
-                sims.append(float(((tokens @ tokens.t()).sum() - n) / max(n * (n - 1), 1)))
+                attn, s = attn.cpu(), s.cpu()
+                for i, (_, mask, values) in enumerate(chunk):
+                    h, p, c = pointing_game(attn[i].reshape(-1, *grid), mask, values)
+                    hits, pairs, chance = hits + h, pairs + p, chance + c
+                    corr.append(tag_map_correlation(attn[i]))
+                    sims.append(mean_pairwise_cosine(s[i]))
         net.train(was_training)
         if pairs:
             engine.state.metrics["pointing_acc"] = hits / pairs

@@ -333,8 +333,9 @@ def check_dicom_series(folder: str | os.PathLike, series_uid: str | None = None)
         z = np.sort(np.asarray(s["positions"], dtype=float) @ normal)
         steps = np.diff(z)
         step = float(np.median(steps))
-        if step <= 0 or np.any(np.abs(steps - step) > max(0.01, 0.05 * abs(step))):
-            gaps = [f"{z[i]:.2f}->{z[i + 1]:.2f} mm" for i in np.flatnonzero(np.abs(steps - step) > 0.05 * abs(step))]
+        irregular = np.abs(steps - step) > max(0.01, 0.05 * abs(step))
+        if step <= 0 or irregular.any():
+            gaps = [f"{z[i]:.2f}->{z[i + 1]:.2f} mm" for i in np.flatnonzero(irregular)]
             raise ValueError(f"{folder}: DICOM series {series_uid} is not evenly spaced (slice step {step:.2f} mm, "
                              f"irregular at {', '.join(gaps[:5]) or 'duplicate positions'}): a slice is missing or "
                              "duplicated; it would be read with the wrong geometry")
