@@ -192,13 +192,18 @@ class SegmentationReport:
         hd95: compute HD95 (slower; off during training validation).
         group_key: an item key whose value groups the cases (AMOS's ``"modality"``): each group is also reported
             on its own (``summary_<group>.csv``, ``case_mean_dice_<group>``) next to the pooled table.
+        slices: for the first ``slices`` cases, keep the slice with the most labelled voxels (last spatial axis)
+            as ``<output_dir>/slices/<case>.npz`` (``image``, ``label``, ``pred``: label maps 0..K in the order of
+            ``class_names``), for qualitative panels such as the experiment runner's (the paper's Fig. 7).
     """
 
     def __init__(self, class_names: Sequence[str], channels: Sequence[int] | None = None,
-                 output_dir: str | None = None, hd95: bool = True, group_key: str | None = "modality") -> None:
+                 output_dir: str | None = None, hd95: bool = True, group_key: str | None = "modality",
+                 slices: int = 0) -> None:
         self.names = list(class_names)
         self.channels = list(channels) if channels is not None else list(range(1, len(self.names) + 1))
-        self.output_dir, self.hd95, self.group_key = output_dir, hd95, group_key
+        self.output_dir, self.hd95, self.group_key, self.slices = output_dir, hd95, group_key, int(slices)
+        self._cases_seen = 0
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -208,6 +213,7 @@ class SegmentationReport:
 
     def _reset(self, engine: Engine) -> None:
         self.rows = []
+        self._cases_seen = 0
 
     def _collect(self, engine: Engine) -> None:
         # MONAI decollates the batch and the output separately: the group key (AMOS's modality) is in the batch
@@ -227,6 +233,31 @@ class SegmentationReport:
             extra = {"group": str(group)} if isinstance(group, str) else {}
             for r in case_scores(item["pred"], label, spacing, self.channels, self.names, self.hd95):
                 self.rows.append({"case": case, **r, **extra})
+            if self._cases_seen < self.slices and self.output_dir is not None and "image" in item:
+                self._save_slice(item, case)
+            self._cases_seen += 1
+
+    def _label_map(self, onehot: torch.Tensor) -> np.ndarray:
+        """Binary channel maps -> one map of 1..K (the scored channels in order; a later channel wins overlaps)."""
+        maps = np.asarray(torch.as_tensor(onehot).detach().cpu())
+        out = np.zeros(maps.shape[1:], dtype=np.uint8)
+        for k, ch in enumerate(self.channels):
+            out[maps[ch] > 0.5] = k + 1
+        return out
+
+    def _save_slice(self, item: dict, case: str) -> None:
+        from mosmos_components.checkpoint import _atomic_write
+
+        label, pred = self._label_map(item["label"]), self._label_map(item["pred"])
+        image = np.asarray(torch.as_tensor(item["image"]).detach().cpu().float())[0]
+        if label.ndim == 3:  # volumes: the axial slice (last axis) with the most labelled voxels
+            z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
+            image, label, pred = image[..., z], label[..., z], pred[..., z]
+        stem = case.split(".")[0]
+        path = Path(self.output_dir) / "slices" / f"{stem}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda fh: np.savez_compressed(fh, image=image, label=label, pred=pred,
+                                                           names=np.array(self.names)))
 
     def _finish(self, engine: Engine) -> None:
         self.rows = gather_lists(self.rows)  # under torch.distributed every rank scored its shard of the cases

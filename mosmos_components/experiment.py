@@ -23,7 +23,11 @@ Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and cla
 a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds, and the
 Wilcoxon p of each method against ``reference``, paired per class on the seed-averaged test-set means: the
 paper's unit), ``label_efficiency.png`` (mean Dice against the label fraction, as the paper's Fig. 6) and, with
-several lambdas, ``lambda_box.png`` (per-class Dice for each lambda, as Fig. 5).
+several lambdas, ``lambda_box.png`` (per-class Dice for each lambda, as Fig. 5), and ``qualitative.png`` (one
+test slice, its ground truth and each method's prediction, as Fig. 7).
+
+``fraction_overrides`` (``{"0.1": {"max_epochs": 100}}``) gives some label fractions their own overrides, e.g. the
+same number of training iterations at every fraction.
 """
 
 from __future__ import annotations
@@ -98,12 +102,23 @@ def load_spec(path: str | Path) -> dict:
 
 
 def cells_of(spec: dict) -> list[Cell]:
-    return [Cell(i, float(f), int(s), None if lam is None else float(lam)) for i in spec["inits"]
-            for f in spec["label_fractions"] for lam in spec["lambdas"] for s in spec["seeds"]]
+    """The spec's cells, seed-major: a run cut short leaves whole seeds (every method at every fraction)."""
+    return [Cell(i, float(f), int(s), None if lam is None else float(lam)) for s in spec["seeds"]
+            for f in spec["label_fractions"] for lam in spec["lambdas"] for i in spec["inits"]]
+
+
+def _fraction_overrides(spec: dict, fraction: float) -> dict:
+    """The overrides ``spec["fraction_overrides"]`` gives this label fraction (keys are fractions as text)."""
+    table = spec.get("fraction_overrides") or {}
+    for key, over in table.items():
+        if math.isclose(float(key), fraction):
+            return dict(over)
+    return {}
 
 
 def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
-    over = {"dataset_dir": spec["dataset_dir"], **spec["overrides"], **spec["inits"][cell.init],
+    over = {"dataset_dir": spec["dataset_dir"], **spec["overrides"], **_fraction_overrides(spec, cell.fraction),
+            **spec["inits"][cell.init],
             "ckpt_dir": str(folder / "models"), "output_dir": str(folder / "eval"),
             "datalist_file": str(out / "datalist.json"), "label_fraction": cell.fraction, "seed": cell.seed,
             "split_seed": int(spec.get("split_seed", 0)), "overwrite": True, "show_progress": False}
@@ -124,6 +139,7 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
     run_bundle(spec["bundle"], list(spec["configs"]), **over)  # resumes from models/checkpoint.pt if interrupted
     t1 = time.time()
     eval_over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+    eval_over["validate#report#slices"] = int(spec.get("panel_cases", 3))  # slices kept for the qualitative panel
     run_bundle(spec["bundle"], list(spec["configs"]) + ["evaluate.json"], **eval_over)
     per_case = folder / "eval" / "report" / "per_case.csv"
     with open(per_case, encoding="utf-8") as fh:
@@ -193,6 +209,7 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
         for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
             tables.append(_table(res, done, inits, classes, frac, lam, ref))
     _label_efficiency(res, done, inits)
+    _qualitative_panel(res, done, inits)
     if len({d["lambda_pta"] for d in done}) > 1:
         _lambda_box(res, done, inits)
     return {"tables": tables, "results": str(res)}
@@ -282,4 +299,49 @@ def _lambda_box(res: Path, done, inits) -> None:
         ax.set(xlabel="λ", ylabel="per-class Dice (%)", title=init)
     fig.tight_layout()
     fig.savefig(res / "lambda_box.png", dpi=120)
+    plt.close(fig)
+
+
+def _qualitative_panel(res: Path, done, inits) -> None:
+    """The paper's Fig. 7: one test slice, its ground truth and each method's prediction (largest label fraction,
+    first seed and lambda), from the slices the evaluation kept (``eval/report/slices``)."""
+    frac = max(d["label_fraction"] for d in done)
+    seed = min(d["seed"] for d in done)
+    lam = sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x)[0]
+    chosen = {}
+    for init in inits:
+        cell = next((d for d in done if d["init"] == init and d["label_fraction"] == frac and d["seed"] == seed
+                     and d["lambda_pta"] == lam), None)
+        if cell is not None:
+            chosen[init] = Path(cell["per_case"]).parent / "slices"
+    common = None
+    for folder in chosen.values():
+        names = {p.name for p in folder.glob("*.npz")}
+        common = names if common is None else common & names
+    if not common:
+        return
+    slices = {init: np.load(folder / sorted(common)[0]) for init, folder in chosen.items()}
+    first = next(iter(slices.values()))
+    classes = [str(c) for c in first["names"]]
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)))
+    cmap = ListedColormap(colours)
+    panels = [("ground truth", first["label"])] + [(init, s["pred"]) for init, s in slices.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), squeeze=False)
+    image = np.rot90(first["image"])
+    for ax, (title, lab) in zip(axes[0], panels):
+        ax.imshow(image, cmap="gray")
+        lab = np.rot90(lab)
+        ax.imshow(np.ma.masked_where(lab == 0, lab - 1), cmap=cmap, vmin=0, vmax=len(classes) - 1, alpha=0.5,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.legend(handles=[Patch(color=colours[k], label=c) for k, c in enumerate(classes)], loc="lower center",
+               ncol=min(len(classes), 7), fontsize=7, frameon=False)
+    fig.suptitle(f"{sorted(common)[0][:-4]}: label fraction {frac:g}, seed {seed}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(res / "qualitative.png", dpi=120)
     plt.close(fig)

@@ -10,7 +10,7 @@ import pytest
 
 from mosmos_components.experiment import aggregate, cells_of, load_spec, run_experiment
 
-TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "max_epochs": 2, "val_interval": 1, "warmup_epochs": 1,
+TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "max_epochs": 1, "val_interval": 1, "warmup_epochs": 1,
         "num_workers": 0, "cache_rate": 0.0, "num_samples": 1, "sw_batch_size": 1}
 
 
@@ -21,7 +21,8 @@ def spec_file(btcv_dir, pretrained, tmp_path_factory):
             "output_dir": str(folder / "out"), "overrides": TINY, "reference": "random",
             "inits": {"random": {"use_pretrained": False, "use_pta": False},
                       "mosmos": {"pretrained_ckpt": str(pretrained["mosmos-tiny-vit"])}},
-            "label_fractions": [1.0], "seeds": [0, 1], "lambdas": [None]}
+            "label_fractions": [1.0], "seeds": [0, 1], "lambdas": [None],
+            "fraction_overrides": {"1.0": {"max_epochs": 2}}}  # (TINY says 1 epoch: this fraction's own wins)
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -85,6 +86,40 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     assert aggregate(out)["tables"]  # re-aggregation from disk alone
 
 
+def test_cells_run_seed_major_so_a_cut_run_leaves_whole_seeds(spec_file):
+    cells = cells_of(load_spec(spec_file))
+    assert [(c.seed, c.init) for c in cells] == [(0, "random"), (0, "mosmos"), (1, "random"), (1, "mosmos")]
+
+
+def test_qualitative_panel_shows_the_evaluated_slices(finished):
+    """Fig. 7: the evaluation kept its first test cases' most-labelled slices; the panel is drawn from them."""
+    spec, _, _ = finished
+    out = spec["output_dir"]
+    cell = json.load(open(f"{out}/cells/mosmos__frac1__seed0__lambdadefault/done.json"))
+    kept = sorted((__import__("pathlib").Path(cell["per_case"]).parent / "slices").glob("*.npz"))
+    cases = {r["case"] for r in csv.DictReader(open(cell["per_case"]))}
+    assert len(kept) == min(3, len(cases))  # panel_cases defaults to 3
+    s = np.load(kept[0])
+    names = [r["class"] for r in cell["summary"] if r["class"] != "mean"]
+    assert list(s["names"]) == names and s["image"].shape == s["label"].shape == s["pred"].shape
+    assert s["label"].ndim == 2 and s["label"].max() > 0 and set(np.unique(s["label"])) <= set(range(len(names) + 1))
+    import matplotlib.image as mpimg
+
+    panel = mpimg.imread(f"{out}/results/qualitative.png")
+    assert panel.shape[1] > 2 * panel.shape[0]  # ground truth + two methods side by side
+
+
+def test_yaml_specs_read_like_json(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    spec = {"bundle": "btcv_seg", "configs": ["train.json"], "dataset_dir": "d", "inits": {"random": {"seed": 1}},
+            "label_fractions": [0.5, 1.0], "fraction_overrides": {"0.5": {"max_epochs": 4}}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "a.json").write_text(json.dumps(spec))
+    a, b = load_spec(tmp_path / "a.yaml"), load_spec(tmp_path / "a.json")
+    assert {k: v for k, v in a.items() if k != "_path"} == {k: v for k, v in b.items() if k != "_path"}
+    assert [c.fraction for c in cells_of(a)] == [0.5, 1.0]
+
+
 def test_a_spec_names_what_is_wrong(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"bundle": "btcv_seg", "configs": [], "dataset_dir": "x", "inits": {"a": {}},
@@ -107,6 +142,6 @@ def test_shipped_specs_name_real_bundle_keys(name):
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / spec["bundle"] / "configs" / c) for c in spec["configs"]])
     keys = set(parser.get())
-    for overrides in [spec["overrides"], *spec["inits"].values()]:
+    for overrides in [spec["overrides"], *spec["inits"].values(), *spec.get("fraction_overrides", {}).values()]:
         assert set(overrides) <= keys, (name, set(overrides) - keys)
     assert cells_of(spec)
