@@ -8,6 +8,7 @@
     mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
     mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
+    mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
 """
 
 from __future__ import annotations
@@ -119,6 +120,30 @@ class MosmosCLI:
         run = stage["runs"]["mosmos"]
         return (f"{bundle} demo: {time.time() - t:.0f} s in all, {run['train_s']:.0f} s training; held-out split "
                 f"({run['per_case']}):\n{format_table(run['summary'])}\ninference: {stage['prediction']}")
+
+    def segment(self, input: str, output: str, model: str, device: str | None = None, split: bool = False,
+                roi_subset: str | None = None, statistics: bool = False, preview: bool = False,
+                output_type: str = "nifti", series_uid: str | None = None, overwrite: bool = False,
+                sw_batch_size: int = 2, overlap: float | None = None) -> str:
+        """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder)
+        with MODEL (a segmentation bundle folder or name, its models/ folder, or a model.pt with its model.json).
+        How the scan is read (orientation, spacing, intensities, window) comes from the model. --split: one mask per
+        structure; --roi_subset liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and
+        CSV; --preview: a PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs
+        highdicom: pip install "mosmos[dicom]"). Existing outputs are skipped unless --overwrite; a scan that fails
+        is reported, the others go on, and the command fails at the end."""
+        from mosmos_components.segment import segment
+
+        t = time.time()
+        roi = ",".join(roi_subset) if isinstance(roi_subset, (list, tuple)) else roi_subset
+        res = segment(input, output, model, device=device, split=split, roi_subset=roi, statistics=statistics,
+                      preview=preview, output_type=output_type, series_uid=series_uid, overwrite=overwrite,
+                      sw_batch_size=sw_batch_size, overlap=overlap)
+        line = (f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
+                f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output}")
+        if res["failed"]:
+            raise RuntimeError(line + "; failed: " + "; ".join(f"{f['scan']}: {f['error']}" for f in res["failed"]))
+        return line
 
     def demo(self, out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""

@@ -14,7 +14,10 @@ from monai.transforms import LoadImaged, MapTransform, Transform
 
 __all__ = ["LoadImageNamed", "ToRGBd", "ScaleBitDepthd", "pil_standard_mode", "TokenizeReportd",
            "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
-           "ModalityIntensityd", "RegionsToMSDLabelsd"]
+           "ModalityIntensityd", "RegionsToMSDLabelsd", "RAS_LABELS"]
+
+#: MONAI's axis labels for RAS, passed to ``Orientationd`` explicitly (its default argument warns on every use)
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def _source(data: Mapping, key: Hashable) -> str:

@@ -84,3 +84,49 @@ def run_torchrun(cmd, **kwargs):
         warnings.warn("torchrun: a gloo rank aborted while connecting (upstream flake); running once more")
         res = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     return res
+
+
+def write_ct_series(folder, n=6, uid=None, description="axial CT", skip=(), spacing=2.5, start=0, pixels=None,
+                    pixel_spacing=(0.8, 0.8)):
+    """A small CT series written like a scanner: no file suffix, one file per slice; ``pixels`` (n, rows, columns)
+    in HU, else a 16 x 20 ramp."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = uid or generate_uid()
+    study, frame_of_reference = generate_uid(), generate_uid()
+    for i in range(n):
+        if i in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesDescription = study, uid, description
+        ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "anon", i + 1
+        ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "Anon^Patient", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.FrameOfReferenceUID = "", 1, frame_of_reference
+        ds.ImagePositionPatient = [0.0, 0.0, start + i * spacing]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = list(pixel_spacing), spacing
+        plane = np.full((16, 20), 1000 + 10 * i - 1024) if pixels is None else np.asarray(pixels[i])
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (plane + 1024).astype(np.int16).tobytes()
+        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
+    return uid
+
+
+@pytest.fixture
+def ct_series():
+    """:func:`write_ct_series`: writes a DICOM CT series into a folder."""
+    return write_ct_series

@@ -106,6 +106,11 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
 
 
 def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path):
+    from mosmos_components.segment import segment
+
+    res = segment(real_ct / "image.nii.gz", tmp_path / "seg", trained, device="cpu", statistics=True, preview=True,
+                  progress=False)
+    assert not res["failed"] and nib.load(tmp_path / "seg" / "image.nii.gz").shape == (122, 101, 30)
     run(config_file=_files("train.json", "demo.json", "inference.json"),
         **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(real_ct / "image.nii.gz"),
                 output_dir=str(tmp_path)))
@@ -113,6 +118,26 @@ def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_p
     a, b = nib.load(real_ct / "image.nii.gz"), nib.load(out[0])
     assert b.shape[:3] == a.shape[:3] == (122, 101, 30)
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+
+
+def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv_dir, pretrained, tmp_path):
+    """``mosmos segment`` takes everything from the trained model's sidecar and agrees with ``inference.json``."""
+    from mosmos_components.segment import load_model, segment
+
+    first = nib.load(sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0])
+    affine = np.diag([-8.0, -8.0, 9.0, 1.0])  # on the model's spacing (LPS), so that no resampling blurs the comparison
+    src = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(first.dataobj), affine), src)
+    m = load_model(trained / "models" / "model.pt")
+    assert (m.pixdim, m.roi_size, m.axcodes, m.modality) == ([8.0, 8.0, 9.0], [32, 32, 16], "RAS", "ct")
+    res = segment(src, tmp_path / "seg", trained, device="cpu", progress=False)
+    assert not res["failed"]
+    run(config_file=_files("train.json", "demo.json", "inference.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src), output_dir=str(tmp_path)))
+    bundle = np.asarray(nib.load(next((tmp_path / "predictions").glob("*_seg.nii.gz"))).dataobj)
+    ours = nib.load(tmp_path / "seg" / src.name)
+    assert ours.shape == bundle.shape[:3] and np.array_equal(ours.affine, nib.load(src).affine)
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), bundle.reshape(ours.shape))
 
 
 def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
@@ -130,6 +155,12 @@ def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x))
+    from mosmos_components.segment import load_model, segment  # slice by slice, as the sidecar says
+
+    assert load_model(tmp_path).slice_inference
+    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    assert not segment(src, tmp_path / "seg", tmp_path, device="cpu", progress=False)["failed"]
+    assert nib.load(tmp_path / "seg" / src.name).shape == nib.load(src).shape
 
 
 def test_random_init_baseline(btcv_dir, tmp_path):

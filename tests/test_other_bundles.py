@@ -60,6 +60,13 @@ def test_train_evaluate_inference(bundle, pretrained, tmp_path):
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
     values = set(np.unique(np.asarray(b.dataobj)).tolist())
     assert values <= set(range(n_scored + 1))
+    from mosmos_components.segment import segment  # the same model through mosmos segment
+
+    res = segment(src, tmp_path / "seg", tmp_path / "models", device="cpu", statistics=True, progress=False)
+    assert not res["failed"], res["failed"]
+    ours = nib.load(next((tmp_path / "seg").glob("*.nii.gz")))
+    assert ours.shape == a.shape[:3] and np.array_equal(ours.affine, a.affine)
+    assert set(np.unique(np.asarray(ours.dataobj)).tolist()) <= set(range(n_scored + 1))
 
 
 def _chain(exc):

@@ -298,44 +298,11 @@ def test_tags_command_reads_a_file_and_stdin_and_refuses_undecodable_arguments(t
 
 # ----- 7. DICOM as scanners write it -----
 
-def _write_ct_series(folder, n=6, uid=None, description="axial CT", skip=(), spacing=2.5, start=0):
-    """A small CT series written like a scanner: no file suffix, one file per slice."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    uid = uid or generate_uid()
-    study = generate_uid()
-    for i in range(n):
-        if i in skip:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesDescription = study, uid, description
-        ds.Modality, ds.PatientID, ds.InstanceNumber = "CT", "anon", i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, start + i * spacing]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], spacing
-        ds.Rows, ds.Columns = 16, 20
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (np.full((16, 20), 1000 + 10 * i, dtype=np.int16)).tobytes()
-        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
-    return uid
-
-
-def test_a_dicom_series_without_suffix_is_recognised_and_read(tmp_path):
+def test_a_dicom_series_without_suffix_is_recognised_and_read(tmp_path, ct_series):
     from mosmos_components.data.datalist import inference_inputs
     from mosmos_components.transforms import LoadImageNamed
 
-    uid = _write_ct_series(tmp_path / "scan")
+    uid = ct_series(tmp_path / "scan")
     items = inference_inputs(tmp_path / "scan")
     assert items == [{"image": str(tmp_path / "scan"), "series_uid": uid}]
     img = LoadImageNamed("image", image_only=True)(items[0])["image"]
@@ -344,20 +311,20 @@ def test_a_dicom_series_without_suffix_is_recognised_and_read(tmp_path):
     assert inference_inputs(tmp_path) == items  # a folder of series folders
 
 
-def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path, ct_series):
     from mosmos_components.data.datalist import inference_inputs
 
-    _write_ct_series(tmp_path / "scan", n=7, skip=(3,))
+    ct_series(tmp_path / "scan", n=7, skip=(3,))
     with pytest.raises(ValueError, match=r"not evenly spaced.*5\.00->10\.00 mm"):
         inference_inputs(tmp_path / "scan")
 
 
-def test_several_series_in_one_folder_are_listed_unless_one_is_chosen(tmp_path):
+def test_several_series_in_one_folder_are_listed_unless_one_is_chosen(tmp_path, ct_series):
     from mosmos_components.data.datalist import inference_inputs
     from mosmos_components.transforms import LoadImageNamed
 
-    a = _write_ct_series(tmp_path / "scan", n=5, description="soft tissue")
-    b = _write_ct_series(tmp_path / "b", n=3, description="lung window", start=100)
+    a = ct_series(tmp_path / "scan", n=5, description="soft tissue")
+    b = ct_series(tmp_path / "b", n=3, description="lung window", start=100)
     for f in (tmp_path / "b").iterdir():
         f.rename(tmp_path / "scan" / f"B{f.name}")
     with pytest.raises(ValueError, match="holds 2 DICOM series") as info:
@@ -370,8 +337,8 @@ def test_several_series_in_one_folder_are_listed_unless_one_is_chosen(tmp_path):
         inference_inputs(tmp_path / "scan", series_uid="1.2.3")
 
 
-def test_inference_on_a_scanner_written_dicom_folder(btcv_dir, pretrained, tmp_path):
-    _write_ct_series(tmp_path / "dicom" / "scan", n=8)
+def test_inference_on_a_scanner_written_dicom_folder(btcv_dir, pretrained, tmp_path, ct_series):
+    ct_series(tmp_path / "dicom" / "scan", n=8)
     _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"])
     over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "dicom"), ckpt_dir=str(tmp_path / "models"),
                 output_dir=str(tmp_path / "eval"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),

@@ -1,0 +1,418 @@
+"""``mosmos segment``: a scan in, a label map on the scan's own grid out, with numbers and a picture.
+
+Everything needed to read a scan the way the model was trained (orientation, spacing, intensity window or
+normalisation, channels, window size and overlap, class names) comes from the model's sidecar (``model.json``, written
+by the bundles next to ``model.pt``); the user only names the scan and the model, so a mismatch cannot happen
+silently. A scan goes through MONAI's transforms (``Orientationd``, ``Spacingd``, the bundle's intensity transform),
+MONAI's sliding-window inferer (stitching on the CPU, windows on ``--device``), then ``argmax`` on the model's grid:
+only the integer label map is taken back to the input grid (``Invertd`` with nearest-neighbour interpolation), so
+no float map per class is ever held at the input resolution. The output keeps the input's shape and affine
+exactly (its NIfTI header for NIfTI inputs).
+
+    mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview
+    mosmos segment dicom_folder/ out/ --model btcv_seg --split --roi_subset liver,spleen
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mosmos_components.checkpoint import _atomic_write, atomic_json_save, load_segmentation_network, read_sidecar
+
+__all__ = ["SegmentationModel", "resolve_model", "load_model", "segment_scan", "segment", "structure_statistics",
+           "plot_preview"]
+
+logger = logging.getLogger(__name__)
+
+_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+
+@dataclass
+class SegmentationModel:
+    """A loaded segmentation network and what it needs to read a scan (from its sidecar)."""
+
+    network: torch.nn.Module
+    path: Path
+    class_names: list[str]  # channel order; index 0 is the background for softmax models
+    in_channels: int
+    pixdim: list[float]
+    modality: str
+    intensity_range: list[float]
+    roi_size: list[int]
+    overlap: float
+    axcodes: str
+    slice_inference: bool  # 2D networks: windows are slices of the volume
+    sigmoid: bool  # BraTS-style overlapping regions (one channel per region, no background channel)
+    sidecar: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def structures(self) -> list[str]:
+        """The names of the label values 1..K of the output label map."""
+        return self.class_names if self.sigmoid else self.class_names[1:]
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """``model.pt`` of MODEL: a ``model.pt`` (sidecar next to it), a folder holding one (a bundle's ``models/``),
+    a bundle folder, or the name of one of this installation's bundles (``btcv_seg``)."""
+    p = Path(model)
+    candidates = [p, p / "model.pt", p / "models" / "model.pt"]
+    if not p.exists() and not p.is_absolute() and len(p.parts) == 1:
+        from mosmos_components.bundle_runner import bundles_dir
+
+        try:
+            candidates.append(bundles_dir() / p.name / "models" / "model.pt")
+        except FileNotFoundError:
+            pass
+    for c in candidates:
+        if c.is_file() and c.suffix == ".pt":
+            return c
+    tried = ", ".join(str(c) for c in candidates[1:])
+    raise FileNotFoundError(f"--model {model}: no model.pt found (looked for {tried}); give a segmentation "
+                            "bundle folder, its models/ folder or a model.pt with its model.json")
+
+
+def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> SegmentationModel:
+    """Load MODEL (see :func:`resolve_model`) and read from its sidecar how scans must be prepared."""
+    path = resolve_model(model)
+    cfg = read_sidecar(path)
+    net = load_segmentation_network(path).to(device)
+    data = cfg.get("data") or {}
+    infer = cfg.get("inference") or {}
+    missing = [k for k in ("pixdim", "modality") if k not in data]
+    if missing:
+        raise ValueError(f"{path.with_suffix('.json')}: the sidecar does not say the model's {missing} (written "
+                         "before MOSMOS 0.3?); retrain, or add them under \"data\" as the bundle's checkpoint_expect")
+    slice_inference = bool(infer.get("slice_inference", cfg.get("network") == "MosmosUNet2D"))
+    roi = infer.get("roi_size") or cfg.get("img_size")
+    if roi is None:
+        raise ValueError(f"{path.with_suffix('.json')}: the sidecar gives no window size (inference.roi_size)")
+    return SegmentationModel(
+        network=net, path=path, class_names=list(cfg["class_names"]), in_channels=int(cfg.get("in_channels", 1)),
+        pixdim=[float(v) for v in data["pixdim"]], modality=str(data["modality"]),
+        intensity_range=[float(v) for v in data.get("intensity_range", (-175.0, 250.0))],
+        roi_size=[int(v) for v in roi], overlap=float(infer.get("overlap", 0.5)),
+        axcodes=str(infer.get("axcodes", "RAS")), slice_inference=slice_inference,
+        sigmoid=bool(infer.get("sigmoid", cfg.get("pta_sigmoid", False))), sidecar=cfg)
+
+
+def _preprocessing(m: SegmentationModel):
+    from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, Orientationd, Spacingd
+
+    from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd
+
+    return Compose([
+        LoadImageNamed(keys="image", image_only=True),
+        EnsureChannelFirstd(keys="image"),
+        CopyItemsd(keys="image", names="raw"),  # the input grid and intensities, for statistics and the output
+        Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
+        Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
+        ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
+    ])
+
+
+def _inferer(m: SegmentationModel, sw_batch_size: int, overlap: float, device: torch.device, progress: bool):
+    from monai.inferers import SliceInferer, SlidingWindowInferer
+
+    common = dict(sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian", progress=progress,
+                  sw_device=device, device=torch.device("cpu"))
+    if m.slice_inference:
+        return SliceInferer(roi_size=m.roi_size[:2], spatial_dim=2, **common)
+    return SlidingWindowInferer(roi_size=m.roi_size, **common)
+
+
+def _check_channels(image: torch.Tensor, m: SegmentationModel, source: str) -> None:
+    if image.shape[0] != m.in_channels:
+        raise ValueError(f"{source}: the scan has {image.shape[0]} channel(s), the model {m.path} expects "
+                         f"{m.in_channels} ({m.modality.upper()}, trained on {', '.join(m.structures[:4])}...)")
+
+
+def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = "cpu", sw_batch_size: int = 2,
+                 overlap: float | None = None, progress: bool = False) -> dict:
+    """Segment one scan (``{"image": path[, "series_uid": uid]}``): returns ``label`` (the label map on the input
+    grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
+    channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage."""
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    device = torch.device(device)
+    t = {"read": time.perf_counter()}
+    pre = _preprocessing(m)
+    data = pre(dict(item))
+    _check_channels(data["raw"], m, str(item["image"]))
+    t["infer"] = time.perf_counter()
+    image = data["image"]
+    inferer = _inferer(m, sw_batch_size, m.overlap if overlap is None else overlap, device, progress)
+    with torch.inference_mode():
+        logits = inferer(image.as_tensor()[None].float(), m.network.to(device).eval())[0]
+        if m.sigmoid:  # overlapping regions (BraTS): the larger ones first, so nested regions stay visible
+            probs = torch.sigmoid(logits) > 0.5
+            label = torch.zeros(logits.shape[1:], dtype=torch.int16)
+            for k in sorted(range(probs.shape[0]), key=lambda c: -int(probs[c].sum())):
+                label[probs[k]] = k + 1
+        else:
+            label = torch.argmax(logits, dim=0).to(torch.int16)
+    del logits
+    t["restore"] = time.perf_counter()
+    pred = MetaTensor(label[None].float(), affine=image.affine, meta=dict(image.meta))
+    pred.applied_operations = list(image.applied_operations)
+    restored = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(
+        {"image": image, "pred": pred})["pred"]
+    raw = data["raw"]
+    out = np.asarray(restored.detach().cpu())[0].round()
+    if out.shape != tuple(raw.shape[1:]):
+        raise RuntimeError(f"{item['image']}: the label map came back as {out.shape}, the scan is "
+                           f"{tuple(raw.shape[1:])} (please report this)")
+    k = len(m.structures)
+    label_np = out.astype(np.uint8 if k < 256 else np.uint16)
+    t["end"] = time.perf_counter()
+    seconds = {"read_preprocess": t["infer"] - t["read"], "sliding_window": t["restore"] - t["infer"],
+               "to_input_grid": t["end"] - t["restore"]}
+    return {"label": label_np, "raw": raw, "affine": np.asarray(raw.affine, dtype=float), "seconds": seconds}
+
+
+def case_name(item: dict) -> str:
+    p = Path(str(item["image"]))
+    return _NIFTI.sub("", p.name) if p.is_file() else p.name
+
+
+def _write_nifti(array: np.ndarray, item: dict, affine: np.ndarray, path: Path) -> None:
+    """``array`` on the input grid: a NIfTI input's own header (qform/sform codes, units) is kept."""
+    import nibabel as nib
+
+    src = Path(str(item["image"]))
+    if src.is_file() and _NIFTI.search(src.name):
+        ref = nib.load(str(src))
+        header = ref.header.copy()
+        header.set_data_dtype(array.dtype)
+        header.set_slope_inter(1.0, 0.0)
+        img = nib.Nifti1Image(array, ref.affine, header)
+        img.set_qform(ref.get_qform(), int(ref.header["qform_code"]))
+        img.set_sform(ref.get_sform(), int(ref.header["sform_code"]))
+    else:  # DICOM: MONAI's RAS affine of the series
+        img = nib.Nifti1Image(array, affine)
+    data = img.to_bytes()
+    _atomic_write(path, lambda fh: fh.write(data if not str(path).endswith(".gz") else _gzip(data)))
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, compresslevel=1, mtime=0)
+
+
+def structure_statistics(label: np.ndarray, intensity: np.ndarray, affine: np.ndarray,
+                         names: list[str]) -> list[dict]:
+    """Per structure (label value k+1 = ``names[k]``): voxel count, volume in mL, intensity mean/sd/median over its
+    voxels (HU for CT), the bounding box of its voxel centres in world mm (the affine's space, RAS for MONAI),
+    or ``present: false``."""
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    rows = []
+    for k, name in enumerate(names, start=1):
+        mask = label == k
+        n = int(mask.sum())
+        if n == 0:
+            rows.append({"structure": name, "label": k, "present": False, "voxels": 0, "volume_ml": 0.0})
+            continue
+        vals = intensity[mask].astype(np.float64)
+        idx = np.argwhere(mask)
+        lo, hi = idx.min(0), idx.max(0)
+        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        world = (affine @ corners.T).T[:, :3]
+        rows.append({"structure": name, "label": k, "present": True, "voxels": n, "volume_ml": n * voxel_ml,
+                     "intensity_mean": float(vals.mean()), "intensity_sd": float(vals.std()),
+                     "intensity_median": float(np.median(vals)),
+                     "bbox_min_mm": [round(float(v), 2) for v in world.min(0)],
+                     "bbox_max_mm": [round(float(v), 2) for v in world.max(0)]})
+    return rows
+
+
+def _write_statistics(rows: list[dict], case: str, out: Path, extra: dict) -> list[str]:
+    js, cs = out / f"{case}_statistics.json", out / f"{case}_statistics.csv"
+    atomic_json_save({**extra, "structures": rows}, js)
+    cols = ["structure", "label", "present", "voxels", "volume_ml", "intensity_mean", "intensity_sd",
+            "intensity_median", "bbox_min_mm", "bbox_max_mm"]
+
+    def write(fh):
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+        fh.write(buf.getvalue().encode("utf-8"))
+
+    _atomic_write(cs, write)
+    return [str(js), str(cs)]
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` (x, y, z) reoriented to the closest RAS axes, and its voxel sizes (for display only)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(array, ornt)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))[ornt[:, 0].astype(int)]
+    return out, zooms
+
+
+def plot_preview(intensity: np.ndarray, label: np.ndarray, affine: np.ndarray, names: list[str],
+                 out_png: str | os.PathLike, title: str = "", window: tuple[float, float] | None = None,
+                 max_rows: int = 8) -> str:
+    """Axial, coronal and sagittal overlays through the centre of each structure found (one row each, at most
+    ``max_rows``, largest first), in radiological display (patient right on the image's left), with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    img, zooms = _to_ras(intensity, affine)
+    lab, _ = _to_ras(label, affine)
+    found = [(int((lab == k).sum()), k) for k in range(1, len(names) + 1)]
+    found = [k for n, k in sorted(found, reverse=True) if n > 0][:max_rows]
+    colours = plt.get_cmap("tab20")(np.arange(len(names)) % 20)
+    cmap = ListedColormap(colours)
+    lo, hi = window if window is not None else np.percentile(img, [1, 99])
+    rows = found or [0]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.8 * len(rows)), squeeze=False)
+    for r, k in enumerate(rows):
+        centre = (np.argwhere(lab == k).mean(0).round().astype(int) if k else np.array(lab.shape) // 2)
+        views = [("axial", img[:, :, centre[2]], lab[:, :, centre[2]], zooms[1] / zooms[0]),
+                 ("coronal", img[:, centre[1], :], lab[:, centre[1], :], zooms[2] / zooms[0]),
+                 ("sagittal", img[centre[0], :, :], lab[centre[0], :, :], zooms[2] / zooms[1])]
+        for c, (view, im, lb, aspect) in enumerate(views):
+            ax = axes[r, c]
+            if view == "axial":  # anterior up, patient right on the left
+                im, lb = im[::-1, ::-1].T, lb[::-1, ::-1].T
+            elif view == "coronal":  # superior up, patient right on the left
+                im, lb = im[::-1, :].T[::-1], lb[::-1, :].T[::-1]
+            else:  # superior up, anterior on the left
+                im, lb = im[::-1, :].T[::-1], lb[::-1, :].T[::-1]
+            ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
+            ax.imshow(np.ma.masked_where(lb == 0, lb - 1), cmap=cmap, vmin=0, vmax=len(names) - 1, alpha=0.45,
+                      interpolation="nearest", aspect=aspect)
+            ax.set_title(f"{names[k - 1] if k else 'no structure found'}: {view}", fontsize=8)
+            ax.axis("off")
+    present = sorted({int(v) for v in np.unique(lab)} - {0})
+    fig.legend(handles=[Patch(color=colours[k - 1], label=names[k - 1]) for k in present], loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return str(out_png)
+
+
+def _subset(names: list[str], roi_subset: str | list[str] | tuple | None) -> list[int]:
+    """Label values kept (1..K) for ``--roi_subset`` names (comma-separated or a list); all when None."""
+    if roi_subset is None:
+        return list(range(1, len(names) + 1))
+    wanted = [s.strip() for s in (roi_subset.split(",") if isinstance(roi_subset, str) else roi_subset) if s.strip()]
+    lower = {n.lower(): i for i, n in enumerate(names, start=1)}
+    unknown = [w for w in wanted if w.lower() not in lower]
+    if unknown:
+        raise ValueError(f"--roi_subset: {unknown} are not structures of this model; it knows {names}")
+    return [lower[w.lower()] for w in wanted]
+
+
+def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | SegmentationModel,
+            device: str | None = None, split: bool = False, roi_subset: str | list[str] | None = None,
+            statistics: bool = False, preview: bool = False, output_type: str = "nifti",
+            series_uid: str | None = None, overwrite: bool = False, sw_batch_size: int = 2,
+            overlap: float | None = None, progress: bool = True) -> dict:
+    """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
+    OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
+    fails is reported and the others go on; the returned summary lists both (``failed``)."""
+    from tqdm import tqdm
+
+    from mosmos_components.data.datalist import inference_inputs
+
+    if output_type not in ("nifti", "dicom_seg"):
+        raise ValueError(f"--output_type must be 'nifti' or 'dicom_seg', got {output_type!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    m = model if isinstance(model, SegmentationModel) else load_model(model, device)
+    keep = _subset(m.structures, roi_subset)
+    items = inference_inputs(input, series_uid)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    done, skipped, failed = [], [], []
+    for item in tqdm(items, desc="scans", unit="scan", disable=not progress or len(items) < 2):
+        case = case_name(item)
+        target = out / (case if split else f"{case}.nii.gz")
+        if output_type == "dicom_seg":
+            target = out / f"{case}_seg.dcm"
+        if target.exists() and not overwrite:
+            logger.warning("%s exists: skipped (--overwrite to replace it)", target)
+            print(f"{case}: {target} exists, skipped (--overwrite to replace it)", flush=True)
+            skipped.append(str(target))
+            continue
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                res = segment_scan(item, m, device, sw_batch_size, overlap, progress)
+            label = res["label"]
+            if len(keep) < len(m.structures):
+                label = np.where(np.isin(label, keep), label, 0).astype(label.dtype)
+            t_write = time.perf_counter()
+            written = _write_outputs(item, case, label, res, m, keep, out, target, split, output_type)
+            if statistics:
+                intensity = np.asarray(res["raw"][0].detach().cpu())
+                rows = [r for r in structure_statistics(label, intensity, res["affine"], m.structures)
+                        if r["label"] in keep]
+                written += _write_statistics(rows, case, out, {"scan": str(item["image"]), "model": str(m.path),
+                                                               "modality": m.modality})
+            if preview:
+                intensity = np.asarray(res["raw"][0].detach().cpu())
+                window = tuple(m.intensity_range) if m.modality == "ct" else None
+                written.append(plot_preview(intensity, label, res["affine"], m.structures, out / f"{case}_preview.png",
+                                            title=f"{case}: {m.path.parent.parent.name or m.path.name}",
+                                            window=window))
+            secs = dict(res["seconds"], write=time.perf_counter() - t_write)
+            total = time.perf_counter() - t0
+            found = [m.structures[k - 1] for k in keep if (label == k).any()]
+            print(f"{case}: {len(found)}/{len(keep)} structures found, {total:.1f} s "
+                  f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {written[0]}", flush=True)
+            done.append({"case": case, "outputs": written, "seconds": round(total, 2),
+                         "stage_seconds": {k: round(v, 3) for k, v in secs.items()}, "found": found})
+        except Exception as e:  # noqa: BLE001 - one bad scan does not stop the others; reported at the end
+            from mosmos_components.errors import summary_line
+
+            msg = summary_line(e).replace("MOSMOS error: ", "")
+            logger.error("%s failed: %s", item["image"], msg)
+            print(f"{case}: FAILED: {msg}", flush=True)
+            failed.append({"scan": str(item["image"]), "error": msg})
+    return {"model": str(m.path), "device": str(device), "done": done, "skipped": skipped, "failed": failed}
+
+
+def _write_outputs(item, case, label, res, m, keep, out: Path, target: Path, split: bool,
+                   output_type: str) -> list[str]:
+    if output_type == "dicom_seg":
+        from mosmos_components.dicom_seg import write_dicom_seg
+
+        return [write_dicom_seg(item, label, [m.structures[k - 1] for k in keep], keep, target, m)]
+    if not split:
+        _write_nifti(label, item, res["affine"], target)
+        return [str(target)]
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in keep:
+        name = re.sub(r"[^A-Za-z0-9]+", "_", m.structures[k - 1]).strip("_")
+        path = target / f"{name}.nii.gz"
+        _write_nifti((label == k).astype(np.uint8), item, res["affine"], path)
+        written.append(str(path))
+    return written
+

@@ -1,0 +1,180 @@
+"""mosmos segment: the label map lands on the input's exact grid (RAS, LPS, oblique; NIfTI and DICOM), statistics
+equal a hand count, DICOM SEG reads back, outputs are skipped/overwritten as asked, bad scans are reported while the
+others go on."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mosmos_components.segment import SegmentationModel, load_model, segment, structure_statistics
+
+CT_RANGE = [-175.0, 250.0]
+
+
+class ThresholdNet(torch.nn.Module):
+    """Background / "bright" logits from the windowed intensity: a network whose right answer is known."""
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5], dim=1) * 20
+
+
+def threshold_model(pixdim=(2.0, 2.0, 2.5), roi=(16, 16, 8)):
+    return SegmentationModel(network=ThresholdNet(), path=__import__("pathlib").Path("threshold/models/model.pt"),
+                             class_names=["background", "bright"], in_channels=1, pixdim=list(pixdim),
+                             modality="ct", intensity_range=CT_RANGE, roi_size=list(roi), overlap=0.25,
+                             axcodes="RAS", slice_inference=False, sigmoid=False)
+
+
+def cube_volume(shape=(40, 36, 20)):
+    vol = np.full(shape, -500.0, dtype=np.float32)
+    vol[10:28, 8:24, 5:15] = 200.0  # windowed: 0.88 > 0.5
+    return vol
+
+
+def rotation(deg_z, deg_x):
+    a, b = np.deg2rad(deg_z), np.deg2rad(deg_x)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+AFFINES = {
+    "ras": np.diag([1.5, 1.5, 3.0, 1.0]),
+    "lps": np.array([[-1.5, 0, 0, 30.0], [0, -1.5, 0, 20.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]]),
+    "oblique": np.block([[rotation(20, 10) @ np.diag([1.5, 1.5, 3.0]), np.array([[5.0], [-7.0], [12.0]])],
+                         [np.zeros((1, 3)), np.ones((1, 1))]]),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(AFFINES))
+def test_label_map_is_on_the_inputs_exact_grid(tmp_path, orientation):
+    vol = cube_volume()
+    img = nib.Nifti1Image(vol, AFFINES[orientation])
+    img.set_qform(AFFINES[orientation], 1)
+    img.set_sform(AFFINES[orientation], 2)
+    nib.save(img, tmp_path / "scan.nii.gz")
+    res = segment(tmp_path / "scan.nii.gz", tmp_path / "out", threshold_model(), device="cpu", progress=False)
+    assert not res["failed"]
+    out = nib.load(tmp_path / "out" / "scan.nii.gz")
+    assert out.shape == vol.shape and np.array_equal(out.affine, img.affine)
+    assert int(out.header["qform_code"]) == 1 and int(out.header["sform_code"]) == 2
+    assert out.get_data_dtype() == np.uint8
+    pred, truth = np.asarray(out.dataobj), vol > 0
+    dice = 2 * (pred.astype(bool) & truth).sum() / (pred.astype(bool).sum() + truth.sum())
+    assert dice > 0.93, dice  # resampled to 2 x 2 x 2.5 mm and back: only boundary voxels may move
+    assert pred[19, 16, 10] == 1 and pred[2, 2, 2] == 0
+
+
+def test_statistics_equal_a_hand_count():
+    label = np.zeros((10, 8, 6), dtype=np.uint8)
+    label[2:5, 1:3, 0:2] = 1  # 12 voxels
+    intensity = np.arange(label.size, dtype=np.float32).reshape(label.shape)
+    affine = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, 5], [0, 0, 3.0, 1], [0, 0, 0, 1]])
+    rows = structure_statistics(label, intensity, affine, ["liver", "spleen"])
+    liver, spleen = rows
+    assert liver["voxels"] == 12 and liver["volume_ml"] == pytest.approx(12 * 12 / 1000)
+    vals = intensity[label == 1]
+    assert liver["intensity_mean"] == pytest.approx(vals.mean()) and liver["intensity_sd"] == pytest.approx(vals.std())
+    assert liver["intensity_median"] == pytest.approx(np.median(vals))
+    assert liver["bbox_min_mm"] == [2 * 2 - 10, 1 * 2 + 5, 0 + 1] and liver["bbox_max_mm"] == [4 * 2 - 10, 2 * 2 + 5, 3 + 1]
+    assert spleen == {"structure": "spleen", "label": 2, "present": False, "voxels": 0, "volume_ml": 0.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A saved MOSMOS UNETR (random weights) with the sidecar a bundle writes."""
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.networks import MosmosUNETR
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bundle") / "models"
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=["background", "liver", "spleen"], hidden_size=64,
+                      num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True)
+    net.pta.set_class_embeddings(torch.randn(3, 64))  # as transferred from a pre-trained text encoder
+    save_network(net, folder / "model.pt", extra={
+        "data": {"pixdim": [4.0, 4.0, 4.0], "intensity_range": CT_RANGE, "modality": "ct"},
+        "inference": {"roi_size": [32, 32, 16], "overlap": 0.25, "axcodes": "RAS", "slice_inference": False}})
+    return folder.parent
+
+
+def test_cli_writes_masks_statistics_and_preview_and_skips_what_exists(tiny_model, tmp_path, capsys):
+    from mosmos_components.cli import MosmosCLI
+
+    nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 3.0, 1])), tmp_path / "a.nii.gz")
+    line = MosmosCLI().segment(str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), str(tiny_model), device="cpu",
+                               split=True, roi_subset="spleen", statistics=True, preview=True)
+    assert "1 scan(s) segmented" in line
+    assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == ["spleen.nii.gz"]  # only the subset
+    stats = json.loads((tmp_path / "out" / "a_statistics.json").read_text())
+    assert [s["structure"] for s in stats["structures"]] == ["spleen"] and stats["modality"] == "ct"
+    mask = np.asarray(nib.load(tmp_path / "out" / "a" / "spleen.nii.gz").dataobj)
+    assert stats["structures"][0]["voxels"] == int(mask.sum())
+    assert (tmp_path / "out" / "a_statistics.csv").read_text().startswith("structure,label,present")
+    assert (tmp_path / "out" / "a_preview.png").stat().st_size > 1000
+    before = (tmp_path / "out" / "a" / "spleen.nii.gz").stat().st_mtime_ns
+    line = MosmosCLI().segment(str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), str(tiny_model), device="cpu",
+                               split=True, roi_subset="spleen")
+    assert "1 skipped" in line and (tmp_path / "out" / "a" / "spleen.nii.gz").stat().st_mtime_ns == before
+    MosmosCLI().segment(str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), str(tiny_model), device="cpu",
+                        split=True, roi_subset="spleen", overwrite=True)
+    assert (tmp_path / "out" / "a" / "spleen.nii.gz").stat().st_mtime_ns != before
+
+
+def test_a_bad_scan_is_reported_and_the_others_go_on(tiny_model, tmp_path):
+    from mosmos_components.cli import MosmosCLI
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 3.0, 1])), scans / "good.nii.gz")
+    (scans / "broken.nii.gz").write_bytes((scans / "good.nii.gz").read_bytes()[:300])  # truncated
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 10, 2), np.float32), np.eye(4)), scans / "two_channel.nii.gz")
+    with pytest.raises(RuntimeError) as err:
+        MosmosCLI().segment(str(scans), str(tmp_path / "out"), str(tiny_model), device="cpu")
+    msg = str(err.value)
+    assert "1 scan(s) segmented" in msg and "2 failed" in msg and "broken.nii.gz" in msg
+    assert "2 channel(s)" in msg and "expects 1" in msg  # the channel mismatch names both
+    assert (tmp_path / "out" / "good.nii.gz").is_file() and not (tmp_path / "out" / "broken.nii.gz").exists()
+
+
+def test_the_model_comes_from_its_sidecar_and_bad_requests_are_named(tiny_model, tmp_path):
+    m = load_model(tiny_model)
+    assert (m.pixdim, m.roi_size, m.overlap, m.structures) == ([4.0, 4.0, 4.0], [32, 32, 16], 0.25, ["liver", "spleen"])
+    with pytest.raises(FileNotFoundError, match="no model.pt found"):
+        load_model(tmp_path)
+    nib.save(nib.Nifti1Image(cube_volume(), np.eye(4)), tmp_path / "a.nii.gz")
+    with pytest.raises(ValueError, match=r"\['kidney'\] are not structures of this model"):
+        segment(tmp_path / "a.nii.gz", tmp_path / "out", m, device="cpu", roi_subset="liver,kidney")
+
+
+def test_dicom_series_in_nifti_and_dicom_seg_out(tmp_path, ct_series):
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+
+    vol = np.full((6, 24, 20), -500, dtype=np.int16)  # (slices, rows, columns) in HU
+    vol[1:5, 6:18, 4:12] = 200
+    ct_series(tmp_path / "scan", n=6, pixels=vol, pixel_spacing=(1.5, 1.5), spacing=3.0)
+    res = segment(tmp_path / "scan", tmp_path / "out", threshold_model(pixdim=(2.0, 2.0, 3.0)), device="cpu",
+                  progress=False)
+    assert not res["failed"]
+    nii = nib.load(tmp_path / "out" / "scan.nii.gz")
+    assert nii.shape == (20, 24, 6)  # columns, rows, slices: MONAI's grid of the series
+    res = segment(tmp_path / "scan", tmp_path / "out", threshold_model(pixdim=(2.0, 2.0, 3.0)), device="cpu",
+                  output_type="dicom_seg", progress=False)
+    assert not res["failed"], res["failed"]
+    seg = hd.seg.segread(tmp_path / "out" / "scan_seg.dcm")
+    assert seg.get_segment_description(1).segment_label == "bright"
+    from mosmos_components.dicom_seg import source_instances
+
+    sources = source_instances(tmp_path / "scan", None)
+    pixels = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in sources], combine_segments=True)
+    expected = np.stack([s.pixel_array.astype(int) - 1024 > 0 for s in sources])
+    agree = (np.asarray(pixels) == expected).mean()
+    assert agree > 0.97, agree  # each frame is its own source slice's segmentation
+    nifti_in = tmp_path / "n.nii.gz"
+    nib.save(nib.Nifti1Image(cube_volume(), np.eye(4)), nifti_in)
+    res = segment(nifti_in, tmp_path / "out2", threshold_model(), device="cpu", output_type="dicom_seg",
+                  progress=False)
+    assert "needs a DICOM series as input" in res["failed"][0]["error"]
