@@ -9,6 +9,7 @@
     mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
     mosmos demo                                                  # the whole pipeline on generated data
     mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
+    mosmos locate scan.nii.gz liver "left kidney" --pretrained PRETRAIN/model.pt      # attention maps by name
 """
 
 from __future__ import annotations
@@ -144,6 +145,21 @@ class MosmosCLI:
         if res["failed"]:
             raise RuntimeError(line + "; failed: " + "; ".join(f"{f['scan']}: {f['error']}" for f in res["failed"]))
         return line
+
+    def locate(self, input: str, *names: str, pretrained: str, output_dir: str = "locate_output",
+               modality: str = "ct", series_uid: str | None = None, overwrite: bool = False) -> str:
+        """Where is each named structure in the scan INPUT? The pre-trained tag decoder's attention for NAMES (any
+        text: names outside the training tags are zero-shot) as NIfTI heat maps on the input grid (each a
+        distribution over the scan) and a preview PNG, in OUTPUT_DIR. --modality ct (abdominal window) or mri."""
+        from mosmos_components.locate import locate
+
+        res = locate(input, list(names), pretrained, output_dir, modality=modality, series_uid=series_uid,
+                     overwrite=overwrite)
+        lines = [f"mosmos locate: {res['case']} -> {output_dir} (preview {res['preview']})"]
+        for name, r in res["names"].items():
+            note = " (zero-shot: not a training tag)" if r["zero_shot"] else ""
+            lines.append(f"  {name}{note}: peak at voxel {r['peak_voxel']}, {r['peak_mm']} mm -> {r['map']}")
+        return "\n".join(lines)
 
     def demo(self, out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""

@@ -163,7 +163,8 @@ def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = 
             label = torch.argmax(logits, dim=0).to(torch.int16)
     del logits
     t["restore"] = time.perf_counter()
-    pred = MetaTensor(label[None].float(), affine=image.affine, meta=dict(image.meta))
+    meta = {k: v for k, v in image.meta.items() if k != "affine"}
+    pred = MetaTensor(label[None].float(), affine=image.affine, meta=meta)
     pred.applied_operations = list(image.applied_operations)
     restored = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(
         {"image": image, "pred": pred})["pred"]

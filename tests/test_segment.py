@@ -178,3 +178,26 @@ def test_dicom_series_in_nifti_and_dicom_seg_out(tmp_path, ct_series):
     res = segment(nifti_in, tmp_path / "out2", threshold_model(), device="cpu", output_type="dicom_seg",
                   progress=False)
     assert "needs a DICOM series as input" in res["failed"][0]["error"]
+
+
+def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, tmp_path):
+    from mosmos_components.cli import MosmosCLI
+    from mosmos_components.locate import locate
+
+    affine = AFFINES["lps"]
+    nib.save(nib.Nifti1Image(cube_volume((30, 28, 7)), affine), tmp_path / "scan.nii.gz")
+    res = locate(tmp_path / "scan.nii.gz", ["liver", "pineal gland"], pretrained["mosmos-tiny-vit"], tmp_path / "out")
+    assert [r["zero_shot"] for r in res["names"].values()] == [False, True]  # a training tag, an open-set name
+    for name, r in res["names"].items():
+        heat = nib.load(r["map"])
+        assert heat.shape == (30, 28, 7) and np.array_equal(heat.affine, affine)
+        values = np.asarray(heat.dataobj, dtype=np.float64)
+        assert values.min() >= 0 and values.sum() == pytest.approx(1.0, abs=1e-4)
+        assert values[tuple(r["peak_voxel"])] == values.max()
+    assert (tmp_path / "out" / "scan_locate.png").stat().st_size > 1000
+    with pytest.raises(FileExistsError, match="scan_liver.nii.gz exists"):
+        MosmosCLI().locate(str(tmp_path / "scan.nii.gz"), "liver", pretrained=str(pretrained["mosmos-tiny-vit"]),
+                           output_dir=str(tmp_path / "out"))
+    line = MosmosCLI().locate(str(tmp_path / "scan.nii.gz"), "liver", "pineal gland", overwrite=True,
+                              pretrained=str(pretrained["mosmos-tiny-vit"]), output_dir=str(tmp_path / "out"))
+    assert "pineal gland (zero-shot" in line
