@@ -1,4 +1,4 @@
-"""Segmentation metrics as the paper reports them (METHOD.md section 7): per-case, per-class Dice and HD95 in mm,
+"""Segmentation metrics as the paper reports them (docs/method.md §7): per-case, per-class Dice and HD95 in mm,
 CSV reports with a summary table, and the Wilcoxon signed-rank test between two methods (paired per class,
 as the paper's Tables 2-3; per case as an option).
 

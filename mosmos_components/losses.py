@@ -1,4 +1,4 @@
-"""MOSMOS losses (METHOD.md sections 3-4).
+"""MOSMOS losses (docs/method.md §3-4).
 
 Functional cores first, ``nn.Module`` wrappers after (as in ``monai.losses``).
 """

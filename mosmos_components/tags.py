@@ -1,4 +1,4 @@
-"""Organ tags from radiology reports (METHOD.md section 2, paper section 3.1.1).
+"""Organ tags from radiology reports (docs/method.md §2, paper section 3.1.1).
 
 A report is scanned once with one regular expression built from the vocabulary in
 ``resources/tags.json`` (extendable by the user's own files of the same shape). Rules:

@@ -1,4 +1,4 @@
-"""Weight transfer from the ``mosmos_pretrain`` checkpoint into the segmentation networks (METHOD.md section 4).
+"""Weight transfer from the ``mosmos_pretrain`` checkpoint into the segmentation networks (docs/method.md §4).
 
 * ResNet (CLIP ``ModifiedResNet``) -> :class:`MosmosUNet2D`: stem and layer1-4 one to one; the attention pool's
   value/output projections become the PTA projection.
@@ -8,7 +8,7 @@
   grid's in-plane size and broadcast over depth.
 * The tag decoder without its classifier -> the PTA branch; the class embeddings are computed here, once, by
   the pre-trained prompt + frozen text encoder, and stored as a buffer.
-* Baselines (METHOD.md section 5): :func:`save_clip_checkpoint` writes plain CLIP (or PubMedCLIP) weights in the
+* Baselines (docs/method.md §5): :func:`save_clip_checkpoint` writes plain CLIP (or PubMedCLIP) weights in the
   pre-training checkpoint format, so the same transfer gives the CLIP baseline (``use_pta=False``) and, with
   ``pta_mode="score"``, CLIP+DenseCLIP (class embeddings from a fixed prompt, no tag decoder).
 
@@ -224,7 +224,7 @@ def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> TransferReport:
-    """The ImageNet baseline (METHOD.md section 5): an ImageNet ViT-B/16 in timm's format (``patch_embed``,
+    """The ImageNet baseline (docs/method.md §5): an ImageNet ViT-B/16 in timm's format (``patch_embed``,
     ``cls_token``, ``pos_embed``, ``blocks.N``, ``norm``; e.g. timm's ``vit_base_patch16_224`` weights) into a
     ``MosmosUNETR(vit_style="timm", use_pta=False)``: blocks one to one, patch kernel and position grid inflated
     as for CLIP, the classifier head dropped. Returns the report (also logged)."""

@@ -1,4 +1,4 @@
-"""The baselines of METHOD.md section 5: CLIP weights written as a pre-training checkpoint (no MOSMOS
+"""The baselines of docs/method.md §5: CLIP weights written as a pre-training checkpoint (no MOSMOS
 pre-training), the CLIP initialisation of the segmentation encoder, CLIP+DenseCLIP's pixel-text score maps from
 fixed class prompts, and the ImageNet initialisations (timm ViT into UNETR, torchvision ResNet-50 into the U-Net)."""
 

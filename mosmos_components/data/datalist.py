@@ -1,5 +1,5 @@
 """Datalists for the segmentation bundles: find image/label pairs in a data set's real layout, check their
-headers, and split them reproducibly into a datalist file (METHOD.md section 6)."""
+headers, and split them reproducibly into a datalist file (docs/method.md §6)."""
 
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def _reuse(dl: dict, pairs: Sequence[dict], path: Path) -> dict:
 
 
 def label_fraction(datalist: dict, fraction: float = 1.0, seed: int = 0) -> dict:
-    """The label-efficiency study (METHOD.md section 8): train on ``fraction`` of the training cases (at least
+    """The label-efficiency study (docs/method.md §8): train on ``fraction`` of the training cases (at least
     one), the first of a seeded shuffle, so that 25 % is a subset of 50 %, of 75 %, ...; validation and test
     stay whole, so the runs are compared on the same cases."""
     if not 0.0 < float(fraction) <= 1.0:

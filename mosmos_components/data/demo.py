@@ -1,4 +1,4 @@
-"""Small synthetic data sets in the real on-disk formats (METHOD.md section 6), for the demo and the tests.
+"""Small synthetic data sets in the real on-disk formats (docs/method.md §6), for the demo and the tests.
 
 * ``roco``: the ROCO layout, ``{train,validation,test}/radiology/{captions.txt, keywords.txt, dlinks.txt,
   images/<ROCO_ID>.jpg}``; each image is an axial slice through the abdomen phantom (or the heart phantom for

@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["BTCV_CLASSES", "ABDOMEN_EXTRA", "MMWHS_VALUES", "AbdomenPhantom", "HeartPhantom", "BrainPhantom",
            "mri_intensities"]
 
-# BTCV label ids (METHOD.md section 6); the names are the pre-training tags.
+# BTCV label ids (docs/method.md §6); the names are the pre-training tags.
 BTCV_CLASSES: dict[int, str] = {
     1: "spleen",
     2: "right kidney",

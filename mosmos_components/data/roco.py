@@ -1,4 +1,4 @@
-"""Reader for the ROCO data set's real layout (METHOD.md section 6).
+"""Reader for the ROCO data set's real layout (docs/method.md §6).
 
 ``<root>/{train,validation,test}/radiology/captions.txt`` holds ``ROCO_ID<TAB> caption`` lines (the caption
 starts with a space); the image is ``images/<ROCO_ID>.jpg`` or, in older downloads, the ``<PMCID>_<name>`` file

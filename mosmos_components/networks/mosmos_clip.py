@@ -1,4 +1,4 @@
-"""The MOSMOS pre-training network (METHOD.md section 3): an open_clip model, learnable tag prompts, the
+"""The MOSMOS pre-training network (docs/method.md §3): an open_clip model, learnable tag prompts, the
 Query2Label tag decoder and the class-wise classifier.
 
 Backbones are open_clip architectures (``RN50``, ``ViT-B-16``, ...) or the tiny ones shipped in
@@ -225,12 +225,12 @@ class TagPromptLearner(nn.Module):
 
 
 class MosmosPretrainNet(nn.Module):
-    """CLIP + tag prompts + Query2Label decoder + class-wise classifier (METHOD.md section 3).
+    """CLIP + tag prompts + Query2Label decoder + class-wise classifier (docs/method.md §3).
 
     Args:
         model_name: open_clip architecture (``"RN50"``, ``"ViT-B-16"``, ``"mosmos-tiny-vit"``, ...).
         pretrained: CLIP weights: ``None`` (random, warned), a local file, or an open_clip tag.
-        tags: the K tag names (the 20 of METHOD.md section 2 by default).
+        tags: the K tag names (the 20 of docs/method.md §2 by default).
         n_ctx: learnable context length M.
         learnable_context: ``False`` for the "without learnable context" ablation.
         decoder_layers: tag decoder layers (2).

@@ -1,4 +1,4 @@
-"""Pixel-tag attention (METHOD.md section 4, eq. 12-13), shared by the 2D and 3D segmentation networks.
+"""Pixel-tag attention (docs/method.md §4, eq. 12-13), shared by the 2D and 3D segmentation networks.
 
 The pre-trained tag decoder (without its classifier) takes one *class embedding* per output class as
 queries and the encoder's projected spatial features as memory. Its last cross-attention weights are the
@@ -31,7 +31,7 @@ class PixelTagAttention(nn.Module):
     """Class queries x spatial features -> attention maps and the auxiliary PTA logits.
 
     ``mode="decoder"`` is MOSMOS: the pre-trained tag decoder's last cross-attention. ``mode="score"`` is the
-    CLIP+DenseCLIP baseline (METHOD.md section 5): no decoder, the maps are DenseCLIP's pixel-text score maps,
+    CLIP+DenseCLIP baseline (docs/method.md §5): no decoder, the maps are DenseCLIP's pixel-text score maps,
     the cosine similarity of every spatial feature with every class embedding (from fixed class prompts).
 
     Args:

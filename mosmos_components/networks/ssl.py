@@ -1,4 +1,4 @@
-"""The self-supervised baseline of METHOD.md section 5: Swin UNETR's three proxy tasks (masked-patch inpainting,
+"""The self-supervised baseline of docs/method.md §5: Swin UNETR's three proxy tasks (masked-patch inpainting,
 rotation prediction, contrastive coding of two views; Tang et al., CVPR 2022) trained on the pre-training images
 alone, with the same open_clip image tower as MOSMOS, so the same transfer carries its weights into the
 segmentation networks (without PTA: the text side is never trained).

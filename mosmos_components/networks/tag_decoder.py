@@ -1,4 +1,4 @@
-"""Query2Label tag decoder (METHOD.md section 3, eq. 8) and its position encoding.
+"""Query2Label tag decoder (docs/method.md §3, eq. 8) and its position encoding.
 
 The decoder takes K tag (or class) queries and cross-attends to an image's spatial features. In pre-training
 its outputs feed a class-wise classifier; in fine-tuning its last cross-attention weights are the pixel-tag

@@ -1,5 +1,5 @@
 """2D U-Net on CLIP's ResNet-50 (open_clip ``ModifiedResNet``) with the optional pixel-tag attention branch
-(METHOD.md section 4), or on torchvision's ResNet-50 for the ImageNet baseline. Volumes are segmented slice by
+(docs/method.md §4), or on torchvision's ResNet-50 for the ImageNet baseline. Volumes are segmented slice by
 slice (MONAI's ``SliceInferer`` in the bundles)."""
 
 from __future__ import annotations

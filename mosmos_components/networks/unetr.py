@@ -1,5 +1,5 @@
 """3D UNETR whose ViT encoder is open_clip's own transformer (so CLIP's 2D ViT transfers into it), with the
-optional pixel-tag attention branch (METHOD.md section 4)."""
+optional pixel-tag attention branch (docs/method.md §4)."""
 
 from __future__ import annotations
 
