@@ -161,7 +161,7 @@ def _btcv_pictures(stage: dict, out: Path) -> list[str]:
         radiological(img[0, 0, :, :, z].numpy()), radiological(label[:, :, z]), radiological(pred[:, :, z]),
         radiological(attn[k, :, :, z]), names[k], out / "btcv_overlay.png",
         f"held-out case {Path(stage['test_case']['image']).name}, axial slice {z} (MOSMOS initialisation)",
-        num_classes=len(names)))
+        num_classes=len(names), class_names=names))
     return pics
 
 

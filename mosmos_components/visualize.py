@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["read_history", "plot_curves", "plot_tag_attention", "radiological", "plot_segmentation_overlay"]
+__all__ = ["read_history", "distinct_colours", "curve_figure", "plot_curves", "plot_tag_attention", "radiological", "plot_segmentation_overlay"]
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -22,21 +22,45 @@ def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
 
 
-def plot_curves(histories: dict[str, str | os.PathLike], out_png: str | os.PathLike, title: str = "") -> str:
-    """One panel per metric file (``{label: csv}``), every column against epoch."""
-    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.5), squeeze=False)
-    for ax, (label, path) in zip(axes[0], histories.items()):
+def distinct_colours(n: int) -> list:
+    """``n`` colours no two alike: tab10 / tab20 up to 20, evenly spaced on a perceptual map beyond."""
+    if n <= 20:
+        cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+        return [cmap(i) for i in range(n)]
+    return list(plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n)))
+
+
+def curve_figure(histories: dict[str, str | os.PathLike], title: str = ""):
+    """The figure of :func:`plot_curves`: per metric file, small multiples (losses and summary metrics; HD95;
+    Dice per class), every line its own colour, legends outside the axes."""
+    panels = []
+    for label, path in histories.items():
         h = read_history(path)
-        for k, v in h.items():
-            if k != "epoch":
-                ax.plot(h["epoch"], v, marker=".", label=k)
+        cols = [k for k in h if k != "epoch"]
+        per_class = [k for k in cols if k.startswith("dice_")]
+        hd = [k for k in cols if "hd95" in k]
+        rest = [k for k in cols if k not in per_class and k not in hd]
+        panels += [(name, h, keys) for name, keys in ((label, rest), (f"{label}: HD95 (mm)", hd),
+                                                      (f"{label}: Dice per class", per_class)) if keys]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.4 * max(len(panels), 1), 3.6), squeeze=False)
+    for ax, (name, h, keys) in zip(axes[0], panels):
+        for colour, k in zip(distinct_colours(len(keys)), keys):
+            ax.plot(h["epoch"], h[k], marker=".", color=colour, label=k.removeprefix("dice_").replace("_", " "))
         ax.set_xlabel("epoch")
-        ax.set_title(label)
-        ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  ncol=2 if len(keys) > 12 else 1)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    return fig
+
+
+def plot_curves(histories: dict[str, str | os.PathLike], out_png: str | os.PathLike, title: str = "") -> str:
+    """Training curves of metric files (``{label: csv}``) as a PNG (see :func:`curve_figure`)."""
+    fig = curve_figure(histories, title)
+    fig.savefig(out_png, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return str(out_png)
 
@@ -73,9 +97,10 @@ def radiological(axial: np.ndarray) -> np.ndarray:
 
 def plot_segmentation_overlay(
     image: np.ndarray, label: np.ndarray, pred: np.ndarray, attention: np.ndarray | None, attention_name: str,
-    out_png: str | os.PathLike, title: str = "", num_classes: int = 14,
+    out_png: str | os.PathLike, title: str = "", num_classes: int = 14, class_names: Sequence[str] | None = None,
 ) -> str:
-    """Image, ground truth, prediction (and one pixel-tag attention map), each a 2D slice already oriented."""
+    """Image, ground truth, prediction (and one pixel-tag attention map), each a 2D slice already oriented; with
+    ``class_names`` (background first) a legend of the classes shown."""
     panels = [("image", None), ("ground truth", label), ("prediction", pred)]
     if attention is not None:
         panels.append((f"attention: {attention_name}", attention))
@@ -90,8 +115,14 @@ def plot_segmentation_overlay(
                       alpha=0.6, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
+    if class_names is not None:
+        from matplotlib.patches import Patch
+
+        shown = sorted(({int(v) for v in np.unique(label)} | {int(v) for v in np.unique(pred)}) - {0})
+        fig.legend(handles=[Patch(color=cmap(v), label=class_names[v]) for v in shown if v < len(class_names)],
+                   loc="lower center", ncol=min(len(shown), 6) or 1, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1 if class_names is not None else 0, 1, 1))
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return str(out_png)
