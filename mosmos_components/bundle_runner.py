@@ -9,11 +9,13 @@ __all__ = ["bundles_dir", "run_bundle"]
 
 
 def bundles_dir() -> Path:
-    """The ``bundles/`` folder of this checkout."""
-    path = Path(__file__).resolve().parent.parent / "bundles"
-    if not path.is_dir():
-        raise FileNotFoundError(f"bundles folder not found at {path}: run from a clone of the MOSMOS repository")
-    return path
+    """The bundles: ``bundles/`` of a checkout (editable install), else the copy an installed wheel carries."""
+    here = Path(__file__).resolve().parent
+    for path in (here.parent / "bundles", here / "_bundles"):
+        if (path / "btcv_seg" / "configs").is_dir():
+            return path
+    raise FileNotFoundError(f"MOSMOS bundles not found next to {here} (neither a checkout's bundles/ nor an installed "
+                            "wheel's _bundles/): reinstall MOSMOS (pip install .) or run from a clone")
 
 
 def run_bundle(bundle: str, configs: list[str], **overrides) -> None:

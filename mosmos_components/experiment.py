@@ -69,6 +69,10 @@ class Cell:
 def load_spec(path: str | Path) -> dict:
     """Read and check a spec (see the module docstring); errors name the file and the key."""
     path = Path(path)
+    if not path.is_file() and not path.suffix and len(path.parts) == 1:  # a shipped spec by name: "demo_btcv"
+        here = Path(__file__).resolve().parent
+        path = next((p for p in (here.parent / "experiments" / f"{path}.json", here / "_experiments" / f"{path}.json")
+                     if p.is_file()), path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment spec not found: {path}")
     text = path.read_text(encoding="utf-8")

@@ -145,3 +145,9 @@ def test_shipped_specs_name_real_bundle_keys(name):
     for overrides in [spec["overrides"], *spec["inits"].values(), *spec.get("fraction_overrides", {}).values()]:
         assert set(overrides) <= keys, (name, set(overrides) - keys)
     assert cells_of(spec)
+
+
+def test_a_shipped_spec_is_found_by_name():
+    assert load_spec("demo_btcv")["name"] == "demo_btcv"
+    with pytest.raises(FileNotFoundError, match="experiment spec not found: no_such_spec"):
+        load_spec("no_such_spec")
