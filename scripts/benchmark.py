@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py --size tiny      # seconds on a CPU
     python scripts/benchmark.py --size paper     # UNETR ViT-B/16 at 96^3, CLIP RN50/ViT-B-16 at 224 (use a GPU)
+    python scripts/benchmark.py --scan --size paper --json scan.json   # mosmos segment on a 512x512x100 CT
 
 Ratios > 1 mean MOSMOS is slower. Absolute times depend on the machine; the ratios are what to compare.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import fire
 import open_clip
@@ -39,8 +41,58 @@ def _time(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / repeats
 
 
-def main(size: str = "tiny", repeats: int = 5, device: str | None = None) -> None:
+def scan_benchmark(size: str, device: torch.device, shape=(512, 512, 100), spacing=(0.8, 0.8, 2.5),
+                   overlap: float = 0.5) -> dict:
+    """``mosmos segment``'s whole path (read, preprocess, sliding window, label map back to the input grid, write)
+    on a CT-like volume of ``shape`` at ``spacing`` mm, with the ``size`` network (random weights) at the
+    paper's spacing (1.5 x 1.5 x 2 mm) and window: wall time per stage and the process's peak RSS."""
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.segment import load_model, segment
+
+    u = SIZES[size]["unetr"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        net = MosmosUNETR(1, 14, class_names=[f"c{i}" for i in range(14)], **u)
+        net.pta.set_class_embeddings(torch.randn(14, u["embed_dim"]))
+        save_network(net, tmp / "models" / "model.pt", extra={
+            "data": {"pixdim": [1.5, 1.5, 2.0], "intensity_range": [-175.0, 250.0], "modality": "ct"},
+            "inference": {"roi_size": list(u["img_size"]), "overlap": overlap, "axcodes": "RAS"}})
+        del net
+        rng = np.random.default_rng(0)
+        xx, yy = np.mgrid[: shape[0], : shape[1]]
+        body = (xx - shape[0] / 2) ** 2 + (yy - shape[1] / 2) ** 2 < (0.45 * shape[0]) ** 2  # soft tissue in air
+        vol = np.where(body[..., None], rng.normal(40, 20, shape), -1000).astype(np.int16)
+        nib.save(nib.Nifti1Image(vol, np.diag([*spacing, 1.0])), tmp / "scan.nii.gz")
+        m = load_model(tmp / "models", device)
+        t = time.perf_counter()
+        res = segment(tmp / "scan.nii.gz", tmp / "out", m, device=str(device), progress=False,
+                      sw_batch_size=4 if device.type == "cuda" else 2)
+        total = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = {"scan_shape": list(shape), "scan_spacing_mm": list(spacing), "overlap": overlap, "scan_seconds": total,
+           "scan_stage_seconds": res["done"][0]["stage_seconds"], "scan_peak_rss_bytes": peak}
+    if device.type == "cuda":
+        out["scan_peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def main(size: str = "tiny", repeats: int = 5, device: str | None = None, scan: bool = False,
+         json_file: str | None = None, overlap: float = 0.5) -> None:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if scan:
+        results = {"device": str(dev), "size": size, "threads": torch.get_num_threads(),
+                   **scan_benchmark(size, dev, overlap=overlap)}
+        print(json.dumps(results, indent=2))
+        if json_file:
+            Path(json_file).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        return
     cfg = SIZES[size]
     u = cfg["unetr"]
     results = {"device": str(dev), "size": size}
