@@ -5,7 +5,16 @@
 ['left kidney', 'liver']
 """
 
+import logging as _logging
+import warnings as _warnings
+
 from mosmos_components import errors  # noqa: F401 - bundles call errors.install_summary_hook() in "initialize"
+
+# Library notices a person cannot act on, repeated for every file read: MONAI's optional GPU DICOM decoder being
+# absent (CPU decoding is used), and a deprecated argument that MONAI's own Hausdorff distance passes internally.
+_logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
+_warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
+_warnings.filterwarnings("ignore", message=".*get_mask_edges:always_return_as_numpy")
 from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot
 
 __version__ = "0.1.0"

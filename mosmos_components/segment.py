@@ -137,7 +137,7 @@ def _check_channels(image: torch.Tensor, m: SegmentationModel, source: str) -> N
 
 
 def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = "cpu", sw_batch_size: int = 2,
-                 overlap: float | None = None, progress: bool = False) -> dict:
+                 overlap: float | None = None, progress: bool = False, pre=None) -> dict:
     """Segment one scan (``{"image": path[, "series_uid": uid]}``): returns ``label`` (the label map on the input
     grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
     channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage."""
@@ -146,7 +146,7 @@ def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = 
 
     device = torch.device(device)
     t = {"read": time.perf_counter()}
-    pre = _preprocessing(m)
+    pre = pre or _preprocessing(m)
     data = pre(dict(item))
     _check_channels(data["raw"], m, str(item["image"]))
     t["infer"] = time.perf_counter()
@@ -350,6 +350,9 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
+    pre = _preprocessing(m)
+    say = tqdm.write if progress else print
+    window_bar = progress and len(items) == 1  # several scans: one bar over the scans
     for item in tqdm(items, desc="scans", unit="scan", disable=not progress or len(items) < 2):
         case = case_name(item)
         target = out / (case if split else f"{case}.nii.gz")
@@ -357,14 +360,14 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
             target = out / f"{case}_seg.dcm"
         if target.exists() and not overwrite:
             logger.warning("%s exists: skipped (--overwrite to replace it)", target)
-            print(f"{case}: {target} exists, skipped (--overwrite to replace it)", flush=True)
+            say(f"{case}: {target} exists, skipped (--overwrite to replace it)")
             skipped.append(str(target))
             continue
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                res = segment_scan(item, m, device, sw_batch_size, overlap, progress)
+                res = segment_scan(item, m, device, sw_batch_size, overlap, window_bar, pre)
             label = res["label"]
             if len(keep) < len(m.structures):
                 label = np.where(np.isin(label, keep), label, 0).astype(label.dtype)
@@ -385,8 +388,8 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
             secs = dict(res["seconds"], write=time.perf_counter() - t_write)
             total = time.perf_counter() - t0
             found = [m.structures[k - 1] for k in keep if (label == k).any()]
-            print(f"{case}: {len(found)}/{len(keep)} structures found, {total:.1f} s "
-                  f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {written[0]}", flush=True)
+            say(f"{case}: {len(found)}/{len(keep)} structures found, {total:.1f} s "
+                f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {written[0]}")
             done.append({"case": case, "outputs": written, "seconds": round(total, 2),
                          "stage_seconds": {k: round(v, 3) for k, v in secs.items()}, "found": found})
         except Exception as e:  # noqa: BLE001 - one bad scan does not stop the others; reported at the end
@@ -394,7 +397,7 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
 
             msg = summary_line(e).replace("MOSMOS error: ", "")
             logger.error("%s failed: %s", item["image"], msg)
-            print(f"{case}: FAILED: {msg}", flush=True)
+            say(f"{case}: FAILED: {msg}")
             failed.append({"scan": str(item["image"]), "error": msg})
     return {"model": str(m.path), "device": str(device), "done": done, "skipped": skipped, "failed": failed}
 
