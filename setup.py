@@ -20,7 +20,7 @@ class BuildWithBundles(build_py):
         for bundle in sorted((ROOT / "bundles").iterdir()):
             if not (bundle / "configs" / "metadata.json").is_file():
                 continue
-            for part in KEEP + ("bundle_spec.json", "LICENSE", "README.md"):
+            for part in KEEP + ("bundle_spec.json", "LICENSE", "README.md", "large_files.yml"):
                 src = bundle / part
                 dst = target / "_bundles" / bundle.name / part
                 if src.is_dir():

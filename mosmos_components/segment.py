@@ -29,8 +29,8 @@ import torch
 
 from mosmos_components.checkpoint import _atomic_write, atomic_json_save, load_segmentation_network, read_sidecar
 
-__all__ = ["SegmentationModel", "resolve_model", "load_model", "segment_scan", "segment", "structure_statistics",
-           "plot_preview"]
+__all__ = ["SegmentationModel", "resolve_model", "load_model", "preprocessing", "inferer", "segment_scan", "segment",
+           "structure_statistics", "plot_preview"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +81,13 @@ def resolve_model(model: str | os.PathLike) -> Path:
                             "bundle folder, its models/ folder or a model.pt with its model.json")
 
 
-def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> SegmentationModel:
-    """Load MODEL (see :func:`resolve_model`) and read from its sidecar how scans must be prepared."""
+def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", expect: dict | None = None
+               ) -> SegmentationModel:
+    """Load MODEL (see :func:`resolve_model`) and read from its sidecar how scans must be prepared; ``expect``:
+    what a bundle requires of it (class names, channels; :func:`~mosmos_components.checkpoint.check_expectations`)."""
     path = resolve_model(model)
     cfg = read_sidecar(path)
-    net = load_segmentation_network(path).to(device)
+    net = load_segmentation_network(path, expect=expect).to(device)
     data = cfg.get("data") or {}
     infer = cfg.get("inference") or {}
     missing = [k for k in ("pixdim", "modality") if k not in data]
@@ -105,35 +107,38 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
         sigmoid=bool(infer.get("sigmoid", cfg.get("pta_sigmoid", False))), sidecar=cfg)
 
 
-def _preprocessing(m: SegmentationModel):
+def preprocessing(m: SegmentationModel, keep_raw: bool = True, nonfinite: str = "error"):
+    """MONAI's transforms that read a scan as the model was trained (its sidecar's orientation, spacing and
+    intensity handling; the channel count checked): ``{"image": path}`` -> ``image`` on the model's grid, and with
+    ``keep_raw`` the input as read under ``raw``. Invertible: ``Invertd`` takes predictions back to the input."""
     from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, Orientationd, Spacingd
 
-    from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd
+    from mosmos_components.transforms import (RAS_LABELS, LoadImageNamed, ModalityIntensityd,
+                                              ValidateSegmentationPaird)
 
     return Compose([
         LoadImageNamed(keys="image", image_only=True),
         EnsureChannelFirstd(keys="image"),
-        CopyItemsd(keys="image", names="raw"),  # the input grid and intensities, for statistics and the output
+        ValidateSegmentationPaird(keys=["image", "label"], in_channels=m.in_channels, nonfinite=nonfinite),
+        *([CopyItemsd(keys="image", names="raw")] if keep_raw else []),  # the input grid and intensities
         Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
         Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
         ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
     ])
 
 
-def _inferer(m: SegmentationModel, sw_batch_size: int, overlap: float, device: torch.device, progress: bool):
+def inferer(m: SegmentationModel, sw_batch_size: int = 2, overlap: float | None = None,
+            device: str | torch.device | None = None, progress: bool = False):
+    """MONAI's sliding-window inferer with the model's window (slice by slice for 2D networks), windows on
+    ``device``, the stitched output on the CPU."""
     from monai.inferers import SliceInferer, SlidingWindowInferer
 
+    overlap = m.overlap if overlap is None else overlap
     common = dict(sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian", progress=progress,
-                  sw_device=device, device=torch.device("cpu"))
+                  sw_device=None if device is None else torch.device(device), device=torch.device("cpu"))
     if m.slice_inference:
         return SliceInferer(roi_size=m.roi_size[:2], spatial_dim=2, **common)
     return SlidingWindowInferer(roi_size=m.roi_size, **common)
-
-
-def _check_channels(image: torch.Tensor, m: SegmentationModel, source: str) -> None:
-    if image.shape[0] != m.in_channels:
-        raise ValueError(f"{source}: the scan has {image.shape[0]} channel(s), the model {m.path} expects "
-                         f"{m.in_channels} ({m.modality.upper()}, trained on {', '.join(m.structures[:4])}...)")
 
 
 def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = "cpu", sw_batch_size: int = 2,
@@ -146,14 +151,13 @@ def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = 
 
     device = torch.device(device)
     t = {"read": time.perf_counter()}
-    pre = pre or _preprocessing(m)
+    pre = pre or preprocessing(m)
     data = pre(dict(item))
-    _check_channels(data["raw"], m, str(item["image"]))
     t["infer"] = time.perf_counter()
     image = data["image"]
-    inferer = _inferer(m, sw_batch_size, m.overlap if overlap is None else overlap, device, progress)
+    windows = inferer(m, sw_batch_size, overlap, device, progress)
     with torch.inference_mode():
-        logits = inferer(image.as_tensor()[None].float(), m.network.to(device).eval())[0]
+        logits = windows(image.as_tensor()[None].float(), m.network.to(device).eval())[0]
         if m.sigmoid:  # overlapping regions (BraTS): the larger ones first, so nested regions stay visible
             probs = torch.sigmoid(logits) > 0.5
             label = torch.zeros(logits.shape[1:], dtype=torch.int16)
@@ -350,7 +354,7 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
-    pre = _preprocessing(m)
+    pre = preprocessing(m)
     say = tqdm.write if progress else print
     window_bar = progress and len(items) == 1  # several scans: one bar over the scans
     for item in tqdm(items, desc="scans", unit="scan", disable=not progress or len(items) < 2):

@@ -1,4 +1,6 @@
-"""Write the AMOS, MM-WHS and BraTS bundles' configs from ``btcv_seg``'s and each bundle's ``bundle_spec.json``.
+"""Write the AMOS, MM-WHS, BraTS and ACDC bundles' configs from ``btcv_seg``'s and each bundle's
+``bundle_spec.json``, and every segmentation bundle's standalone ``inference.json`` from
+``bundles/_template/inference.json``.
 
 The segmentation workflow (networks, weight transfer, losses, training, validation, evaluation, inference) is
 defined once, in ``bundles/btcv_seg/configs``; what differs between data sets is data (readers, label maps,
@@ -20,8 +22,25 @@ from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parent.parent / "bundles"
 BASE = "btcv_seg"
-CONFIGS = ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "demo.json", "unet2d.json"]
+CONFIGS = ["train.json", "evaluate.json", "multi_gpu_train.json", "demo.json", "unet2d.json"]
 COPIED = ["configs/logging.conf", "LICENSE"]
+INFERENCE_TEMPLATE = ROOT / "_template" / "inference.json"
+
+
+def build_inference(name: str, train: dict) -> str:
+    """``configs/inference.json`` of bundle ``name``, standalone (the model zoo loads it alone): the template's
+    workflow, which reads spacing, intensities and window from the model's sidecar, with this bundle's root,
+    the class names and channels it expects of a model, and its spec's ``inference.json`` entries."""
+    spec_file = ROOT / name / "bundle_spec.json"
+    spec = json.loads(spec_file.read_text(encoding="utf-8")) if spec_file.is_file() else {}
+    resolved = ConfigParser(train)
+    parser = ConfigParser(json.loads(INFERENCE_TEMPLATE.read_text(encoding="utf-8")))
+    parser["bundle_root"] = train["bundle_root"]
+    parser["checkpoint_expect"] = {"class_names": resolved.get_parsed_content("class_names"),
+                                   "in_channels": resolved.get_parsed_content("in_channels")}
+    for key, value in spec.get("configs", {}).get("inference.json", {}).items():
+        parser[key] = value
+    return json.dumps(parser.get(), indent=4) + "\n"
 
 
 def build(name: str) -> dict[str, str]:
@@ -40,6 +59,7 @@ def build(name: str) -> dict[str, str]:
         out[f"configs/{cfg}"] = json.dumps(parser.get(), indent=4) + "\n"
     for f in COPIED:
         out[f] = (ROOT / BASE / f).read_text(encoding="utf-8")
+    out["configs/inference.json"] = build_inference(name, json.loads(out["configs/train.json"]))
     return out
 
 
@@ -49,8 +69,12 @@ def specs() -> list[str]:
 
 def main(check: bool = False) -> int:
     stale = []
+    base_train = json.loads((ROOT / BASE / "configs" / "train.json").read_text(encoding="utf-8"))
+    generated = [(BASE, {"configs/inference.json": build_inference(BASE, base_train)})]
     for name in specs():
-        for rel, text in build(name).items():
+        generated.append((name, build(name)))
+    for name, files in generated:
+        for rel, text in files.items():
             path = ROOT / name / rel
             if check:
                 if not path.is_file() or path.read_text(encoding="utf-8") != text:

@@ -85,12 +85,25 @@ def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained
     assert set(np.unique(np.asarray(b.dataobj))) <= set(range(14))
 
 
+def test_inference_json_runs_alone_from_the_models_sidecar(trained, btcv_dir, tmp_path):
+    """The model zoo loads ``inference.json`` on its own: spacing, intensities and window come from the model."""
+    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    run(config_file=[str(CFG / "inference.json")], bundle_root=str(BUNDLE), ckpt_dir=str(trained / "models"),
+        dataset_dir=str(src), output_dir=str(tmp_path), show_progress=False, logging_file=str(CFG / "logging.conf"))
+    out = next((tmp_path / "predictions").glob("*_seg.nii.gz"))
+    assert nib.load(out).shape[:3] == nib.load(src).shape[:3]
+    meta = json.loads((CFG / "metadata.json").read_text())
+    alone = json.loads((CFG / "inference.json").read_text())
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert alone["checkpoint_expect"]["class_names"] == list(channels.values())  # what a model must segment
+
+
 def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretrained, tmp_path):
     """The zoo's checks: ``ckpt_export`` (traced: the encoder is open_clip's Transformer) and
     ``verify_net_in_out`` on the trained network; the exported model needs neither the text encoder nor
     mosmos_components, and computes what the bundle's own network computes, at any batch size."""
     over = _over(btcv_dir, trained, pretrained["mosmos-tiny-vit"])
-    files = _files("train.json", "demo.json", "inference.json")
+    files = _files("inference.json")  # standalone, as the zoo's tools load it
     ts = tmp_path / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(trained / "models" / "model.pt"),
                 meta_file=str(CFG / "metadata.json"), config_file=files, key_in_ckpt="", use_trace=True,

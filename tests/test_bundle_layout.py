@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 
-BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_dir())
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 REQUIRED = ["LICENSE", "configs/metadata.json", "configs/train.json", "configs/evaluate.json",
             "configs/multi_gpu_train.json", "configs/logging.conf", "configs/demo.json", "docs/README.md"]
 
@@ -16,6 +16,14 @@ REQUIRED = ["LICENSE", "configs/metadata.json", "configs/train.json", "configs/e
 def test_required_files(bundle):
     missing = [f for f in REQUIRED if not (bundle / f).is_file()]
     assert not missing, f"{bundle.name} lacks {missing}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_large_files_say_where_the_trained_weights_go(bundle):
+    text = (bundle / "large_files.yml").read_text()
+    assert text.count("- path:") == 2 and '"models/model.pt"' in text and '"models/model.json"' in text
+    yaml = pytest.importorskip("yaml")
+    assert [f["path"] for f in yaml.safe_load(text)["large_files"]] == ["models/model.pt", "models/model.json"]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)

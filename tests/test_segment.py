@@ -135,7 +135,7 @@ def test_a_bad_scan_is_reported_and_the_others_go_on(tiny_model, tmp_path):
         MosmosCLI().segment(str(scans), str(tmp_path / "out"), str(tiny_model), device="cpu")
     msg = str(err.value)
     assert "1 scan(s) segmented" in msg and "2 failed" in msg and "broken.nii.gz" in msg
-    assert "2 channel(s)" in msg and "expects 1" in msg  # the channel mismatch names both
+    assert "two_channel.nii.gz: 2 channel(s), expected 1" in msg  # the channel mismatch names both
     assert (tmp_path / "out" / "good.nii.gz").is_file() and not (tmp_path / "out" / "broken.nii.gz").exists()
 
 
