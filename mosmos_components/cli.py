@@ -127,7 +127,8 @@ class MosmosCLI:
                 output_type: str = "nifti", series_uid: str | None = None, overwrite: bool = False,
                 sw_batch_size: int = 2, overlap: float | None = None) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder)
-        with MODEL (a segmentation bundle folder or name, its models/ folder, or a model.pt with its model.json).
+        with MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
+        exported model.ts with the model.json of its weights beside it).
         How the scan is read (orientation, spacing, intensities, window) comes from the model. --split: one mask per
         structure; --roi_subset liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and
         CSV; --preview: a PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs

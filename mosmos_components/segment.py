@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.checkpoint import _atomic_write, atomic_json_save, load_segmentation_network, read_sidecar
+from mosmos_components.checkpoint import (_atomic_write, atomic_json_save, check_expectations,
+                                          load_segmentation_network, read_sidecar)
 
 __all__ = ["SegmentationModel", "resolve_model", "load_model", "preprocessing", "inferer", "segment_scan", "segment",
            "structure_statistics", "plot_preview"]
@@ -62,8 +63,9 @@ class SegmentationModel:
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
-    """``model.pt`` of MODEL: a ``model.pt`` (sidecar next to it), a folder holding one (a bundle's ``models/``),
-    a bundle folder, or the name of one of this installation's bundles (``btcv_seg``)."""
+    """``model.pt`` of MODEL: a ``model.pt`` (sidecar next to it), an exported TorchScript ``model.ts`` (the zoo's
+    ``ckpt_export``; the ``model.json`` of the weights it was exported from next to it), a folder holding a
+    ``model.pt`` (a bundle's ``models/``), a bundle folder, or the name of one of this installation's bundles."""
     p = Path(model)
     candidates = [p, p / "model.pt", p / "models" / "model.pt"]
     if not p.exists() and not p.is_absolute() and len(p.parts) == 1:
@@ -74,7 +76,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
         except FileNotFoundError:
             pass
     for c in candidates:
-        if c.is_file() and c.suffix == ".pt":
+        if c.is_file() and c.suffix in (".pt", ".ts"):
             return c
     tried = ", ".join(str(c) for c in candidates[1:])
     raise FileNotFoundError(f"--model {model}: no model.pt found (looked for {tried}); give a segmentation "
@@ -87,7 +89,12 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", exp
     what a bundle requires of it (class names, channels; :func:`~mosmos_components.checkpoint.check_expectations`)."""
     path = resolve_model(model)
     cfg = read_sidecar(path)
-    net = load_segmentation_network(path, expect=expect).to(device)
+    if path.suffix == ".ts":  # exported: the network is the TorchScript module, how to read scans the sidecar's
+        if expect:
+            check_expectations(path, cfg, expect)
+        net = torch.jit.load(str(path), map_location=device).eval()
+    else:
+        net = load_segmentation_network(path, expect=expect).to(device)
     data = cfg.get("data") or {}
     infer = cfg.get("inference") or {}
     missing = [k for k in ("pixdim", "modality") if k not in data]

@@ -113,6 +113,15 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
     x = torch.rand(3, 1, 32, 32, 16)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x))
+    # mosmos segment runs the exported model (the sidecar of the weights beside it) and answers as the weights do
+    from mosmos_components.segment import segment
+
+    (tmp_path / "model.json").write_text((trained / "models" / "model.json").read_text())
+    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    for model, out in ((ts, "seg_ts"), (trained, "seg_pt")):
+        assert not segment(src, tmp_path / out, model, device="cpu", progress=False)["failed"]
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "seg_ts" / src.name).dataobj),
+                                  np.asarray(nib.load(tmp_path / "seg_pt" / src.name).dataobj))
     shape = {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 16]}  # the tiny network's crop
     verify_net_in_out(net_id="network", meta_file=str(CFG / "metadata.json"), config_file=files, n=1,
                       **dict(over, device="cpu", **shape))
