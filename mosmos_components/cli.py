@@ -10,6 +10,7 @@
     mosmos demo                                                  # the whole pipeline on generated data
     mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
     mosmos locate scan.nii.gz liver "left kidney" --pretrained PRETRAIN/model.pt      # attention maps by name
+    mosmos export-onnx demo_output/btcv_mosmos btcv.onnx        # ONNX (+ sidecar) that mosmos segment runs
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ class MosmosCLI:
             note = " (zero-shot: not a training tag)" if r["zero_shot"] else ""
             lines.append(f"  {name}{note}: peak at voxel {r['peak_voxel']}, {r['peak_mm']} mm -> {r['map']}")
         return "\n".join(lines)
+
+    def export_onnx(self, model: str, out_path: str, opset: int = 17, overwrite: bool = False) -> str:
+        """Export the segmentation MODEL (a model.pt with its model.json, or a folder holding one) to OUT_PATH
+        (.onnx, with its sidecar beside it), checked against PyTorch with ONNX Runtime; mosmos segment runs it."""
+        from mosmos_components.export import export_onnx
+        from mosmos_components.segment import resolve_model
+
+        return export_onnx(resolve_model(model), out_path, opset=opset, overwrite=overwrite)
 
     def demo(self, out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""

@@ -64,7 +64,8 @@ class SegmentationModel:
 
 def resolve_model(model: str | os.PathLike) -> Path:
     """``model.pt`` of MODEL: a ``model.pt`` (sidecar next to it), an exported TorchScript ``model.ts`` (the zoo's
-    ``ckpt_export``; the ``model.json`` of the weights it was exported from next to it), a folder holding a
+    ``ckpt_export``) or ONNX ``model.onnx`` (``mosmos export-onnx``), each with the ``model.json`` of the weights
+    it was exported from next to it, a folder holding a
     ``model.pt`` (a bundle's ``models/``), a bundle folder, or the name of one of this installation's bundles."""
     p = Path(model)
     candidates = [p, p / "model.pt", p / "models" / "model.pt"]
@@ -76,7 +77,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
         except FileNotFoundError:
             pass
     for c in candidates:
-        if c.is_file() and c.suffix in (".pt", ".ts"):
+        if c.is_file() and c.suffix in (".pt", ".ts", ".onnx"):
             return c
     tried = ", ".join(str(c) for c in candidates[1:])
     raise FileNotFoundError(f"--model {model}: no model.pt found (looked for {tried}); give a segmentation "
@@ -89,10 +90,15 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", exp
     what a bundle requires of it (class names, channels; :func:`~mosmos_components.checkpoint.check_expectations`)."""
     path = resolve_model(model)
     cfg = read_sidecar(path)
-    if path.suffix == ".ts":  # exported: the network is the TorchScript module, how to read scans the sidecar's
+    if path.suffix in (".ts", ".onnx"):  # exported: the network is the exported graph; how to read scans, the sidecar's
         if expect:
             check_expectations(path, cfg, expect)
-        net = torch.jit.load(str(path), map_location=device).eval()
+        if path.suffix == ".ts":
+            net = torch.jit.load(str(path), map_location=device).eval()
+        else:
+            from mosmos_components.export import OnnxNetwork
+
+            net = OnnxNetwork(path, threads=torch.get_num_threads())
     else:
         net = load_segmentation_network(path, expect=expect).to(device)
     data = cfg.get("data") or {}

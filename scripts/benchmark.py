@@ -75,9 +75,24 @@ def scan_benchmark(size: str, device: torch.device, shape=(512, 512, 100), spaci
         res = segment(tmp / "scan.nii.gz", tmp / "out", m, device=str(device), progress=False,
                       sw_batch_size=4 if device.type == "cuda" else 2)
         total = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out = {"scan_shape": list(shape), "scan_spacing_mm": list(spacing), "overlap": overlap, "scan_seconds": total,
-           "scan_stage_seconds": res["done"][0]["stage_seconds"], "scan_peak_rss_bytes": peak}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the ONNX run below
+        out = {"scan_shape": list(shape), "scan_spacing_mm": list(spacing), "overlap": overlap, "scan_seconds": total,
+               "scan_stage_seconds": res["done"][0]["stage_seconds"], "scan_peak_rss_bytes": peak}
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            onnxruntime = None
+        if onnxruntime is not None and device.type == "cpu":  # the same scan through ONNX Runtime
+            from mosmos_components.export import export_onnx
+
+            export_onnx(tmp / "models" / "model.pt", tmp / "models" / "model.onnx")
+            t = time.perf_counter()
+            segment(tmp / "scan.nii.gz", tmp / "out_onnx", tmp / "models" / "model.onnx", device="cpu", progress=False)
+            out["onnx_scan_seconds"] = time.perf_counter() - t
+            out["onnx_ratio_vs_pytorch"] = out["onnx_scan_seconds"] / total
+            a = np.asarray(nib.load(tmp / "out" / "scan.nii.gz").dataobj)
+            b = np.asarray(nib.load(tmp / "out_onnx" / "scan.nii.gz").dataobj)
+            out["onnx_label_agreement"] = float((a == b).mean())
     if device.type == "cuda":
         out["scan_peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     return out

@@ -127,6 +127,24 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
                       **dict(over, device="cpu", **shape))
 
 
+def test_onnx_export_runs_in_mosmos_segment(trained, btcv_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mosmos_components.cli import MosmosCLI
+    from mosmos_components.segment import segment
+
+    onnx = MosmosCLI().export_onnx(str(trained), str(tmp_path / "btcv.onnx"))
+    side = json.loads((tmp_path / "btcv.json").read_text())
+    assert side["class_names"] == read_sidecar(trained / "models" / "model.pt")["class_names"]
+    with pytest.raises(FileExistsError, match="btcv.onnx exists"):
+        MosmosCLI().export_onnx(str(trained), onnx)
+    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    for model, out in ((onnx, "seg_onnx"), (trained, "seg_pt")):
+        assert not segment(src, tmp_path / out, model, device="cpu", progress=False)["failed"]
+    a = np.asarray(nib.load(tmp_path / "seg_onnx" / src.name).dataobj)
+    b = np.asarray(nib.load(tmp_path / "seg_pt" / src.name).dataobj)
+    assert (a == b).mean() > 0.999  # logits agree to ~1e-5; only exact ties could flip
+
+
 def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path):
     from mosmos_components.segment import segment
 
