@@ -149,7 +149,8 @@ def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.Path
     raw = data["raw"]
     maps_np = np.asarray(back.detach().cpu(), dtype=np.float32)
     if maps_np.shape[1:] != tuple(raw.shape[1:]):
-        raise RuntimeError(f"{item['image']}: maps came back as {maps_np.shape[1:]}, the scan is {tuple(raw.shape[1:])}")
+        raise RuntimeError(f"{item['image']}: maps came back as {maps_np.shape[1:]}, the scan is "
+                           f"{tuple(raw.shape[1:])}")
     out.mkdir(parents=True, exist_ok=True)
     affine = np.asarray(raw.affine, dtype=float)
     found = {}

@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["read_history", "distinct_colours", "curve_figure", "plot_curves", "plot_tag_attention", "radiological", "plot_segmentation_overlay"]
+__all__ = ["read_history", "distinct_colours", "curve_figure", "plot_curves", "plot_tag_attention", "radiological",
+           "plot_segmentation_overlay"]
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:

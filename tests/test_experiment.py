@@ -82,8 +82,62 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     xs, ys = [x[i] for i in ok], [y[i] for i in ok]
     expected = 1.0 if np.allclose(xs, ys) else wilcoxon(xs, ys).pvalue
     assert float(rows[1]["Wilcoxon p Dice vs random"]) == pytest.approx(expected, rel=1e-2)
+    def case_means(init):  # per test case: mean Dice over scored classes, averaged over the seeds
+        per = []
+        for s in (0, 1):
+            rows = [r for r in csv.DictReader(open(cells[f"{init}__frac1__seed{s}__lambdadefault"]["per_case"]))
+                    if r["dice"] != "nan"]
+            per.append({c: np.mean([float(r["dice"]) for r in rows if r["case"] == c])
+                        for c in {r["case"] for r in rows}})
+        return {c: np.mean([p[c] for p in per]) for c in set(per[0]) & set(per[1])}
+
+    a, b = case_means("mosmos"), case_means("random")
+    common = sorted(set(a) & set(b))
+    if len(common) >= 2:
+        xs, ys = [a[c] for c in common], [b[c] for c in common]
+        expected = 1.0 if np.allclose(xs, ys) else wilcoxon(xs, ys).pvalue
+        assert float(rows[1]["Wilcoxon p Dice per case vs random"]) == pytest.approx(expected, rel=1e-2)
+    else:
+        assert rows[1]["Wilcoxon p Dice per case vs random"] == "-"
     assert (f"{out}/results/label_efficiency.png") and json.load(open(f"{out}/spec.json"))["name"] == "tiny"
     assert aggregate(out)["tables"]  # re-aggregation from disk alone
+
+
+def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
+    """Aggregation from written cells alone: the per-case p is scipy's on the cases' seed-averaged mean Dice."""
+    from scipy.stats import wilcoxon
+
+    from mosmos_components.evaluation import summarize
+
+    rng = np.random.default_rng(0)
+    classes, cases = ["rv", "myo", "lv"], [f"case{i:02d}" for i in range(12)]
+    values = {}
+    for init in ("random", "mosmos"):
+        for seed in (0, 1, 2):
+            name = f"{init}__frac1__seed{seed}__lambdadefault"
+            folder = tmp_path / "cells" / name
+            folder.mkdir(parents=True)
+            rows = [{"case": c, "class": k, "dice": float(rng.uniform(0.2, 0.9)) + (0.05 if init == "mosmos" else 0),
+                     "hd95": float(rng.uniform(5, 50))} for c in cases for k in classes]
+            rows[0]["dice"] = float("nan")  # an unscored class of one case
+            values[(init, seed)] = rows
+            with open(folder / "per_case.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
+                w.writeheader()
+                w.writerows(rows)
+            (folder / "done.json").write_text(json.dumps({
+                "init": init, "label_fraction": 1.0, "seed": seed, "lambda_pta": None, "cell": name,
+                "per_case": str(folder / "per_case.csv"), "summary": summarize(rows, classes)}))
+    aggregate(tmp_path, {"inits": {"random": {}, "mosmos": {}}, "reference": "random"})
+    row = list(csv.DictReader(open(tmp_path / "results" / "table_frac1_lambdadefault.csv")))[1]
+
+    def per_case(init):
+        return [np.mean([np.nanmean([r["dice"] for r in values[(init, s)] if r["case"] == c]) for s in (0, 1, 2)])
+                for c in cases]
+
+    assert float(row["Wilcoxon p Dice per case vs random"]) == pytest.approx(
+        wilcoxon(per_case("mosmos"), per_case("random")).pvalue, rel=1e-3)
+    assert "smallest possible p is 0.25" in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
 
 
 def test_cells_run_seed_major_so_a_cut_run_leaves_whole_seeds(spec_file):
