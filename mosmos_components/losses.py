@@ -12,7 +12,6 @@ from torch import nn
 __all__ = [
     "image_report_contrastive_loss",
     "weak_assume_negative_loss",
-    "ImageReportContrastiveLoss",
     "WeakAssumeNegativeLoss",
     "MosmosPretrainLoss",
     "MosmosSegLoss",
@@ -50,13 +49,6 @@ def weak_assume_negative_loss(logits: torch.Tensor, targets: torch.Tensor, gamma
     # log(1 - sigmoid(x)) = logsigmoid(-x): stable for large |x|
     loss = targets * F.logsigmoid(logits) + gamma * (1 - targets) * F.logsigmoid(-logits)
     return -loss.mean()
-
-
-class ImageReportContrastiveLoss(nn.Module):
-    """Module form of :func:`image_report_contrastive_loss`."""
-
-    def forward(self, image_features, text_features, logit_scale):
-        return image_report_contrastive_loss(image_features, text_features, logit_scale)
 
 
 class WeakAssumeNegativeLoss(nn.Module):

@@ -1,4 +1,3 @@
-import os
 import warnings
 from pathlib import Path
 
@@ -7,7 +6,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-os.environ.setdefault("MOSMOS_QUIET", "1")
 warnings.filterwarnings("ignore", message=".*initialised RANDOMLY.*")
 
 
