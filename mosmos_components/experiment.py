@@ -180,7 +180,14 @@ def run_experiment(spec_path: str | Path, output_dir: str | None = None, max_cel
 
 
 def _done_cells(out: Path) -> list[dict]:
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "cells").glob("*/done.json"))]
+    """The finished cells' records; their ``per_case`` path is the one inside ``out`` (so that a grid can be
+    aggregated from any working directory, or after its folder moved)."""
+    cells = []
+    for p in sorted((out / "cells").glob("*/done.json")):
+        d = json.loads(p.read_text(encoding="utf-8"))
+        d["per_case"] = str(p.parent / "eval" / "report" / "per_case.csv")
+        cells.append(d)
+    return cells
 
 
 def _fmt(values: list[float], pct: bool) -> str:

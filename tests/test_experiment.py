@@ -4,6 +4,7 @@ and aggregated into tables whose numbers are the cells' own (p-values scipy's)."
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,21 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
         assert rows[1]["Wilcoxon p Dice per case vs random"] == "-"
     assert (f"{out}/results/label_efficiency.png") and json.load(open(f"{out}/spec.json"))["name"] == "tiny"
     assert aggregate(out)["tables"]  # re-aggregation from disk alone
+    import os
+    import shutil
+
+    moved = Path(out).parent / "moved"  # and after the folder moved, from another working directory
+    shutil.copytree(out, moved)
+    os.rename(out, f"{out}_away")  # the paths done.json recorded no longer exist
+    cwd = os.getcwd()
+    try:
+        os.chdir(Path(out).parent.parent)
+        assert (aggregate(moved)["tables"] and (moved / "results" / "qualitative.png").is_file())
+    finally:
+        os.chdir(cwd)
+        os.rename(f"{out}_away", out)
+    assert open(moved / "results" / "table_frac1_lambdadefault.csv").read() == \
+        open(f"{out}/results/table_frac1_lambdadefault.csv").read()
 
 
 def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
