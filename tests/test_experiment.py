@@ -131,7 +131,8 @@ def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
     for init in ("random", "mosmos"):
         for seed in (0, 1, 2):
             name = f"{init}__frac1__seed{seed}__lambdadefault"
-            folder = tmp_path / "cells" / name
+            cell = tmp_path / "cells" / name
+            folder = cell / "eval" / "report"  # where a cell's evaluation writes per_case.csv
             folder.mkdir(parents=True)
             rows = [{"case": c, "class": k, "dice": float(rng.uniform(0.2, 0.9)) + (0.05 if init == "mosmos" else 0),
                      "hd95": float(rng.uniform(5, 50))} for c in cases for k in classes]
@@ -141,7 +142,7 @@ def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
                 w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
                 w.writeheader()
                 w.writerows(rows)
-            (folder / "done.json").write_text(json.dumps({
+            (cell / "done.json").write_text(json.dumps({
                 "init": init, "label_fraction": 1.0, "seed": seed, "lambda_pta": None, "cell": name,
                 "per_case": str(folder / "per_case.csv"), "summary": summarize(rows, classes)}))
     aggregate(tmp_path, {"inits": {"random": {}, "mosmos": {}}, "reference": "random"})
