@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.checkpoint import _atomic_write, atomic_json_save, load_segmentation_network, read_sidecar
+from mosmos_components.checkpoint import atomic_json_save, load_segmentation_network, read_sidecar
 
 __all__ = ["export_onnx", "OnnxNetwork"]
 
@@ -85,8 +85,7 @@ def export_onnx(model_pt: str | os.PathLike, out_path: str | os.PathLike, opset:
             if not np.isfinite(diff) or diff > atol:
                 raise RuntimeError(f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} (> {atol}) at batch "
                                    f"{batch}; the export is not kept")
-        data = tmp.read_bytes()
-        _atomic_write(out, lambda fh: fh.write(data))
+        os.replace(tmp, out)  # the checked file itself, renamed into place
     finally:
         if tmp.exists():
             tmp.unlink()

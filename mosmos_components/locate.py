@@ -64,12 +64,6 @@ def slice_attention(net, slices: torch.Tensor, queries: torch.Tensor, batch: int
     return torch.cat(maps), torch.cat(sims)
 
 
-def _write_like(array: np.ndarray, item: dict, affine: np.ndarray, path: Path) -> None:
-    from mosmos_components.segment import _write_nifti
-
-    _write_nifti(array.astype(np.float32), item, affine, path)
-
-
 def _preview(intensity: np.ndarray, maps: np.ndarray, names: list[str], zero_shot: list[bool], affine: np.ndarray,
              out_png: Path, window) -> str:
     import matplotlib
@@ -78,6 +72,7 @@ def _preview(intensity: np.ndarray, maps: np.ndarray, names: list[str], zero_sho
     import matplotlib.pyplot as plt
 
     from mosmos_components.segment import _to_ras
+    from mosmos_components.visualize import radiological_view
 
     img, zooms = _to_ras(intensity, affine)
     lo, hi = window if window is not None else np.percentile(img, [1, 99])
@@ -85,11 +80,11 @@ def _preview(intensity: np.ndarray, maps: np.ndarray, names: list[str], zero_sho
     for r, name in enumerate(names):
         m, _ = _to_ras(maps[r], affine)
         peak = np.unravel_index(int(np.argmax(m)), m.shape)
-        views = [("axial", img[:, :, peak[2]][::-1, ::-1].T, m[:, :, peak[2]][::-1, ::-1].T, zooms[1] / zooms[0]),
-                 ("coronal", img[:, peak[1], :][::-1, :].T[::-1], m[:, peak[1], :][::-1, :].T[::-1],
-                  zooms[2] / zooms[0])]
+        views = [("axial", img[:, :, peak[2]], m[:, :, peak[2]], zooms[1] / zooms[0]),
+                 ("coronal", img[:, peak[1], :], m[:, peak[1], :], zooms[2] / zooms[0])]
         for c, (view, im, mp, aspect) in enumerate(views):
             ax = axes[r, c]
+            im, mp = radiological_view(im, view), radiological_view(mp, view)
             ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
             ax.imshow(mp, cmap="jet", alpha=0.45, aspect=aspect)
             ax.set_title(f"{name}{' (zero-shot)' if zero_shot[r] else ''}: {view} through the peak", fontsize=8)
@@ -111,7 +106,7 @@ def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.Path
 
     from mosmos_components.checkpoint import load_pretrain_network
     from mosmos_components.data.datalist import inference_inputs
-    from mosmos_components.segment import case_name
+    from mosmos_components.segment import _write_nifti, case_name
     from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd
 
     names = [n.strip() for n in names if n and n.strip()]
@@ -155,7 +150,7 @@ def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.Path
     affine = np.asarray(raw.affine, dtype=float)
     found = {}
     for k, name in enumerate(names):
-        _write_like(maps_np[k], item, affine, targets[name])
+        _write_nifti(maps_np[k], item, affine, targets[name])  # float32 already
         peak = np.unravel_index(int(np.argmax(maps_np[k])), maps_np[k].shape)
         world = (affine @ np.array([*peak, 1.0]))[:3]
         found[name] = {"map": str(targets[name]), "zero_shot": not known[k], "peak_voxel": [int(v) for v in peak],

@@ -296,6 +296,8 @@ def plot_preview(intensity: np.ndarray, label: np.ndarray, affine: np.ndarray, n
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from mosmos_components.visualize import radiological_view
+
     img, zooms = _to_ras(intensity, affine)
     lab, _ = _to_ras(label, affine)
     found = [(int((lab == k).sum()), k) for k in range(1, len(names) + 1)]
@@ -312,12 +314,7 @@ def plot_preview(intensity: np.ndarray, label: np.ndarray, affine: np.ndarray, n
                  ("sagittal", img[centre[0], :, :], lab[centre[0], :, :], zooms[2] / zooms[1])]
         for c, (view, im, lb, aspect) in enumerate(views):
             ax = axes[r, c]
-            if view == "axial":  # anterior up, patient right on the left
-                im, lb = im[::-1, ::-1].T, lb[::-1, ::-1].T
-            elif view == "coronal":  # superior up, patient right on the left
-                im, lb = im[::-1, :].T[::-1], lb[::-1, :].T[::-1]
-            else:  # superior up, anterior on the left
-                im, lb = im[::-1, :].T[::-1], lb[::-1, :].T[::-1]
+            im, lb = radiological_view(im, view), radiological_view(lb, view)
             ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
             ax.imshow(np.ma.masked_where(lb == 0, lb - 1), cmap=cmap, vmin=0, vmax=len(names) - 1, alpha=0.45,
                       interpolation="nearest", aspect=aspect)
@@ -390,14 +387,13 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
                 label = np.where(np.isin(label, keep), label, 0).astype(label.dtype)
             t_write = time.perf_counter()
             written = _write_outputs(item, case, label, res, m, keep, out, target, split, output_type)
+            intensity = np.asarray(res["raw"][0].detach().cpu()) if statistics or preview else None
             if statistics:
-                intensity = np.asarray(res["raw"][0].detach().cpu())
                 rows = [r for r in structure_statistics(label, intensity, res["affine"], m.structures)
                         if r["label"] in keep]
                 written += _write_statistics(rows, case, out, {"scan": str(item["image"]), "model": str(m.path),
                                                                "modality": m.modality})
             if preview:
-                intensity = np.asarray(res["raw"][0].detach().cpu())
                 window = tuple(m.intensity_range) if m.modality == "ct" else None
                 written.append(plot_preview(intensity, label, res["affine"], m.structures, out / f"{case}_preview.png",
                                             title=f"{case}: {m.path.parent.parent.name or m.path.name}",

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["read_history", "distinct_colours", "curve_figure", "plot_curves", "plot_tag_attention", "radiological",
-           "plot_segmentation_overlay"]
+           "radiological_view", "plot_segmentation_overlay"]
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -94,6 +94,14 @@ def plot_tag_attention(
 def radiological(axial: np.ndarray) -> np.ndarray:
     """An axial RAS slice (x, y) as a radiologist looks at it: anterior up, the patient's right on the left."""
     return np.asarray(axial)[::-1, ::-1].T
+
+
+def radiological_view(plane: np.ndarray, view: str) -> np.ndarray:
+    """A plane of a RAS volume as displayed: ``"axial"`` (x, y) as :func:`radiological`; ``"coronal"`` (x, z) and
+    ``"sagittal"`` (y, z) with superior up and the patient's right (coronal) or anterior (sagittal) on the left."""
+    if view == "axial":
+        return radiological(plane)
+    return np.asarray(plane)[::-1, :].T[::-1]
 
 
 def plot_segmentation_overlay(
