@@ -126,14 +126,15 @@ class MosmosCLI:
     def segment(self, input: str, output: str, model: str, device: str | None = None, split: bool = False,
                 roi_subset: str | None = None, statistics: bool = False, preview: bool = False,
                 output_type: str = "nifti", series_uid: str | None = None, overwrite: bool = False,
-                sw_batch_size: int = 2, overlap: float | None = None) -> str:
+                sw_batch_size: int = 2, overlap: float | None = None, amp: bool | None = None) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder)
         with MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
         exported model.ts with the model.json of its weights beside it).
         How the scan is read (orientation, spacing, intensities, window) comes from the model. --split: one mask per
         structure; --roi_subset liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and
         CSV; --preview: a PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs
-        highdicom: pip install "mosmos[dicom]"). Existing outputs are skipped unless --overwrite; a scan that fails
+        highdicom: pip install "mosmos[dicom]"); --amp / --noamp: mixed precision (fp16 on a GPU, the default
+        there; bf16 on a CPU, off by default); --overlap 0.25: fewer windows. Existing outputs are skipped unless --overwrite; a scan that fails
         is reported, the others go on, and the command fails at the end."""
         from mosmos_components.segment import segment
 
@@ -141,7 +142,7 @@ class MosmosCLI:
         roi = ",".join(roi_subset) if isinstance(roi_subset, (list, tuple)) else roi_subset
         res = segment(input, output, model, device=device, split=split, roi_subset=roi, statistics=statistics,
                       preview=preview, output_type=output_type, series_uid=series_uid, overwrite=overwrite,
-                      sw_batch_size=sw_batch_size, overlap=overlap)
+                      sw_batch_size=sw_batch_size, overlap=overlap, amp=amp)
         line = (f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
                 f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output}")
         if res["failed"]:

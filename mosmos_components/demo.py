@@ -79,7 +79,7 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     img = parser.get_parsed_content("validate#preprocessing")(dict(item, label=item["tags"]))["image"].unsqueeze(0)
     with torch.no_grad():
         _, s, grid = net.encode_image(img)
-        _, attn = net.decoder(net.tag_queries(), s, grid)
+        _, attn = net.decoder(net.tag_queries(), s, grid, output="attention")
     idx = [i for i, v in enumerate(item["tags"]) if v]
     grey = img[0, 0].numpy() * CLIP_STD[0] + CLIP_MEAN[0]
     # MONAI's PIL reader gives (W, H): transpose back to the picture's orientation

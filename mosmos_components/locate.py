@@ -56,7 +56,7 @@ def slice_attention(net, slices: torch.Tensor, queries: torch.Tensor, batch: int
             x = slices[start:start + batch, None].float()
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
             g, s, grid = net.encode_image((x - mean) / std)
-            _, attn = net.decoder(queries, s, grid)  # (B, K, h*w)
+            _, attn = net.decoder(queries, s, grid, output="attention")  # (B, K, h*w)
             a = attn.reshape(attn.shape[0], attn.shape[1], *grid)
             a = F.interpolate(a, size=slices.shape[1:], mode="bilinear", align_corners=False).clamp(min=0)
             maps.append(a / a.sum(dim=(2, 3), keepdim=True).clamp(min=1e-12))

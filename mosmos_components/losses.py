@@ -130,9 +130,9 @@ class MosmosSegLoss(nn.Module):
         class_mask = None
         if isinstance(target, (tuple, list)):
             target, class_mask = target
-        if input.dim() == target.dim() + 1:  # stacked (segmentation, PTA)
-            return self._one(input[:, 0], target, class_mask) + self.lambda_pta * self._one(input[:, 1], target,
-                                                                                           class_mask)
+        if input.dim() == target.dim() + 1:  # stacked (segmentation, PTA); unbind's backward is one stack, where
+            seg, pta = input.unbind(1)  # indexing twice would fill and add two zero gradients of the stacked size
+            return self._one(seg, target, class_mask) + self.lambda_pta * self._one(pta, target, class_mask)
         return self._one(input, target, class_mask)
 
 

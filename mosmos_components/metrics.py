@@ -224,7 +224,7 @@ class PointingGame:
                 chunk = prepared[start : start + self.batch_size]
                 images = torch.stack([image for image, _, _ in chunk]).to(self.device)
                 _, s, grid = net.encode_image(images)
-                _, attn = net.decoder(queries, s, grid)
+                _, attn = net.decoder(queries, s, grid, output="attention")
                 attn, s = attn.cpu(), s.cpu()
                 for i, (_, mask, values) in enumerate(chunk):
                     h, p, c = pointing_game(attn[i].reshape(-1, *grid), mask, values)

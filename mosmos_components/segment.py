@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +32,8 @@ import torch
 from mosmos_components.checkpoint import (_atomic_write, atomic_json_save, check_expectations,
                                           load_segmentation_network, read_sidecar)
 
-__all__ = ["SegmentationModel", "resolve_model", "load_model", "preprocessing", "inferer", "segment_scan", "segment",
-           "structure_statistics", "plot_preview"]
+__all__ = ["SegmentationModel", "resolve_model", "load_model", "preprocessing", "inferer", "stitch_device", "autocast",
+           "segment_scan", "segment", "structure_statistics", "plot_preview"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +122,13 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", exp
         sigmoid=bool(infer.get("sigmoid", cfg.get("pta_sigmoid", False))), sidecar=cfg)
 
 
-def preprocessing(m: SegmentationModel, keep_raw: bool = True, nonfinite: str = "error"):
+def preprocessing(m: SegmentationModel, keep_raw: bool = True, nonfinite: str = "error",
+                  device: str | torch.device | None = None):
     """MONAI's transforms that read a scan as the model was trained (its sidecar's orientation, spacing and
     intensity handling; the channel count checked): ``{"image": path}`` -> ``image`` on the model's grid, and with
-    ``keep_raw`` the input as read under ``raw``. Invertible: ``Invertd`` takes predictions back to the input."""
-    from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, Orientationd, Spacingd
+    ``keep_raw`` the input as read under ``raw``. Invertible: ``Invertd`` takes predictions back to the input.
+    With a GPU ``device`` the resampling and intensity steps run there (``raw`` stays on the CPU)."""
+    from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, EnsureTyped, Orientationd, Spacingd
 
     from mosmos_components.transforms import (RAS_LABELS, LoadImageNamed, ModalityIntensityd,
                                               ValidateSegmentationPaird)
@@ -134,46 +138,70 @@ def preprocessing(m: SegmentationModel, keep_raw: bool = True, nonfinite: str = 
         EnsureChannelFirstd(keys="image"),
         ValidateSegmentationPaird(keys=["image", "label"], in_channels=m.in_channels, nonfinite=nonfinite),
         *([CopyItemsd(keys="image", names="raw")] if keep_raw else []),  # the input grid and intensities
+        *([EnsureTyped(keys="image", device=device)] if device is not None and torch.device(device).type == "cuda"
+          else []),
         Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
         Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
         ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
     ])
 
 
+def stitch_device(device: str | torch.device, channels: int, spatial: Sequence[int]) -> torch.device:
+    """Where the sliding window's stitched output is kept: on the GPU the windows run on when the output and its
+    weights (``(channels + 1) x spatial`` floats) take under a third of its free memory, else on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.device("cpu")
+    need = (channels + 1) * math.prod(int(s) for s in spatial) * 4
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if need < free / 3 else torch.device("cpu")
+
+
 def inferer(m: SegmentationModel, sw_batch_size: int = 2, overlap: float | None = None,
-            device: str | torch.device | None = None, progress: bool = False):
+            device: str | torch.device | None = None, progress: bool = False,
+            output_device: str | torch.device = "cpu"):
     """MONAI's sliding-window inferer with the model's window (slice by slice for 2D networks), windows on
-    ``device``, the stitched output on the CPU."""
+    ``device``, the stitched output on ``output_device`` (:func:`stitch_device`)."""
     from monai.inferers import SliceInferer, SlidingWindowInferer
 
     overlap = m.overlap if overlap is None else overlap
     common = dict(sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian", progress=progress,
-                  sw_device=None if device is None else torch.device(device), device=torch.device("cpu"))
+                  sw_device=None if device is None else torch.device(device), device=torch.device(output_device))
     if m.slice_inference:
         return SliceInferer(roi_size=m.roi_size[:2], spatial_dim=2, **common)
     return SlidingWindowInferer(roi_size=m.roi_size, **common)
 
 
+def autocast(device: str | torch.device, amp: bool | None = None):
+    """Mixed precision for inference: fp16 on a GPU, bf16 on a CPU; ``amp=None`` turns it on for a GPU only."""
+    device = torch.device(device)
+    enabled = device.type == "cuda" if amp is None else bool(amp)
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                          enabled=enabled)
+
+
 def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = "cpu", sw_batch_size: int = 2,
-                 overlap: float | None = None, progress: bool = False, pre=None) -> dict:
+                 overlap: float | None = None, progress: bool = False, pre=None, amp: bool | None = None) -> dict:
     """Segment one scan (``{"image": path[, "series_uid": uid]}``): returns ``label`` (the label map on the input
     grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
-    channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage."""
+    channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage. ``amp``: see :func:`autocast`
+    (an ONNX model runs in the precision it was exported in)."""
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
     device = torch.device(device)
     t = {"read": time.perf_counter()}
-    pre = pre or preprocessing(m)
+    pre = pre or preprocessing(m, device=device)
     data = pre(dict(item))
     t["infer"] = time.perf_counter()
     image = data["image"]
-    windows = inferer(m, sw_batch_size, overlap, device, progress)
-    with torch.inference_mode():
-        logits = windows(image.as_tensor()[None].float(), m.network.to(device).eval())[0]
+    windows = inferer(m, sw_batch_size, overlap, device, progress,
+                      stitch_device(device, len(m.class_names), image.shape[1:]))
+    with torch.inference_mode(), autocast(device, amp):
+        logits = windows(image.as_tensor()[None].float(), m.network.to(device).eval())[0].float()
         if m.sigmoid:  # overlapping regions (BraTS): the larger ones first, so nested regions stay visible
             probs = torch.sigmoid(logits) > 0.5
-            label = torch.zeros(logits.shape[1:], dtype=torch.int16)
+            label = torch.zeros(logits.shape[1:], dtype=torch.int16, device=logits.device)
             for k in sorted(range(probs.shape[0]), key=lambda c: -int(probs[c].sum())):
                 label[probs[k]] = k + 1
         else:
@@ -347,10 +375,11 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
             device: str | None = None, split: bool = False, roi_subset: str | list[str] | None = None,
             statistics: bool = False, preview: bool = False, output_type: str = "nifti",
             series_uid: str | None = None, overwrite: bool = False, sw_batch_size: int = 2,
-            overlap: float | None = None, progress: bool = True) -> dict:
+            overlap: float | None = None, progress: bool = True, amp: bool | None = None) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
     OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
-    fails is reported and the others go on; the returned summary lists both (``failed``)."""
+    fails is reported and the others go on; the returned summary lists both (``failed``). ``amp``: mixed precision
+    (:func:`autocast`; default on a GPU only)."""
     from tqdm import tqdm
 
     from mosmos_components.data.datalist import inference_inputs
@@ -364,7 +393,7 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
-    pre = preprocessing(m)
+    pre = preprocessing(m, device=device)
     say = tqdm.write if progress else print
     window_bar = progress and len(items) == 1  # several scans: one bar over the scans
     for item in tqdm(items, desc="scans", unit="scan", disable=not progress or len(items) < 2):
@@ -381,7 +410,7 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                res = segment_scan(item, m, device, sw_batch_size, overlap, window_bar, pre)
+                res = segment_scan(item, m, device, sw_batch_size, overlap, window_bar, pre, amp)
             label = res["label"]
             if len(keep) < len(m.structures):
                 label = np.where(np.isin(label, keep), label, 0).astype(label.dtype)

@@ -147,15 +147,26 @@ def create_clip(
     return model
 
 
-def encode_text_embeddings(clip: CLIP, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_embeddings(
+    clip: CLIP, embeddings: torch.Tensor, tokens: torch.Tensor, length: int | None = None
+) -> torch.Tensor:
     """CLIP's text tower from token *embeddings* (so some can be learnable), pooled at the EOT token.
 
     ``embeddings`` (N, L, width), ``tokens`` (N, L) -> (N, embed_dim). With ``embeddings =
     clip.token_embedding(tokens)`` this equals ``clip.encode_text(tokens)``.
+
+    ``length``: run the tower on the first ``length`` positions only, when every sequence's pooled (EOT) token
+    lies before it. The text tower's attention is causal, so no position before ``length`` sees the ones after
+    it and the result is the same; the tag prompts (about 26 of CLIP's 77 positions) cost a third. Ignored for
+    a tower without a causal mask or pooling that is not at the EOT token.
     """
+    if length is not None and (clip.attn_mask is None or clip.text_pool_type not in ("argmax", "eos")):
+        length = None
+    n = embeddings.shape[1] if length is None else length
     cast_dtype = clip.transformer.get_cast_dtype()
-    x = embeddings.to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask)
+    x = embeddings[:, :n].to(cast_dtype) + clip.positional_embedding[:n].to(cast_dtype)
+    x = clip.transformer(x, attn_mask=None if clip.attn_mask is None else clip.attn_mask[:n, :n])
+    tokens = tokens[:, :n]
     x = clip.ln_final(x)
     x = text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
     if isinstance(clip.text_projection, nn.Linear):
@@ -197,7 +208,13 @@ class TagPromptLearner(nn.Module):
             )
         self.ctx = nn.Parameter(torch.randn(n_ctx, width) * 0.02) if learnable_context else None
         self.register_buffer("tokens", self.tokenize(names), persistent=False)
+        self.length = self.prompt_length(self.tokens)
         self.names = list(names)
+
+    @staticmethod
+    def prompt_length(tokens: torch.Tensor) -> int:
+        """Positions up to the last prompt's EOT token (the rest is padding no prompt token attends to)."""
+        return int((tokens != 0).sum(dim=1).max())
 
     def tokenize(self, names: Sequence[str]) -> torch.Tensor:
         """Token ids (K, context_length) of the prompts for ``names``; context slots hold a placeholder."""
@@ -216,12 +233,17 @@ class TagPromptLearner(nn.Module):
 
     def forward(self, clip: CLIP, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Encode the prompts with ``clip``'s text tower -> (K, embed_dim). ``tokens`` defaults to the tags."""
-        tokens = self.tokens if tokens is None else tokens.to(self.tokens.device)
+        if tokens is None:
+            tokens, length = self.tokens, self.length
+        else:
+            tokens = tokens.to(self.tokens.device)
+            length = self.prompt_length(tokens)
+        tokens = tokens[:, :length]
         emb = clip.token_embedding(tokens)
         if self.ctx is not None:
             ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
             emb = torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx :]], dim=1)
-        return encode_text_embeddings(clip, emb, tokens)
+        return encode_text_embeddings(clip, emb, tokens, length)
 
 
 class MosmosPretrainNet(nn.Module):
@@ -319,7 +341,7 @@ class MosmosPretrainNet(nn.Module):
 
     def forward(self, image: torch.Tensor, text: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
         g, s, grid = self.encode_image(image)
-        q, _ = self.decoder(self.tag_queries(), s, grid)
+        q, _ = self.decoder(self.tag_queries(), s, grid, output="queries")
         return {
             "image_features": g,
             "text_features": self.encode_report(text) if text is not None else None,

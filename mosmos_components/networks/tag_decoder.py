@@ -63,31 +63,62 @@ class TagDecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def attention_weights(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """The cross-attention's clean softmax weights, averaged over heads: (B, K, N), each row sums to 1.
+    @staticmethod
+    def attend(
+        attn: nn.MultiheadAttention, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``nn.MultiheadAttention``'s computation on its own parameters, written out so that the clean weights
+        come for free and nothing is computed twice: (output (B, L, d) or ``None`` without ``value``, softmax weights
+        averaged over heads (B, L, S) or ``None`` without ``need_weights``).
 
-        ``nn.MultiheadAttention`` returns its weights *after* dropout in training mode (randomly zeroed and
-        rescaled); the pixel-tag attention maps must be the same distribution in training and evaluation, so they
-        are computed here from the same projections, without dropout.
+        The weights are the softmax *before* dropout (``nn.MultiheadAttention`` returns them after dropout in
+        training mode, randomly zeroed and rescaled): the pixel-tag attention maps are the same distribution in
+        training and evaluation. Dropout acts on the output path only. Without weights the output comes from
+        ``F.scaled_dot_product_attention`` (one fused kernel where available).
         """
-        attn = self.cross_attn
         d, h = attn.embed_dim, attn.num_heads
         w, b = attn.in_proj_weight, attn.in_proj_bias
-        qp = F.linear(q, w[:d], None if b is None else b[:d])
-        kp = F.linear(key, w[d : 2 * d], None if b is None else b[d : 2 * d])
-        qp = qp.reshape(q.shape[0], q.shape[1], h, d // h).transpose(1, 2)
-        kp = kp.reshape(key.shape[0], key.shape[1], h, d // h).transpose(1, 2)
-        return ((qp @ kp.transpose(-1, -2)) * (d // h) ** -0.5).softmax(dim=-1).mean(dim=1)
+        p = attn.dropout if attn.training else 0.0
+
+        def project(x: torch.Tensor, i: int) -> torch.Tensor:  # (B, L, d) -> (B, h, L, d / h)
+            y = F.linear(x, w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d])
+            return y.reshape(y.shape[0], y.shape[1], h, d // h).transpose(1, 2)  # sizes read, so export keeps B
+
+        qh, kh = project(q, 0), project(key, 1)
+        vh = project(value, 2) if value is not None else None
+        weights = out = None
+        if need_weights:
+            probs = ((qh @ kh.transpose(-1, -2)) * (d // h) ** -0.5).softmax(dim=-1)
+            weights = probs.mean(dim=1)
+            if vh is not None:
+                out = F.dropout(probs, p, attn.training) @ vh
+        elif vh is not None:
+            out = F.scaled_dot_product_attention(qh, kh, vh, dropout_p=p)
+        if out is not None:
+            out = attn.out_proj(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], d))
+        return out, weights
+
+    def queries(self, q: torch.Tensor) -> torch.Tensor:
+        """The self-attention block: ``norm1(q + SelfAttention(q))``."""
+        return self.norm1(q + self.drop(self.attend(self.self_attn, q, q, q)[0]))
 
     def forward(
-        self, q: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None, need_attn: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, q: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None, need_attn: bool = True,
+        need_queries: bool = True, self_attended: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``q`` (B, K, d), ``memory`` (B, N, d), ``pos`` (N, d) -> (queries (B, K, d), attention (B, K, N) or
-        ``None`` without ``need_attn``). Dropout acts on the attention's output path only, never on the maps."""
-        q = self.norm1(q + self.drop(self.self_attn(q, q, q, need_weights=False)[0]))
+        ``None`` without ``need_attn``). Dropout acts on the attention's output path only, never on the maps.
+
+        ``need_queries=False`` stops after the attention weights (queries ``None``): the cross-attention's value and
+        output path and the MLP, which only produce the queries, are not run. ``self_attended``: ``q`` has been
+        through :meth:`queries` already."""
+        if not self_attended:
+            q = self.queries(q)
         key = memory if pos is None else memory + pos.to(memory.dtype)
-        attn = self.attention_weights(q, key) if need_attn else None
-        out = self.cross_attn(q, key, memory, need_weights=False)[0]
+        out, attn = self.attend(self.cross_attn, q, key, memory if need_queries else None, need_attn)
+        if not need_queries:
+            return None, attn
         q = self.norm2(q + self.drop(out))
         q = self.norm3(q + self.drop(self.mlp(q)))
         return q, attn
@@ -121,14 +152,16 @@ class TagDecoder(nn.Module):
         self.d_model = d_model
         self.layers = nn.ModuleList([TagDecoderLayer(d_model, heads, dropout=dropout) for _ in range(layers)])
         self.depth_position = nn.Parameter(torch.zeros(depth, d_model)) if depth else None
-        self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self._first_cache: tuple | None = None
 
     def _plane_position(self, plane: tuple[int, int], device: torch.device) -> torch.Tensor:
         if torch.jit.is_tracing():  # a cache hit would make a second trace differ from the first
             return sine_position_encoding(plane, self.d_model).to(device)
-        if plane not in self._pos_cache:
-            self._pos_cache[plane] = sine_position_encoding(plane, self.d_model)
-        return self._pos_cache[plane].to(device)
+        key = (*plane, str(device))  # kept on each device: a copy per call would wait for the GPU
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sine_position_encoding(plane, self.d_model).to(device)
+        return self._pos_cache[key]
 
     def position(self, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """(prod(spatial), d_model) for a 2D ``(h, w)`` or 3D ``(h, w, d)`` grid (token order of ``flatten``)."""
@@ -148,20 +181,48 @@ class TagDecoder(nn.Module):
         return pos.reshape(-1, self.d_model)
 
     def forward(
-        self, queries: torch.Tensor, memory: torch.Tensor, spatial: tuple[int, ...] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, queries: torch.Tensor, memory: torch.Tensor, spatial: tuple[int, ...] | None = None,
+        output: str = "both",
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``queries`` (K, d) shared by the batch or (B, K, d); ``memory`` (B, N, d) with N = prod(spatial).
 
-        Returns the decoded queries (B, K, d) and the last layer's cross-attention (B, K, N).
+        Returns the decoded queries (B, K, d) and the last layer's cross-attention (B, K, N). ``output``:
+        ``"both"``, ``"queries"`` (pre-training's classifier; the attention is ``None`` and not computed) or
+        ``"attention"`` (pixel-tag attention; the queries are ``None`` and the last layer stops at its attention
+        weights). What is computed is the same either way.
         """
-        if queries.dim() == 2:
-            queries = queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        if output not in ("both", "queries", "attention"):
+            raise ValueError(f"tag decoder output must be 'both', 'queries' or 'attention', got {output!r}")
+        first = self._constant_first_queries(queries)
+        q = queries if first is None else first
+        if q.dim() == 2:
+            q = q.unsqueeze(0).expand(memory.shape[0], -1, -1)
         pos = self.position(spatial, memory.device) if spatial is not None else None
         attn = None
-        q = queries
         for i, layer in enumerate(self.layers):
-            q, attn = layer(q, memory, pos, need_attn=i == len(self.layers) - 1)
+            last = i == len(self.layers) - 1
+            q, attn = layer(q, memory, pos, need_attn=last and output != "queries",
+                            need_queries=not last or output != "attention", self_attended=i == 0 and first is not None)
         return q, attn
+
+    def _constant_first_queries(self, queries: torch.Tensor) -> torch.Tensor | None:
+        """The first layer's self-attention block on queries shared by the batch, kept while nothing it depends on
+        changes: in inference (no gradients, evaluation mode) the class embeddings of pixel-tag attention are
+        constants, so this part of the decoder is too. ``None`` where it must be computed (training, gradients,
+        per-image queries, tracing or export, which must record it, inference tensors, which keep no version)."""
+        if (queries.dim() != 2 or self.training or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export()):
+            return None
+        layer = self.layers[0]
+        tensors = [queries, *layer.self_attn.parameters(), *layer.norm1.parameters()]
+        if any(t.is_inference() for t in tensors):  # no version counter to tell a change
+            return None
+        dev = queries.device.type
+        key = (queries.dtype, queries.device, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev),
+               *((t.data_ptr(), t._version) for t in tensors))
+        if self._first_cache is None or self._first_cache[0] != key:
+            self._first_cache = (key, layer.queries(queries.unsqueeze(0))[0])
+        return self._first_cache[1]
 
 
 class GroupWiseLinear(nn.Module):

@@ -177,5 +177,5 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
             h = block(h, skip)
         logits = self._flip(self.out(h))
         if self.training and attn is not None:
-            return torch.stack([logits, self._flip(self.pta.aux_logits(attn, x.shape[2:]))], dim=1)
+            return torch.stack([logits, self.pta.aux_logits(self._flip(attn), x.shape[2:])], dim=1)
         return logits

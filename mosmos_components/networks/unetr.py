@@ -232,5 +232,5 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         dec1 = self.decoder3(dec2, enc2)
         logits = self._flip(self.out(self.decoder2(dec1, enc1)))
         if self.training and attn is not None:
-            return torch.stack([logits, self._flip(self.pta.aux_logits(attn, x.shape[2:]))], dim=1)
+            return torch.stack([logits, self.pta.aux_logits(self._flip(attn), x.shape[2:])], dim=1)
         return logits
