@@ -89,6 +89,10 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     return pics
 
 
+# fine-tuning epochs of `mosmos demo` (demo.json has 50 for one bundle's demo): two fine-tunings of 40 epochs keep
+# the demo within 8 minutes on a 2-core CPU (issue 12), validation at epochs 20 and 40
+DEMO_FINETUNE_EPOCHS = 40
+
 BUNDLE_KINDS = {"btcv_seg": "btcv", "amos_seg": "amos", "mmwhs_seg": "mmwhs", "brats_seg": "brats"}
 
 
@@ -113,17 +117,20 @@ def segmentation_stage(bundle: str, out: Path, pretrained_ckpt: Path, seed: int 
         run_bundle(bundle, ["train.json", "demo.json"], **over)
         train_s = time.time() - t0
         run_bundle(bundle, ["train.json", "demo.json", "evaluate.json"], **over)
+        eval_s = time.time() - t0 - train_s
         with open(d / "eval" / "report" / "summary.csv", encoding="utf-8") as fh:  # written by evaluate.json
             summary = [{**r, "dice": float(r["dice"]), "hd95": float(r["hd95"]), "n": int(r["n"])}
                        for r in csv.DictReader(fh)]
-        runs[name] = {"dir": d, "over": over, "summary": summary, "train_s": train_s,
+        runs[name] = {"dir": d, "over": over, "summary": summary, "train_s": train_s, "eval_s": eval_s,
                       "per_case": d / "eval" / "report" / "per_case.csv"}
     split = json.loads(datalist.read_text())
     test_case = (split.get("test") or split["validation"])[0]
     pred_dir = out / f"{kind}_{inits[0]}" / "predictions"
+    t0 = time.time()
     run_bundle(bundle, ["train.json", "demo.json", "inference.json"],
                **{**runs[inits[0]]["over"], "dataset_dir": test_case["image"], "prediction_dir": str(pred_dir)})
-    return {"runs": runs, "test_case": test_case, "prediction": next(pred_dir.glob("*_seg.nii.gz"))}
+    return {"runs": runs, "test_case": test_case, "prediction": next(pred_dir.glob("*_seg.nii.gz")),
+            "infer_s": time.time() - t0}
 
 
 def btcv_stage(out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 12,
@@ -196,9 +203,15 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stage = pretrain_stage(out, seed=seed, n_pairs=64 if quick else 512, max_epochs=2 if quick else None)
+    t1 = time.time()
     pics = _pretrain_pictures(stage, out)
-    seg = btcv_stage(out, stage["ckpt"], seed=seed, n_cases=6 if quick else 12, max_epochs=2 if quick else None)
+    pics_s = time.time() - t1
+    seg = btcv_stage(out, stage["ckpt"], seed=seed, n_cases=6 if quick else 12,
+                     max_epochs=2 if quick else DEMO_FINETUNE_EPOCHS)
+    t1 = time.time()
     pics += _btcv_pictures(seg, out)
+    pics_s += time.time() - t1
+    runs = seg["runs"]
     m = stage["metrics"]
     lines = [
         f"MOSMOS demo finished in {time.time() - t0:.0f} s (outputs in {out})",
@@ -216,6 +229,9 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
         _wilcoxon_line(seg["runs"]),
         f"inference on held-out {Path(seg['test_case']['image']).name}: {seg['prediction']}",
         *[f"picture: {p}" for p in pics],
+        f"stages (s): pre-training and its evaluation {stage['wall_s']:.0f}, fine-tuning {runs['mosmos']['train_s']:.0f}"
+        f" (MOSMOS) + {runs['random']['train_s']:.0f} (random), evaluation {runs['mosmos']['eval_s']:.0f} + "
+        f"{runs['random']['eval_s']:.0f}, inference {seg['infer_s']:.0f}, pictures {pics_s:.0f}",
     ]
     summary = "\n".join(lines)
     (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")

@@ -96,6 +96,15 @@ def load_spec(path: str | Path) -> dict:
     ref = spec.get("reference")
     if ref is not None and ref not in spec["inits"]:
         raise ValueError(f"{path}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
+    from mosmos_components.bundle_runner import bundles_dir
+
+    configs = bundles_dir() / str(spec["bundle"]) / "configs"
+    for name, init in spec["inits"].items():
+        variant = init.get("variant") or []
+        for f in [variant] if isinstance(variant, str) else variant:
+            if not (configs / f).is_file():
+                raise ValueError(f"{path}: init '{name}' names the variant {f}, which {configs} does not have "
+                                 f"(there: {sorted(str(p.relative_to(configs)) for p in configs.glob('*/*.json'))})")
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
     spec.setdefault("label_fractions", [1.0])
@@ -121,9 +130,16 @@ def _fraction_overrides(spec: dict, fraction: float) -> dict:
     return {}
 
 
+def cell_configs(spec: dict, cell: Cell) -> list[str]:
+    """The bundle configs of a cell: the spec's, then its initialisation's named variant files (``"variant"``: a
+    file or a list of files under the bundle's ``configs/``, e.g. ``"baselines/imagenet_vit.json"``)."""
+    variant = spec["inits"][cell.init].get("variant") or []
+    return list(spec["configs"]) + ([variant] if isinstance(variant, str) else list(variant))
+
+
 def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
     over = {"dataset_dir": spec["dataset_dir"], **spec["overrides"], **_fraction_overrides(spec, cell.fraction),
-            **spec["inits"][cell.init],
+            **{k: v for k, v in spec["inits"][cell.init].items() if k != "variant"},
             "ckpt_dir": str(folder / "models"), "output_dir": str(folder / "eval"),
             "datalist_file": str(out / "datalist.json"), "label_fraction": cell.fraction, "seed": cell.seed,
             "split_seed": int(spec.get("split_seed", 0)), "overwrite": True, "show_progress": False}
@@ -140,12 +156,13 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
 
     folder = out / "cells" / cell.name
     over = _overrides(spec, cell, folder, out)
+    configs = cell_configs(spec, cell)
     t0 = time.time()
-    run_bundle(spec["bundle"], list(spec["configs"]), **over)  # resumes from models/checkpoint.pt if interrupted
+    run_bundle(spec["bundle"], configs, **over)  # resumes from models/checkpoint.pt if interrupted
     t1 = time.time()
     eval_over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
     eval_over["validate#report#slices"] = int(spec.get("panel_cases", 3))  # slices kept for the qualitative panel
-    run_bundle(spec["bundle"], list(spec["configs"]) + ["evaluate.json"], **eval_over)
+    run_bundle(spec["bundle"], configs + ["evaluate.json"], **eval_over)
     per_case = folder / "eval" / "report" / "per_case.csv"
     with open(per_case, encoding="utf-8") as fh:
         rows = [dict(r, dice=float(r["dice"]), hd95=float(r["hd95"])) for r in csv.DictReader(fh)]

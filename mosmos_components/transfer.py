@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -38,7 +38,7 @@ from mosmos_components.networks.unetr import MosmosUNETR
 
 __all__ = ["TransferReport", "class_embeddings", "fixed_prompt_embeddings", "load_pretrained", "prepare_network",
            "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint", "load_imagenet_vit",
-           "load_imagenet_resnet"]
+           "load_imagenet_resnet", "INIT_KINDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -342,30 +342,38 @@ def load_pretrained(
     return report.finish(network, source)
 
 
+def _init_imagenet(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:
+    (load_imagenet_resnet if isinstance(network, MosmosUNet2D) else load_imagenet_vit)(network, path)
+
+
+def _init_mosmos(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:
+    load_pretrained(network, path, prompt_template=prompt_template)
+
+
+# ``pretrained_kind`` -> how a checkpoint of that kind initialises a segmentation network
+# (network, checkpoint path, class prompt template); a new kind of weights is one entry here
+INIT_KINDS: dict[str, Callable[..., None]] = {"mosmos": _init_mosmos, "imagenet": _init_imagenet}
+
+
 def prepare_network(
     network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE, pretrained_kind: str = "mosmos",
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation;
     with ``use_pta=True`` the class embeddings are random vectors, with a warning: Table 4's "no pre-training" row).
-    ``pretrained_kind``: ``"mosmos"`` (a MOSMOS or CLIP-only pre-training checkpoint) or ``"imagenet"`` (timm
-    ViT weights, :func:`load_imagenet_vit`; torchvision ResNet weights, :func:`load_imagenet_resnet`)."""
+    ``pretrained_kind``: a key of :data:`INIT_KINDS`: ``"mosmos"`` (a MOSMOS, CLIP-only or SSL pre-training
+    checkpoint) or ``"imagenet"`` (timm ViT weights, :func:`load_imagenet_vit`; torchvision ResNet weights,
+    :func:`load_imagenet_resnet`)."""
     if pretrained_ckpt:
         if not os.path.isfile(pretrained_ckpt):
             raise FileNotFoundError(
                 f"pre-trained checkpoint not found: {pretrained_ckpt} (run the mosmos_pretrain bundle first, "
                 "or set use_pretrained to false for the random-initialisation baseline)"
             )
-        if pretrained_kind == "imagenet":
-            if isinstance(network, MosmosUNet2D):
-                load_imagenet_resnet(network, pretrained_ckpt)
-            else:
-                load_imagenet_vit(network, pretrained_ckpt)
-        elif pretrained_kind == "mosmos":
-            load_pretrained(network, pretrained_ckpt, prompt_template=prompt_template)
-        else:
-            raise ValueError(f"pretrained_kind must be 'mosmos' (MOSMOS or CLIP checkpoints) or 'imagenet', "
-                             f"got {pretrained_kind!r}")
+        if pretrained_kind not in INIT_KINDS:
+            raise ValueError(f"pretrained_kind must be one of {sorted(INIT_KINDS)} (mosmos: MOSMOS, CLIP or SSL "
+                             f"pre-training checkpoints; imagenet: timm ViT / torchvision ResNet), got {pretrained_kind!r}")
+        INIT_KINDS[pretrained_kind](network, pretrained_ckpt, prompt_template)
     elif network.pta is not None:
         # Table 4's "no pre-training" row: the whole framework on untrained weights. There is no text encoder to
         # give class embeddings, so they are random vectors (std 1, seeded by the run's seed), as an untrained

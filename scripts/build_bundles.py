@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent / "bundles"
 BASE = "btcv_seg"
 CONFIGS = ["train.json", "evaluate.json", "multi_gpu_train.json", "demo.json", "unet2d.json"]
 COPIED = ["configs/logging.conf", "LICENSE"]
+VARIANTS = ["baselines", "ablations"]
 INFERENCE_TEMPLATE = ROOT / "_template" / "inference.json"
 
 
@@ -59,6 +60,13 @@ def build(name: str) -> dict[str, str]:
         out[f"configs/{cfg}"] = json.dumps(parser.get(), indent=4) + "\n"
     for f in COPIED:
         out[f] = (ROOT / BASE / f).read_text(encoding="utf-8")
+    keys = set().union(*(json.loads(out[f"configs/{c}"]) for c in ("train.json", "unet2d.json")
+                         if f"configs/{c}" in out))
+    for folder in VARIANTS:  # named variants (baselines, ablations): data-independent overrides, the same everywhere
+        for f in sorted((ROOT / BASE / "configs" / folder).glob("*.json")):
+            text = f.read_text(encoding="utf-8")
+            if set(json.loads(text)) - {"_description"} <= keys:  # e.g. no ImageNet ResNet where there is no U-Net
+                out[f"configs/{folder}/{f.name}"] = text
     out["configs/inference.json"] = build_inference(name, json.loads(out["configs/train.json"]))
     return out
 

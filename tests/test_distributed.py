@@ -75,3 +75,20 @@ def test_metrics_gather_every_ranks_shard(tmp_path):
         assert dice == pytest.approx(engine.state.metrics["case_mean_dice"]) and n_rows == 2 * N
     rows = list(csv.DictReader(open(tmp_path / "report" / "per_case.csv")))
     assert len(rows) == 2 * N and len({r["case"] for r in rows}) == N
+
+
+@pytest.mark.parametrize("n", [5, 8])
+def test_bundle_samplers_shard_the_cases(n):
+    """The samplers of multi_gpu_train.json: validation (even_divisible=False) gives every case to exactly one of two
+    ranks, training (even_divisible=True, shuffled) gives both ranks the same number of cases, covering them all."""
+    from monai.data import DistributedSampler
+
+    data = list(range(n))
+    val = [list(DistributedSampler(data, num_replicas=2, rank=r, shuffle=False, even_divisible=False)) for r in (0, 1)]
+    assert sorted(val[0] + val[1]) == data
+    train = [DistributedSampler(data, num_replicas=2, rank=r, shuffle=True, even_divisible=True) for r in (0, 1)]
+    for s in train:
+        s.set_epoch(3)
+    shards = [list(s) for s in train]
+    assert len(shards[0]) == len(shards[1]) == (n + 1) // 2
+    assert set(shards[0]) | set(shards[1]) == set(data)

@@ -213,9 +213,37 @@ def test_shipped_specs_name_real_bundle_keys(name):
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / spec["bundle"] / "configs" / c) for c in spec["configs"]])
     keys = set(parser.get())
-    for overrides in [spec["overrides"], *spec["inits"].values(), *spec.get("fraction_overrides", {}).values()]:
+    inits = [{k: v for k, v in i.items() if k != "variant"} for i in spec["inits"].values()]
+    for overrides in [spec["overrides"], *inits, *spec.get("fraction_overrides", {}).values()]:
         assert set(overrides) <= keys, (name, set(overrides) - keys)
     assert cells_of(spec)
+
+
+def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path):
+    """Named variants (configs/baselines, configs/ablations) hold bundle keys only; a spec's init names one and its
+    cells run with it; a variant the bundle lacks is refused naming the spec."""
+    from monai.bundle import ConfigParser
+
+    from conftest import REPO
+    from mosmos_components.experiment import cell_configs
+
+    for bundle in ("btcv_seg", "acdc_seg", "brats_seg", "mosmos_pretrain"):
+        configs = REPO / "bundles" / bundle / "configs"
+        files = [configs / f for f in ("train.json", "unet2d.json") if (configs / f).is_file()]
+        keys = set(ConfigParser.load_config_files([str(f) for f in files]))
+        variants = sorted(configs.glob("*/*.json"))
+        assert variants, bundle
+        for v in variants:
+            extra = set(json.loads(v.read_text())) - keys - {"_description"}
+            assert not extra, (v, extra)
+    spec = load_spec(REPO / "experiments" / "acdc_real.json")
+    random = next(c for c in cells_of(spec) if c.init == "random")
+    assert cell_configs(spec, random) == ["train.json", "demo.json", "baselines/random.json"]
+    bad = dict(json.loads((REPO / "experiments" / "acdc_real.json").read_text()))
+    bad["inits"]["random"] = {"variant": "baselines/no_such.json"}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="bad.json: init .random. names the variant baselines/no_such.json"):
+        load_spec(tmp_path / "bad.json")
 
 
 def test_a_shipped_spec_is_found_by_name():
