@@ -15,7 +15,7 @@ from mosmos_components import errors  # noqa: F401 - bundles call errors.install
 _logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
 _warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
 _warnings.filterwarnings("ignore", message=".*get_mask_edges:always_return_as_numpy")
-from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot
+from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot  # noqa: E402
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["DEFAULT_TAGS", "TagExtractor", "TagVocabulary", "extract_tags", "tags_to_multi_hot", "__version__"]

@@ -14,8 +14,10 @@ def bundles_dir() -> Path:
     for path in (here.parent / "bundles", here / "_bundles"):
         if (path / "btcv_seg" / "configs").is_dir():
             return path
-    raise FileNotFoundError(f"MOSMOS bundles not found next to {here} (neither a checkout's bundles/ nor an installed "
-                            "wheel's _bundles/): reinstall MOSMOS (pip install .) or run from a clone")
+    raise FileNotFoundError(
+        f"MOSMOS bundles not found next to {here} (neither a checkout's bundles/ nor an installed "
+        "wheel's _bundles/): reinstall MOSMOS (pip install .) or run from a clone"
+    )
 
 
 def run_bundle(bundle: str, configs: list[str], **overrides) -> None:

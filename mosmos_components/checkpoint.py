@@ -14,8 +14,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_json_save", "save_network", "check_finite", "load_state_dict", "read_sidecar",
-           "load_pretrain_network", "load_segmentation_network", "load_weights"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_json_save",
+    "save_network",
+    "check_finite",
+    "load_state_dict",
+    "read_sidecar",
+    "load_pretrain_network",
+    "load_segmentation_network",
+    "load_weights",
+]
 
 
 def _atomic_write(path: str | os.PathLike, write) -> None:
@@ -48,11 +57,16 @@ def atomic_json_save(obj: Any, path: str | os.PathLike) -> None:
 
 def check_finite(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse to write weights that hold NaN/Inf (a model trained on a poisoned batch), naming the tensors."""
-    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-           and not bool(torch.isfinite(v).all())]
+    bad = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
-        raise FloatingPointError(f"refusing to write {path}: {len(bad)} tensor(s) hold NaN/Inf (e.g. {bad[:3]}); the "
-                                 "files already there are kept")
+        raise FloatingPointError(
+            f"refusing to write {path}: {len(bad)} tensor(s) hold NaN/Inf (e.g. {bad[:3]}); the "
+            "files already there are kept"
+        )
 
 
 def save_network(network: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None) -> None:
@@ -90,9 +104,11 @@ def _check_pair(path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
             h.update(chunk)
     if h.hexdigest() != want:
         load_state_dict(path)  # a file that is no checkpoint at all says so first
-        raise RuntimeError(f"{path} and {Path(path).with_suffix('.json')} are not from the same save (weights "
-                           "SHA-256 differs from the sidecar's): a writer was interrupted, or one file was replaced; "
-                           "re-export the model")
+        raise RuntimeError(
+            f"{path} and {Path(path).with_suffix('.json')} are not from the same save (weights "
+            "SHA-256 differs from the sidecar's): a writer was interrupted, or one file was replaced; "
+            "re-export the model"
+        )
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
@@ -151,31 +167,42 @@ def check_expectations(path: str | os.PathLike, cfg: dict[str, Any], expect: dic
     for key, want in expect.items():
         if key == "data" and isinstance(want, dict):
             have = cfg.get("data", {})
-            diffs += [f"data.{k}: checkpoint {have[k]!r}, bundle {v!r}" for k, v in want.items()
-                      if k in have and not _same(have[k], v)]
+            diffs += [
+                f"data.{k}: checkpoint {have[k]!r}, bundle {v!r}"
+                for k, v in want.items()
+                if k in have and not _same(have[k], v)
+            ]
         elif key in cfg and cfg[key] is not None and not _same(cfg[key], want):
             diffs.append(f"{key}: checkpoint {cfg[key]!r}, bundle {want!r}")
     if diffs:
-        raise ValueError(f"{path} was trained for other data than this bundle's: " + "; ".join(diffs)
-                         + " (use the bundle the model was trained with, or a model trained for this one)")
+        raise ValueError(
+            f"{path} was trained for other data than this bundle's: "
+            + "; ".join(diffs)
+            + " (use the bundle the model was trained with, or a model trained for this one)"
+        )
 
 
 def load_segmentation_network(path: str | os.PathLike, expect: dict[str, Any] | None = None) -> torch.nn.Module:
-    """Rebuild the fine-tuned segmentation network saved at ``path`` (``MosmosUNETR`` or ``MosmosUNet2D``, as its
-    sidecar says) with every weight loaded, class embeddings included: no config and no text encoder needed.
+    """Rebuild the fine-tuned segmentation network saved at ``path`` (the registered network its sidecar names:
+    :data:`~mosmos_components.networks.base.SEGMENTATION_NETWORKS`) with every weight loaded, class embeddings
+    included: no config and no text encoder needed.
     ``expect``: what the caller's bundle needs (:func:`check_expectations`), checked before anything is built."""
     import inspect
 
-    from mosmos_components import networks
+    from mosmos_components import networks  # noqa: F401 - importing the networks registers them
+    from mosmos_components.networks.base import SEGMENTATION_NETWORKS
 
     cfg = read_sidecar(path)
     _check_pair(path, cfg)
     if expect:
         check_expectations(path, cfg, expect)
     name = cfg.get("network")
-    if cfg.get("format") != "mosmos-seg/1" or name not in ("MosmosUNETR", "MosmosUNet2D"):
-        raise ValueError(f"{path}: sidecar does not describe a MOSMOS segmentation network (network={name!r})")
-    cls = getattr(networks, name)
+    if cfg.get("format") != "mosmos-seg/1" or name not in SEGMENTATION_NETWORKS:
+        raise ValueError(
+            f"{path}: sidecar does not describe a MOSMOS segmentation network (network={name!r}; "
+            f"known: {sorted(SEGMENTATION_NETWORKS)})"
+        )
+    cls = SEGMENTATION_NETWORKS[name]
     params = inspect.signature(cls).parameters
     net = cls(**{k: v for k, v in cfg.items() if k in params})
     return load_weights(net, path, "segmentation checkpoint").eval()
@@ -187,8 +214,9 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, what: str = 
     try:
         missing, unexpected = network.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch
-        raise RuntimeError(f"{what} {path} does not fit {type(network).__name__}{_config_hint(network, path)}: "
-                           f"{e}") from e
+        raise RuntimeError(
+            f"{what} {path} does not fit {type(network).__name__}{_config_hint(network, path)}: {e}"
+        ) from e
     if missing or unexpected:
         raise RuntimeError(
             f"{what} {path} does not fit {type(network).__name__}{_config_hint(network, path)}: missing {missing[:8]}"
@@ -205,6 +233,9 @@ def _config_hint(network: torch.nn.Module, path: str | os.PathLike) -> str:
         side, mine = read_sidecar(path), network.config()
     except (ValueError, OSError):
         return ""
-    diffs = [f"{k}={side[k]!r} (checkpoint) vs {mine[k]!r}" for k in mine
-             if k in side and k != "class_names" and side[k] != mine[k]]
+    diffs = [
+        f"{k}={side[k]!r} (checkpoint) vs {mine[k]!r}"
+        for k in mine
+        if k in side and k != "class_names" and side[k] != mine[k]
+    ]
     return f" (its {Path(path).with_suffix('.json').name} differs: {'; '.join(diffs)})" if diffs else ""

@@ -1,16 +1,16 @@
 """The ``mosmos`` command line (python-fire).
 
-    mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report (or --stdin, --file PATH)
-    mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
-    mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
-    mosmos tag-stats CORPUS --out_dir tag_stats                  # tag frequencies of a ROCO / MedPix 2.0 corpus
-    mosmos experiment experiments/demo_btcv.json                 # a resumable grid, aggregated
-    mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
-    mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
-    mosmos demo                                                  # the whole pipeline on generated data
-    mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
-    mosmos locate scan.nii.gz liver "left kidney" --pretrained PRETRAIN/model.pt      # attention maps by name
-    mosmos export-onnx demo_output/btcv_mosmos btcv.onnx        # ONNX (+ sidecar) that mosmos segment runs
+mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report (or --stdin, --file PATH)
+mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
+mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
+mosmos tag-stats CORPUS --out_dir tag_stats                  # tag frequencies of a ROCO / MedPix 2.0 corpus
+mosmos experiment experiments/demo_btcv.json                 # a resumable grid, aggregated
+mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
+mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
+mosmos demo                                                  # the whole pipeline on generated data
+mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
+mosmos locate scan.nii.gz liver "left kidney" --pretrained PRETRAIN/model.pt      # attention maps by name
+mosmos export-onnx demo_output/btcv_mosmos btcv.onnx        # ONNX (+ sidecar) that mosmos segment runs
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import fire
 
 from mosmos_components.bundle_runner import bundles_dir, run_bundle
-from mosmos_components.data.demo import DEMO_KINDS, write_demo_data
+from mosmos_components.data.synthetic import DEMO_KINDS, write_demo_data
 from mosmos_components.tags import TagExtractor, TagVocabulary
 
 __all__ = ["MosmosCLI", "main", "bundles_dir", "run_bundle"]
@@ -32,8 +32,14 @@ __all__ = ["MosmosCLI", "main", "bundles_dir", "run_bundle"]
 class MosmosCLI:
     """MOSMOS: multi-organ segmentation facilitated by medical report supervision."""
 
-    def tags(self, text: str | None = None, vocab: str | list[str] | None = None, unsided: str = "both",
-             file: str | None = None, stdin: bool = False) -> str:
+    def tags(
+        self,
+        text: str | None = None,
+        vocab: str | list[str] | None = None,
+        unsided: str = "both",
+        file: str | None = None,
+        stdin: bool = False,
+    ) -> str:
         """Print the organ tags found in TEXT (JSON list); --stdin reads the text from standard input, --file from
         a UTF-8 text file. --vocab adds your own vocabulary file(s)."""
         import sys
@@ -52,8 +58,10 @@ class MosmosCLI:
             return json.dumps(extractor(sys.stdin.buffer.read()))
         text = str(text)
         if any("\udc80" <= ch <= "\udcff" for ch in text):  # bytes the command line could not decode as UTF-8
-            raise ValueError("the report text on the command line is not valid UTF-8 (check the terminal's "
-                             "encoding, or pass the text with --file or on standard input)")
+            raise ValueError(
+                "the report text on the command line is not valid UTF-8 (check the terminal's "
+                "encoding, or pass the text with --file or on standard input)"
+            )
         return json.dumps(extractor(text))
 
     def demo_data(self, out_dir: str, kind: str = "roco", n: int | None = None, seed: int = 0) -> str:
@@ -64,8 +72,9 @@ class MosmosCLI:
         root = write_demo_data(out_dir, kind=kind, n=n, seed=seed)
         return f"wrote {kind} demo data to {root} in {time.time() - t:.1f} s"
 
-    def clip_checkpoint(self, out_path: str, clip_pretrained: str, backbone: str = "ViT-B-16",
-                        force_quick_gelu: bool = False) -> str:
+    def clip_checkpoint(
+        self, out_path: str, clip_pretrained: str, backbone: str = "ViT-B-16", force_quick_gelu: bool = False
+    ) -> str:
         """Write CLIP (or PubMedCLIP) weights, without MOSMOS pre-training, as a checkpoint the segmentation
         bundles take as --pretrained_ckpt: the CLIP baseline (--use_pta False) and CLIP+DenseCLIP
         (--pta_mode score). CLIP_PRETRAINED: a local weights file, or an open_clip tag when online."""
@@ -74,8 +83,9 @@ class MosmosCLI:
         save_clip_checkpoint(out_path, backbone, clip_pretrained, force_quick_gelu)
         return f"wrote {out_path} (+ sidecar): {backbone} from {clip_pretrained}, no MOSMOS pre-training"
 
-    def tag_stats(self, corpus: str, out_dir: str = "tag_stats", layout: str = "auto",
-                  vocab: str | list[str] | None = None) -> str:
+    def tag_stats(
+        self, corpus: str, out_dir: str = "tag_stats", layout: str = "auto", vocab: str | list[str] | None = None
+    ) -> str:
         """Tag statistics of an image-report CORPUS (ROCO or MedPix 2.0 folder; the paper's Fig. 2): tag
         frequencies, tags per report and the share of reports without a tag, as CSV files, JSON and a bar chart."""
         from mosmos_components.data.corpus_stats import tag_statistics
@@ -83,10 +93,13 @@ class MosmosCLI:
         files = [vocab] if isinstance(vocab, str) else vocab
         s = tag_statistics(corpus, out_dir, layout, files)
         top = sorted(s["tag_reports"].items(), key=lambda kv: -kv[1])[:5]
-        return (f"{s['reports']} reports ({s['layout']}): {s['share_without_tag']:.1%} without a tag, "
-                f"{s['mean_tags_per_report']:.2f} tags per report; most frequent: "
-                + ", ".join(f"{t} {n}" for t, n in top) + f"; wrote {out_dir}/tag_frequencies.csv, .png, "
-                "tags_per_report.csv, tag_stats.json")
+        return (
+            f"{s['reports']} reports ({s['layout']}): {s['share_without_tag']:.1%} without a tag, "
+            f"{s['mean_tags_per_report']:.2f} tags per report; most frequent: "
+            + ", ".join(f"{t} {n}" for t, n in top)
+            + f"; wrote {out_dir}/tag_frequencies.csv, .png, "
+            "tags_per_report.csv, tag_stats.json"
+        )
 
     def experiment(self, spec: str, output_dir: str | None = None, max_cells: int | None = None) -> str:
         """Run the grid of an experiment SPEC (initialisations x label fractions x seeds x lambda) through the
@@ -96,8 +109,10 @@ class MosmosCLI:
 
         t = time.time()
         r = run_experiment(spec, output_dir, max_cells)
-        return (f"{r['ran']} cell(s) run, {r['skipped']} already done, of {r['cells']} ({time.time() - t:.0f} s); "
-                f"results in {r['results']}: " + ", ".join(Path(t).name for t in r["tables"]))
+        return (
+            f"{r['ran']} cell(s) run, {r['skipped']} already done, of {r['cells']} ({time.time() - t:.0f} s); "
+            f"results in {r['results']}: " + ", ".join(Path(t).name for t in r["tables"])
+        )
 
     def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice", unit: str = "class") -> str:
         """Wilcoxon signed-rank test between two evaluations' per_case.csv: paired per class on the test-set mean
@@ -106,8 +121,15 @@ class MosmosCLI:
 
         return json.dumps(wilcoxon_test(per_case_a, per_case_b, metric, unit))
 
-    def bundle_demo(self, bundle: str, pretrained_ckpt: str, out_dir: str = "demo_output", seed: int = 0,
-                    n: int | None = None, max_epochs: int | None = None) -> str:
+    def bundle_demo(
+        self,
+        bundle: str,
+        pretrained_ckpt: str,
+        out_dir: str = "demo_output",
+        seed: int = 0,
+        n: int | None = None,
+        max_epochs: int | None = None,
+    ) -> str:
         """Demo of one segmentation BUNDLE (btcv_seg, amos_seg, mmwhs_seg, brats_seg): generated data in its real
         layout, fine-tuning (demo.json) from PRETRAINED_CKPT, evaluation and inference; prints the table."""
         from pathlib import Path
@@ -120,44 +142,83 @@ class MosmosCLI:
         t = time.time()
         stage = segmentation_stage(bundle, Path(out_dir).resolve(), Path(pretrained_ckpt), seed, n, max_epochs)
         run = stage["runs"]["mosmos"]
-        return (f"{bundle} demo: {time.time() - t:.0f} s in all, {run['train_s']:.0f} s training; held-out split "
-                f"({run['per_case']}):\n{format_table(run['summary'])}\ninference: {stage['prediction']}")
+        return (
+            f"{bundle} demo: {time.time() - t:.0f} s in all, {run['train_s']:.0f} s training; held-out split "
+            f"({run['per_case']}):\n{format_table(run['summary'])}\ninference: {stage['prediction']}"
+        )
 
-    def segment(self, input: str, output: str, model: str, device: str | None = None, split: bool = False,
-                roi_subset: str | None = None, statistics: bool = False, preview: bool = False,
-                output_type: str = "nifti", series_uid: str | None = None, overwrite: bool = False,
-                sw_batch_size: int = 2, overlap: float | None = None, amp: bool | None = None) -> str:
-        """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder)
-        with MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
-        exported model.ts with the model.json of its weights beside it).
-        How the scan is read (orientation, spacing, intensities, window) comes from the model. --split: one mask per
-        structure; --roi_subset liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and
-        CSV; --preview: a PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs
-        highdicom: pip install "mosmos[dicom]"); --amp / --noamp: mixed precision (fp16 on a GPU, the default
-        there; bf16 on a CPU, off by default); --overlap 0.25: fewer windows. Existing outputs are skipped unless --overwrite; a scan that fails
-        is reported, the others go on, and the command fails at the end."""
+    def segment(
+        self,
+        input: str,
+        output: str,
+        model: str,
+        device: str | None = None,
+        split: bool = False,
+        roi_subset: str | None = None,
+        statistics: bool = False,
+        preview: bool = False,
+        output_type: str = "nifti",
+        series_uid: str | None = None,
+        overwrite: bool = False,
+        sw_batch_size: int = 2,
+        overlap: float | None = None,
+        amp: bool | None = None,
+    ) -> str:
+        """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
+        MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
+        exported model.ts with the model.json of its weights beside it). How the scan is read (orientation,
+        spacing, intensities, window) comes from the model. --split: one mask per structure; --roi_subset
+        liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and CSV; --preview: a
+        PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs highdicom: pip
+        install "mosmos[dicom]"); --amp / --noamp: mixed precision (fp16 on a GPU, the default there; bf16 on a
+        CPU, off by default); --overlap 0.25: fewer windows. Existing outputs are skipped unless --overwrite; a
+        scan that fails is reported, the others go on, and the command fails at the end."""
         from mosmos_components.segment import segment
 
         t = time.time()
         roi = ",".join(roi_subset) if isinstance(roi_subset, (list, tuple)) else roi_subset
-        res = segment(input, output, model, device=device, split=split, roi_subset=roi, statistics=statistics,
-                      preview=preview, output_type=output_type, series_uid=series_uid, overwrite=overwrite,
-                      sw_batch_size=sw_batch_size, overlap=overlap, amp=amp)
-        line = (f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
-                f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output}")
+        res = segment(
+            input,
+            output,
+            model,
+            device=device,
+            split=split,
+            roi_subset=roi,
+            statistics=statistics,
+            preview=preview,
+            output_type=output_type,
+            series_uid=series_uid,
+            overwrite=overwrite,
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            amp=amp,
+        )
+        line = (
+            f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
+            f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output}"
+        )
         if res["failed"]:
             raise RuntimeError(line + "; failed: " + "; ".join(f"{f['scan']}: {f['error']}" for f in res["failed"]))
         return line
 
-    def locate(self, input: str, *names: str, pretrained: str, output_dir: str = "locate_output",
-               modality: str = "ct", series_uid: str | None = None, overwrite: bool = False) -> str:
+    def locate(
+        self,
+        input: str,
+        *names: str,
+        pretrained: str,
+        output_dir: str = "locate_output",
+        modality: str = "ct",
+        series_uid: str | None = None,
+        overwrite: bool = False,
+    ) -> str:
         """Where is each named structure in the scan INPUT? The pre-trained tag decoder's attention for NAMES (any
         text: names outside the training tags are zero-shot) as NIfTI heat maps on the input grid (each a
         distribution over the scan) and a preview PNG, in OUTPUT_DIR. --modality ct (abdominal window) or mri."""
         from mosmos_components.locate import locate
 
-        res = locate(input, list(names), pretrained, output_dir, modality=modality, series_uid=series_uid,
-                     overwrite=overwrite)
+        res = locate(
+            input, list(names), pretrained, output_dir, modality=modality, series_uid=series_uid, overwrite=overwrite
+        )
         lines = [f"mosmos locate: {res['case']} -> {output_dir} (preview {res['preview']})"]
         for name, r in res["names"].items():
             note = " (zero-shot: not a training tag)" if r["zero_shot"] else ""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mosmos_components.bundle_runner import run_bundle
-from mosmos_components.data.demo import write_demo_data, write_roco
+from mosmos_components.data.synthetic import write_demo_data, write_roco
 from mosmos_components.evaluation import wilcoxon_test
 
 __all__ = ["run_demo", "pretrain_stage", "btcv_stage", "segmentation_stage", "BUNDLE_KINDS"]
@@ -44,11 +44,17 @@ def pretrain_stage(out: Path, seed: int = 0, n_pairs: int = 512, max_epochs: int
     if max_epochs is not None:
         overrides["max_epochs"] = max_epochs
     run_bundle("mosmos_pretrain", ["train.json", "demo.json"], **overrides)
-    run_bundle("mosmos_pretrain", ["train.json", "demo.json", "evaluate.json"], **overrides,
-               **{"validate#split": "validation"})
+    run_bundle(
+        "mosmos_pretrain", ["train.json", "demo.json", "evaluate.json"], **overrides, **{"validate#split": "validation"}
+    )
     metrics = _read_metrics_csv(eval_dir / "metrics.csv")
-    return {"data": data, "ckpt": ckpt_dir / "model.pt", "eval_dir": eval_dir, "metrics": metrics,
-            "wall_s": time.time() - t0}
+    return {
+        "data": data,
+        "ckpt": ckpt_dir / "model.pt",
+        "eval_dir": eval_dir,
+        "metrics": metrics,
+        "wall_s": time.time() - t0,
+    }
 
 
 def _bundle_parser(bundle: str, configs: list[str], overrides: dict):
@@ -70,9 +76,13 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     from mosmos_components.networks import CLIP_MEAN, CLIP_STD
     from mosmos_components.visualize import plot_curves, plot_tag_attention
 
-    pics = [plot_curves({"train": stage["eval_dir"] / "train_history.csv",
-                         "validation": stage["eval_dir"] / "val_history.csv"},
-                        out / "pretrain_curves.png", "MOSMOS pre-training (demo)")]
+    pics = [
+        plot_curves(
+            {"train": stage["eval_dir"] / "train_history.csv", "validation": stage["eval_dir"] / "val_history.csv"},
+            out / "pretrain_curves.png",
+            "MOSMOS pre-training (demo)",
+        )
+    ]
     net = load_pretrain_network(stage["ckpt"]).eval()
     item = next(d for d in load_roco(stage["data"], "validation") if sum(d["tags"]) >= 2)
     parser = _bundle_parser("mosmos_pretrain", ["train.json", "demo.json"], {"dataset_dir": str(stage["data"])})
@@ -84,8 +94,15 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     grey = img[0, 0].numpy() * CLIP_STD[0] + CLIP_MEAN[0]
     # MONAI's PIL reader gives (W, H): transpose back to the picture's orientation
     maps = attn[0, idx].reshape(len(idx), *grid).numpy()
-    pics.append(plot_tag_attention(grey.T, np.transpose(maps, (0, 2, 1)), [net.tags[i] for i in idx],
-                                   out / "pretrain_tag_attention.png", item["report"]))
+    pics.append(
+        plot_tag_attention(
+            grey.T,
+            np.transpose(maps, (0, 2, 1)),
+            [net.tags[i] for i in idx],
+            out / "pretrain_tag_attention.png",
+            item["report"],
+        )
+    )
     return pics
 
 
@@ -96,45 +113,75 @@ DEMO_FINETUNE_EPOCHS = 40
 BUNDLE_KINDS = {"btcv_seg": "btcv", "amos_seg": "amos", "mmwhs_seg": "mmwhs", "brats_seg": "brats"}
 
 
-def segmentation_stage(bundle: str, out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int | None = None,
-                       max_epochs: int | None = None, inits: tuple[str, ...] = ("mosmos",)) -> dict:
+def segmentation_stage(
+    bundle: str,
+    out: Path,
+    pretrained_ckpt: Path,
+    seed: int = 0,
+    n_cases: int | None = None,
+    max_epochs: int | None = None,
+    inits: tuple[str, ...] = ("mosmos",),
+) -> dict:
     """Generate ``bundle``'s demo data, fine-tune it (``demo.json``) from ``pretrained_ckpt`` (init ``mosmos``)
     and/or from random initialisation (``random``) on one split, evaluate each on the held-out split, and run
     inference on its first volume with the first init's model."""
     kind = BUNDLE_KINDS[bundle]
     data = write_demo_data(out / kind, kind=kind, n=n_cases, seed=seed)
     datalist = out / f"{kind}_datalist.json"
-    common = {"dataset_dir": str(data), "datalist_file": str(datalist), "seed": seed,
-              "pretrained_ckpt": str(pretrained_ckpt)}
+    common = {
+        "dataset_dir": str(data),
+        "datalist_file": str(datalist),
+        "seed": seed,
+        "pretrained_ckpt": str(pretrained_ckpt),
+    }
     if max_epochs is not None:
         common.update(max_epochs=max_epochs, val_interval=max(1, max_epochs // 2))
     runs = {}
     for name in inits:
         t0 = time.time()
         d = out / f"{kind}_{name}"
-        over = {**common, "ckpt_dir": str(d / "models"), "output_dir": str(d / "eval"),
-                **({"use_pretrained": False} if name == "random" else {})}
+        over = {
+            **common,
+            "ckpt_dir": str(d / "models"),
+            "output_dir": str(d / "eval"),
+            **({"use_pretrained": False} if name == "random" else {}),
+        }
         run_bundle(bundle, ["train.json", "demo.json"], **over)
         train_s = time.time() - t0
         run_bundle(bundle, ["train.json", "demo.json", "evaluate.json"], **over)
         eval_s = time.time() - t0 - train_s
         with open(d / "eval" / "report" / "summary.csv", encoding="utf-8") as fh:  # written by evaluate.json
-            summary = [{**r, "dice": float(r["dice"]), "hd95": float(r["hd95"]), "n": int(r["n"])}
-                       for r in csv.DictReader(fh)]
-        runs[name] = {"dir": d, "over": over, "summary": summary, "train_s": train_s, "eval_s": eval_s,
-                      "per_case": d / "eval" / "report" / "per_case.csv"}
+            summary = [
+                {**r, "dice": float(r["dice"]), "hd95": float(r["hd95"]), "n": int(r["n"])} for r in csv.DictReader(fh)
+            ]
+        runs[name] = {
+            "dir": d,
+            "over": over,
+            "summary": summary,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "per_case": d / "eval" / "report" / "per_case.csv",
+        }
     split = json.loads(datalist.read_text())
     test_case = (split.get("test") or split["validation"])[0]
     pred_dir = out / f"{kind}_{inits[0]}" / "predictions"
     t0 = time.time()
-    run_bundle(bundle, ["train.json", "demo.json", "inference.json"],
-               **{**runs[inits[0]]["over"], "dataset_dir": test_case["image"], "prediction_dir": str(pred_dir)})
-    return {"runs": runs, "test_case": test_case, "prediction": next(pred_dir.glob("*_seg.nii.gz")),
-            "infer_s": time.time() - t0}
+    run_bundle(
+        bundle,
+        ["train.json", "demo.json", "inference.json"],
+        **{**runs[inits[0]]["over"], "dataset_dir": test_case["image"], "prediction_dir": str(pred_dir)},
+    )
+    return {
+        "runs": runs,
+        "test_case": test_case,
+        "prediction": next(pred_dir.glob("*_seg.nii.gz")),
+        "infer_s": time.time() - t0,
+    }
 
 
-def btcv_stage(out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 12,
-               max_epochs: int | None = None) -> dict:
+def btcv_stage(
+    out: Path, pretrained_ckpt: Path, seed: int = 0, n_cases: int = 12, max_epochs: int | None = None
+) -> dict:
     """``btcv_seg`` from the pre-trained weights and from random initialisation, on the same split."""
     return segmentation_stage("btcv_seg", out, pretrained_ckpt, seed, n_cases, max_epochs, ("mosmos", "random"))
 
@@ -147,9 +194,13 @@ def _btcv_pictures(stage: dict, out: Path) -> list[str]:
 
     pics = []
     for name, r in stage["runs"].items():
-        pics.append(plot_curves({"train": r["dir"] / "eval" / "train_history.csv",
-                                 "validation": r["dir"] / "eval" / "val_history.csv"},
-                                out / f"btcv_{name}_curves.png", f"btcv_seg demo ({name} initialisation)"))
+        pics.append(
+            plot_curves(
+                {"train": r["dir"] / "eval" / "train_history.csv", "validation": r["dir"] / "eval" / "val_history.csv"},
+                out / f"btcv_{name}_curves.png",
+                f"btcv_seg demo ({name} initialisation)",
+            )
+        )
     parser = _bundle_parser("btcv_seg", ["train.json", "demo.json", "evaluate.json"], stage["runs"]["mosmos"]["over"])
     net = parser.get_parsed_content("network").eval()
     item = parser.get_parsed_content("validate#preprocessing")(dict(stage["test_case"]))
@@ -159,16 +210,28 @@ def _btcv_pictures(stage: dict, out: Path) -> list[str]:
     with torch.no_grad():
         pred = sliding_window_inference(img, roi, 1, net, overlap=0.5).argmax(1)[0].numpy()
         attn = sliding_window_inference(
-            img, roi, 1, lambda x: torch.nn.functional.interpolate(net.attention_maps(x), size=x.shape[2:],
-                                                                    mode="trilinear"), overlap=0.5)[0].numpy()
+            img,
+            roi,
+            1,
+            lambda x: torch.nn.functional.interpolate(net.attention_maps(x), size=x.shape[2:], mode="trilinear"),
+            overlap=0.5,
+        )[0].numpy()
     label = item["label"].as_tensor()[0].numpy().astype(int)
     z = int(np.argmax((label > 0).sum(axis=(0, 1))))
     k = int(np.argmax(np.bincount(label[:, :, z].ravel(), minlength=len(names))[1:])) + 1
-    pics.append(plot_segmentation_overlay(
-        radiological(img[0, 0, :, :, z].numpy()), radiological(label[:, :, z]), radiological(pred[:, :, z]),
-        radiological(attn[k, :, :, z]), names[k], out / "btcv_overlay.png",
-        f"held-out case {Path(stage['test_case']['image']).name}, axial slice {z} (MOSMOS initialisation)",
-        num_classes=len(names), class_names=names))
+    pics.append(
+        plot_segmentation_overlay(
+            radiological(img[0, 0, :, :, z].numpy()),
+            radiological(label[:, :, z]),
+            radiological(pred[:, :, z]),
+            radiological(attn[k, :, :, z]),
+            names[k],
+            out / "btcv_overlay.png",
+            f"held-out case {Path(stage['test_case']['image']).name}, axial slice {z} (MOSMOS initialisation)",
+            num_classes=len(names),
+            class_names=names,
+        )
+    )
     return pics
 
 
@@ -180,8 +243,10 @@ def _comparison_table(runs: dict) -> str:
         return "-" if v != v else (f"{100 * v:.1f}" if pct else f"{v:.1f}")
 
     for ra, rb in zip(a, b):
-        lines.append(f"{ra['class']:<30} {fmt(ra['dice'], True):>11} {fmt(ra['hd95']):>7} "
-                     f"{fmt(rb['dice'], True):>11} {fmt(rb['hd95']):>7}")
+        lines.append(
+            f"{ra['class']:<30} {fmt(ra['dice'], True):>11} {fmt(ra['hd95']):>7} "
+            f"{fmt(rb['dice'], True):>11} {fmt(rb['hd95']):>7}"
+        )
     return "\n".join(lines)
 
 
@@ -193,8 +258,10 @@ def _wilcoxon_line(runs: dict) -> str:
     except ValueError as e:
         return f"Wilcoxon signed-rank test not computed: {e}"
     note = " (too few pairs for significance: the smallest possible p with n < 6 is above 0.05)" if w["n"] < 6 else ""
-    return (f"Wilcoxon signed-rank, per-class mean Dice MOSMOS vs Random: n = {w['n']} classes, "
-            f"{100 * w['mean_a']:.1f} vs {100 * w['mean_b']:.1f} %, p = {w['p']:.3g}{note}")
+    return (
+        f"Wilcoxon signed-rank, per-class mean Dice MOSMOS vs Random: n = {w['n']} classes, "
+        f"{100 * w['mean_a']:.1f} vs {100 * w['mean_b']:.1f} %, p = {w['p']:.3g}{note}"
+    )
 
 
 def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
@@ -206,8 +273,9 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
     t1 = time.time()
     pics = _pretrain_pictures(stage, out)
     pics_s = time.time() - t1
-    seg = btcv_stage(out, stage["ckpt"], seed=seed, n_cases=6 if quick else 12,
-                     max_epochs=2 if quick else DEMO_FINETUNE_EPOCHS)
+    seg = btcv_stage(
+        out, stage["ckpt"], seed=seed, n_cases=6 if quick else 12, max_epochs=2 if quick else DEMO_FINETUNE_EPOCHS
+    )
     t1 = time.time()
     pics += _btcv_pictures(seg, out)
     pics_s += time.time() - t1
@@ -229,7 +297,8 @@ def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -
         _wilcoxon_line(seg["runs"]),
         f"inference on held-out {Path(seg['test_case']['image']).name}: {seg['prediction']}",
         *[f"picture: {p}" for p in pics],
-        f"stages (s): pre-training and its evaluation {stage['wall_s']:.0f}, fine-tuning {runs['mosmos']['train_s']:.0f}"
+        f"stages (s): pre-training and its evaluation {stage['wall_s']:.0f}, "
+        f"fine-tuning {runs['mosmos']['train_s']:.0f}"
         f" (MOSMOS) + {runs['random']['train_s']:.0f} (random), evaluation {runs['mosmos']['eval_s']:.0f} + "
         f"{runs['random']['eval_s']:.0f}, inference {seg['infer_s']:.0f}, pictures {pics_s:.0f}",
     ]

@@ -17,11 +17,13 @@ class PrepareBatchWithClassMask(PrepareBatch):
     def __init__(self, mask_key: str = "class_mask") -> None:
         self.mask_key = mask_key
 
-    def __call__(self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False,
-                 **kwargs: Any) -> tuple:
+    def __call__(
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple:
         image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         if self.mask_key not in batchdata:
-            raise KeyError(f"batch has no '{self.mask_key}': add mosmos_components.transforms.ClassMaskd to the "
-                           "preprocessing")
+            raise KeyError(
+                f"batch has no '{self.mask_key}': add mosmos_components.transforms.ClassMaskd to the preprocessing"
+            )
         mask = torch.as_tensor(batchdata[self.mask_key]).to(device=device, non_blocking=non_blocking)
         return image, (label, mask), (), {}

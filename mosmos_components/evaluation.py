@@ -21,13 +21,25 @@ from monai.metrics import compute_hausdorff_distance
 
 from mosmos_components.distributed import gather_lists, is_rank0
 
-__all__ = ["case_scores", "summarize", "write_reports", "format_table", "wilcoxon_test", "wilcoxon_paired",
-           "group_summaries", "SegmentationReport"]
+__all__ = [
+    "case_scores",
+    "summarize",
+    "write_reports",
+    "format_table",
+    "wilcoxon_test",
+    "wilcoxon_paired",
+    "group_summaries",
+    "SegmentationReport",
+]
 
 
 def case_scores(
-    pred: torch.Tensor, label: torch.Tensor, spacing: Sequence[float], channels: Sequence[int],
-    names: Sequence[str], hd95: bool = True,
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    spacing: Sequence[float],
+    channels: Sequence[int],
+    names: Sequence[str],
+    hd95: bool = True,
 ) -> list[dict]:
     """Scores of one case. ``pred``/``label``: binary (C, *spatial) maps (one-hot classes or overlapping
     regions); ``channels``: which channels to score, ``names``: their names; ``spacing`` in mm."""
@@ -48,8 +60,11 @@ def case_scores(
             dice = 2.0 * int((p & g).sum()) / (gs + ps)
             hd = float("nan")
             if hd95:
-                hd = float(compute_hausdorff_distance(p[None, None].float(), g[None, None].float(), percentile=95,
-                                                      spacing=spacing)[0, 0])
+                hd = float(
+                    compute_hausdorff_distance(
+                        p[None, None].float(), g[None, None].float(), percentile=95, spacing=spacing
+                    )[0, 0]
+                )
         rows.append({"class": name, "dice": dice, "hd95": hd if hd95 else float("nan")})
     return rows
 
@@ -61,15 +76,27 @@ def summarize(rows: Sequence[dict], names: Sequence[str]) -> list[dict]:
         d = np.array([r["dice"] for r in rows if r["class"] == name], dtype=float)
         h = np.array([r["hd95"] for r in rows if r["class"] == name], dtype=float)
         ok = ~np.isnan(d)
-        out.append({"class": name, "dice": float(np.mean(d[ok])) if ok.any() else float("nan"),
-                    "dice_std": float(np.std(d[ok])) if ok.any() else float("nan"),
-                    "hd95": float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan"), "n": int(ok.sum())})
+        out.append(
+            {
+                "class": name,
+                "dice": float(np.mean(d[ok])) if ok.any() else float("nan"),
+                "dice_std": float(np.std(d[ok])) if ok.any() else float("nan"),
+                "hd95": float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan"),
+                "n": int(ok.sum()),
+            }
+        )
     means = [r for r in out if not math.isnan(r["dice"])]
-    out.append({"class": "mean", "dice": float(np.mean([r["dice"] for r in means])) if means else float("nan"),
-                "dice_std": float("nan"),
-                "hd95": float(np.nanmean([r["hd95"] for r in means])) if means and not all(
-                    math.isnan(r["hd95"]) for r in means) else float("nan"),
-                "n": len(means)})
+    out.append(
+        {
+            "class": "mean",
+            "dice": float(np.mean([r["dice"] for r in means])) if means else float("nan"),
+            "dice_std": float("nan"),
+            "hd95": float(np.nanmean([r["hd95"] for r in means]))
+            if means and not all(math.isnan(r["hd95"]) for r in means)
+            else float("nan"),
+            "n": len(means),
+        }
+    )
     return out
 
 
@@ -159,8 +186,9 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict:
     return {**out, "statistic": float(res.statistic), "p": float(res.pvalue)}
 
 
-def wilcoxon_test(per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, metric: str = "dice",
-                  unit: str = "class") -> dict:
+def wilcoxon_test(
+    per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, metric: str = "dice", unit: str = "class"
+) -> dict:
     """Wilcoxon signed-rank test between two methods' ``per_case.csv``.
 
     ``unit="class"`` (the paper's, Tables 2-3): the pairs are the classes, each the test-set mean ``metric`` of
@@ -174,8 +202,9 @@ def wilcoxon_test(per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, 
     keys = sorted(set(a) & set(b))
     if len(keys) < 2:
         units = unit + ("es" if unit == "class" else "s")
-        raise ValueError(f"need at least 2 {units} scored by both methods, found {len(keys)}"
-                         f" ({per_case_a} vs {per_case_b})")
+        raise ValueError(
+            f"need at least 2 {units} scored by both methods, found {len(keys)} ({per_case_a} vs {per_case_b})"
+        )
     res = wilcoxon_paired([a[k] for k in keys], [b[k] for k in keys])
     return {**res, "unit": unit, "metric": metric, "pairs": keys}
 
@@ -197,9 +226,15 @@ class SegmentationReport:
             ``class_names``), for qualitative panels such as the experiment runner's (the paper's Fig. 7).
     """
 
-    def __init__(self, class_names: Sequence[str], channels: Sequence[int] | None = None,
-                 output_dir: str | None = None, hd95: bool = True, group_key: str | None = "modality",
-                 slices: int = 0) -> None:
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        channels: Sequence[int] | None = None,
+        output_dir: str | None = None,
+        hd95: bool = True,
+        group_key: str | None = "modality",
+        slices: int = 0,
+    ) -> None:
         self.names = list(class_names)
         self.channels = list(channels) if channels is not None else list(range(1, len(self.names) + 1))
         self.output_dir, self.hd95, self.group_key, self.slices = output_dir, hd95, group_key, int(slices)
@@ -256,8 +291,9 @@ class SegmentationReport:
         stem = case.split(".")[0]
         path = Path(self.output_dir) / "slices" / f"{stem}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda fh: np.savez_compressed(fh, image=image, label=label, pred=pred,
-                                                           names=np.array(self.names)))
+        _atomic_write(
+            path, lambda fh: np.savez_compressed(fh, image=image, label=label, pred=pred, names=np.array(self.names))
+        )
 
     def _finish(self, engine: Engine) -> None:
         self.rows = gather_lists(self.rows)  # under torch.distributed every rank scored its shard of the cases

@@ -72,8 +72,14 @@ def load_spec(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file() and not path.suffix and len(path.parts) == 1:  # a shipped spec by name: "demo_btcv"
         here = Path(__file__).resolve().parent
-        path = next((p for p in (here.parent / "experiments" / f"{path}.json", here / "_experiments" / f"{path}.json")
-                     if p.is_file()), path)
+        path = next(
+            (
+                p
+                for p in (here.parent / "experiments" / f"{path}.json", here / "_experiments" / f"{path}.json")
+                if p.is_file()
+            ),
+            path,
+        )
     if not path.is_file():
         raise FileNotFoundError(f"experiment spec not found: {path}")
     text = path.read_text(encoding="utf-8")
@@ -103,8 +109,10 @@ def load_spec(path: str | Path) -> dict:
         variant = init.get("variant") or []
         for f in [variant] if isinstance(variant, str) else variant:
             if not (configs / f).is_file():
-                raise ValueError(f"{path}: init '{name}' names the variant {f}, which {configs} does not have "
-                                 f"(there: {sorted(str(p.relative_to(configs)) for p in configs.glob('*/*.json'))})")
+                raise ValueError(
+                    f"{path}: init '{name}' names the variant {f}, which {configs} does not have "
+                    f"(there: {sorted(str(p.relative_to(configs)) for p in configs.glob('*/*.json'))})"
+                )
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
     spec.setdefault("label_fractions", [1.0])
@@ -117,8 +125,13 @@ def load_spec(path: str | Path) -> dict:
 
 def cells_of(spec: dict) -> list[Cell]:
     """The spec's cells, seed-major: a run cut short leaves whole seeds (every method at every fraction)."""
-    return [Cell(i, float(f), int(s), None if lam is None else float(lam)) for s in spec["seeds"]
-            for f in spec["label_fractions"] for lam in spec["lambdas"] for i in spec["inits"]]
+    return [
+        Cell(i, float(f), int(s), None if lam is None else float(lam))
+        for s in spec["seeds"]
+        for f in spec["label_fractions"]
+        for lam in spec["lambdas"]
+        for i in spec["inits"]
+    ]
 
 
 def _fraction_overrides(spec: dict, fraction: float) -> dict:
@@ -138,16 +151,29 @@ def cell_configs(spec: dict, cell: Cell) -> list[str]:
 
 
 def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
-    over = {"dataset_dir": spec["dataset_dir"], **spec["overrides"], **_fraction_overrides(spec, cell.fraction),
-            **{k: v for k, v in spec["inits"][cell.init].items() if k != "variant"},
-            "ckpt_dir": str(folder / "models"), "output_dir": str(folder / "eval"),
-            "datalist_file": str(out / "datalist.json"), "label_fraction": cell.fraction, "seed": cell.seed,
-            "split_seed": int(spec.get("split_seed", 0)), "overwrite": True, "show_progress": False}
+    over = {
+        "dataset_dir": spec["dataset_dir"],
+        **spec["overrides"],
+        **_fraction_overrides(spec, cell.fraction),
+        **{k: v for k, v in spec["inits"][cell.init].items() if k != "variant"},
+        "ckpt_dir": str(folder / "models"),
+        "output_dir": str(folder / "eval"),
+        "datalist_file": str(out / "datalist.json"),
+        "label_fraction": cell.fraction,
+        "seed": cell.seed,
+        "split_seed": int(spec.get("split_seed", 0)),
+        "overwrite": True,
+        "show_progress": False,
+    }
     if cell.lam is not None:
         over["lambda_pta"] = cell.lam
     if spec.get("tracking") == "mlflow":
-        over.update(tracking="mlflow", experiment_name=spec["name"], run_name=cell.name,
-                    tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}")
+        over.update(
+            tracking="mlflow",
+            experiment_name=spec["name"],
+            run_name=cell.name,
+            tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}",
+        )
     return over
 
 
@@ -167,8 +193,14 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
     with open(per_case, encoding="utf-8") as fh:
         rows = [dict(r, dice=float(r["dice"]), hd95=float(r["hd95"])) for r in csv.DictReader(fh)]
     names = list(dict.fromkeys(r["class"] for r in rows))
-    done = {**cell.coords(), "cell": cell.name, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1),
-            "per_case": str(per_case), "summary": summarize(rows, names)}
+    done = {
+        **cell.coords(),
+        "cell": cell.name,
+        "train_s": round(t1 - t0, 1),
+        "eval_s": round(time.time() - t1, 1),
+        "per_case": str(per_case),
+        "summary": summarize(rows, names),
+    }
     atomic_json_save(done, folder / "done.json")
     return done
 
@@ -230,7 +262,9 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
         w.writerow(["init", "label_fraction", "seed", "lambda_pta", "class", "dice", "hd95"])
         for d in done:
             for r in d["summary"]:
-                w.writerow([d["init"], d["label_fraction"], d["seed"], d["lambda_pta"], r["class"], r["dice"], r["hd95"]])
+                w.writerow(
+                    [d["init"], d["label_fraction"], d["seed"], d["lambda_pta"], r["class"], r["dice"], r["hd95"]]
+                )
     inits = [i for i in spec["inits"] if any(d["init"] == i for d in done)]
     ref = spec.get("reference")
     tables = []
@@ -261,9 +295,17 @@ def _case_means(cells: list[dict], metric: str) -> dict[str, float]:
 def _table(res: Path, done, inits, classes, frac, lam, ref) -> str:
     lam_name = "default" if lam is None else f"{lam:g}"
     stem = res / f"table_frac{frac:g}_lambda{lam_name}"
-    header = ["method", *[f"{c} Dice" for c in classes], "mean Dice", *[f"{c} HD95" for c in classes], "mean HD95",
-              "n seeds", f"Wilcoxon p Dice vs {ref}", f"Wilcoxon p HD95 vs {ref}",
-              f"Wilcoxon p Dice per case vs {ref}"]
+    header = [
+        "method",
+        *[f"{c} Dice" for c in classes],
+        "mean Dice",
+        *[f"{c} HD95" for c in classes],
+        "mean HD95",
+        "n seeds",
+        f"Wilcoxon p Dice vs {ref}",
+        f"Wilcoxon p HD95 vs {ref}",
+        f"Wilcoxon p Dice per case vs {ref}",
+    ]
     rows = []
     ref_means, ref_cells = None, []
     if ref is not None:
@@ -292,18 +334,32 @@ def _table(res: Path, done, inits, classes, frac, lam, ref) -> str:
             common = sorted(set(a) & set(b))
             if len(common) >= 2:
                 p["case"] = f"{wilcoxon_paired([a[c] for c in common], [b[c] for c in common])['p']:.3g}"
-        rows.append([init, *[_fmt(dice[c], True) for c in classes], _fmt(mean_dice, True),
-                     *[_fmt(hd[c], False) for c in classes], _fmt(mean_hd, False), str(len(cells)), p["dice"],
-                     p["hd95"], p["case"]])
+        rows.append(
+            [
+                init,
+                *[_fmt(dice[c], True) for c in classes],
+                _fmt(mean_dice, True),
+                *[_fmt(hd[c], False) for c in classes],
+                _fmt(mean_hd, False),
+                str(len(cells)),
+                p["dice"],
+                p["hd95"],
+                p["case"],
+            ]
+        )
     with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
-    lines = [f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds; "
-             f"Wilcoxon signed-rank against {ref}, paired per class on the seed-averaged class means (the paper's "
-             f"unit; with {len(classes)} classes its smallest possible p is {_min_p(len(classes)):.3g}) and, as an "
-             "extra, per test case on the mean Dice over classes averaged over seeds.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds; "
+        f"Wilcoxon signed-rank against {ref}, paired per class on the seed-averaged class means (the paper's "
+        f"unit; with {len(classes)} classes its smallest possible p is {_min_p(len(classes)):.3g}) and, as an "
+        "extra, per test case on the mean Dice over classes averaged over seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     Path(f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return f"{stem}.md"
@@ -311,7 +367,7 @@ def _table(res: Path, done, inits, classes, frac, lam, ref) -> str:
 
 def _min_p(n: int) -> float:
     """The smallest two-sided p of an exact Wilcoxon signed-rank test with ``n`` pairs."""
-    return min(1.0, 2.0 / 2 ** n)
+    return min(1.0, 2.0 / 2**n)
 
 
 def _plt():
@@ -328,10 +384,22 @@ def _label_efficiency(res: Path, done, inits) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for init in inits:
         fr = sorted({d["label_fraction"] for d in done if d["init"] == init})
-        means = [[next(r["dice"] for r in d["summary"] if r["class"] == "mean") for d in done
-                  if d["init"] == init and d["label_fraction"] == f] for f in fr]
-        ax.errorbar([100 * f for f in fr], [100 * np.mean(m) for m in means], yerr=[100 * np.std(m) for m in means],
-                    marker="o", capsize=3, label=init)
+        means = [
+            [
+                next(r["dice"] for r in d["summary"] if r["class"] == "mean")
+                for d in done
+                if d["init"] == init and d["label_fraction"] == f
+            ]
+            for f in fr
+        ]
+        ax.errorbar(
+            [100 * f for f in fr],
+            [100 * np.mean(m) for m in means],
+            yerr=[100 * np.std(m) for m in means],
+            marker="o",
+            capsize=3,
+            label=init,
+        )
     ax.set(xlabel="labelled training cases (%)", ylabel="test mean Dice (%)", title="Label efficiency")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
@@ -344,8 +412,16 @@ def _lambda_box(res: Path, done, inits) -> None:
     lams = sorted({d["lambda_pta"] for d in done if d["lambda_pta"] is not None})
     fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.5), squeeze=False)
     for ax, init in zip(axes[0], inits):
-        data = [[100 * r["dice"] for d in done if d["init"] == init and d["lambda_pta"] == lam
-                 for r in d["summary"] if r["class"] != "mean" and not math.isnan(r["dice"])] for lam in lams]
+        data = [
+            [
+                100 * r["dice"]
+                for d in done
+                if d["init"] == init and d["lambda_pta"] == lam
+                for r in d["summary"]
+                if r["class"] != "mean" and not math.isnan(r["dice"])
+            ]
+            for lam in lams
+        ]
         ax.boxplot(data)
         ax.set_xticks(range(1, len(lams) + 1), [f"{lam:g}" for lam in lams])
         ax.set(xlabel="λ", ylabel="per-class Dice (%)", title=init)
@@ -362,8 +438,14 @@ def _qualitative_panel(res: Path, done, inits) -> None:
     lam = sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x)[0]
     chosen = {}
     for init in inits:
-        cell = next((d for d in done if d["init"] == init and d["label_fraction"] == frac and d["seed"] == seed
-                     and d["lambda_pta"] == lam), None)
+        cell = next(
+            (
+                d
+                for d in done
+                if d["init"] == init and d["label_fraction"] == frac and d["seed"] == seed and d["lambda_pta"] == lam
+            ),
+            None,
+        )
         if cell is not None:
             chosen[init] = Path(cell["per_case"]).parent / "slices"
     common = None
@@ -387,12 +469,23 @@ def _qualitative_panel(res: Path, done, inits) -> None:
     for ax, (title, lab) in zip(axes[0], panels):
         ax.imshow(image, cmap="gray")
         lab = np.rot90(lab)
-        ax.imshow(np.ma.masked_where(lab == 0, lab - 1), cmap=cmap, vmin=0, vmax=len(classes) - 1, alpha=0.5,
-                  interpolation="nearest")
+        ax.imshow(
+            np.ma.masked_where(lab == 0, lab - 1),
+            cmap=cmap,
+            vmin=0,
+            vmax=len(classes) - 1,
+            alpha=0.5,
+            interpolation="nearest",
+        )
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.legend(handles=[Patch(color=colours[k], label=c) for k, c in enumerate(classes)], loc="lower center",
-               ncol=min(len(classes), 7), fontsize=7, frameon=False)
+    fig.legend(
+        handles=[Patch(color=colours[k], label=c) for k, c in enumerate(classes)],
+        loc="lower center",
+        ncol=min(len(classes), 7),
+        fontsize=7,
+        frameon=False,
+    )
     fig.suptitle(f"{sorted(common)[0][:-4]}: label fraction {frac:g}, seed {seed}", fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(res / "qualitative.png", dpi=120)

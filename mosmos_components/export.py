@@ -27,7 +27,7 @@ def _ort():
     try:
         import onnxruntime
     except ImportError as e:
-        raise ImportError("ONNX models need onnxruntime: pip install \"mosmos[onnx]\"") from e
+        raise ImportError('ONNX models need onnxruntime: pip install "mosmos[onnx]"') from e
     return onnxruntime
 
 
@@ -49,8 +49,13 @@ class OnnxNetwork(torch.nn.Module):
         return torch.from_numpy(out).to(x.device)
 
 
-def export_onnx(model_pt: str | os.PathLike, out_path: str | os.PathLike, opset: int = 17, atol: float = 1e-3,
-                overwrite: bool = False) -> str:
+def export_onnx(
+    model_pt: str | os.PathLike,
+    out_path: str | os.PathLike,
+    opset: int = 17,
+    atol: float = 1e-3,
+    overwrite: bool = False,
+) -> str:
     """Export the segmentation network of ``model_pt`` (+ its sidecar) to ``out_path`` (``.onnx``) and its
     sidecar beside it; refuses to overwrite unless asked, and keeps the file only if ONNX Runtime agrees with
     PyTorch within ``atol`` on random windows at two batch sizes."""
@@ -73,9 +78,16 @@ def export_onnx(model_pt: str | os.PathLike, out_path: str | os.PathLike, opset:
         # with gradients on: under no_grad, nn.MultiheadAttention takes a fused kernel that ONNX cannot express
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on shape checks, constant for a fixed window
-            torch.onnx.export(net, (x,), str(tmp), input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                              dynamo=False)
+            torch.onnx.export(
+                net,
+                (x,),
+                str(tmp),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
         session = OnnxNetwork(tmp)
         for batch in (1, 3):
             probe = torch.rand(batch, *x.shape[1:])
@@ -83,8 +95,10 @@ def export_onnx(model_pt: str | os.PathLike, out_path: str | os.PathLike, opset:
                 want = net(probe)
             diff = float((session(probe) - want).abs().max())
             if not np.isfinite(diff) or diff > atol:
-                raise RuntimeError(f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} (> {atol}) at batch "
-                                   f"{batch}; the export is not kept")
+                raise RuntimeError(
+                    f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} (> {atol}) at batch "
+                    f"{batch}; the export is not kept"
+                )
         os.replace(tmp, out)  # the checked file itself, renamed into place
     finally:
         if tmp.exists():
@@ -92,4 +106,3 @@ def export_onnx(model_pt: str | os.PathLike, out_path: str | os.PathLike, opset:
     if not shared:  # the weights' own sidecar serves when the export sits beside them
         atomic_json_save({**cfg, "exported_from": str(model_pt), "onnx_opset": opset}, side)
     return str(out)
-

@@ -15,12 +15,24 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from mosmos_components.checkpoint import (atomic_json_save, atomic_torch_save, check_finite, load_state_dict,
-                                          save_network)
+from mosmos_components.checkpoint import (
+    atomic_json_save,
+    atomic_torch_save,
+    check_finite,
+    load_state_dict,
+    save_network,
+)
 from mosmos_components.distributed import is_rank0
 
-__all__ = ["BestModelSaver", "TrainingCheckpointer", "ProgressBarHandler", "MetricsHistory", "RunGuard",
-           "FinalValidation", "batch_files"]
+__all__ = [
+    "BestModelSaver",
+    "TrainingCheckpointer",
+    "ProgressBarHandler",
+    "MetricsHistory",
+    "RunGuard",
+    "FinalValidation",
+    "batch_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +50,15 @@ class BestModelSaver:
         extra: more entries for the sidecar (e.g. how the weights were pre-trained).
     """
 
-    def __init__(self, network: torch.nn.Module, path: str, metric_name: str = "val_loss", mode: str = "min",
-                 rank0_only: bool = True, extra: dict | None = None) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        path: str,
+        metric_name: str = "val_loss",
+        mode: str = "min",
+        rank0_only: bool = True,
+        extra: dict | None = None,
+    ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.network, self.path, self.metric_name, self.mode = network, Path(path), metric_name, mode
@@ -64,8 +83,11 @@ class BestModelSaver:
         self.best = value
         if self.rank0_only and not is_rank0():
             return
-        save_network(self.network, self.path,
-                     extra={**self.extra, "metric": {self.metric_name: value}, "epoch": engine.state.epoch})
+        save_network(
+            self.network,
+            self.path,
+            extra={**self.extra, "metric": {self.metric_name: value}, "epoch": engine.state.epoch},
+        )
         logger.info("new best %s=%.5f at epoch %d: wrote %s", self.metric_name, value, engine.state.epoch, self.path)
 
 
@@ -99,10 +121,15 @@ class TrainingCheckpointer:
         state = {k: self._unwrap(v).state_dict() for k, v in self.save_dict.items()}
         if "network" in state:
             check_finite(state["network"], self.path)
-        state["trainer"] = {"epoch": torch.tensor(engine.state.epoch), "iteration": torch.tensor(engine.state.iteration)}
+        state["trainer"] = {
+            "epoch": torch.tensor(engine.state.epoch),
+            "iteration": torch.tensor(engine.state.iteration),
+        }
         atomic_torch_save(state, self.path)
-        atomic_json_save({"epoch": engine.state.epoch, "iteration": engine.state.iteration,
-                          "max_epochs": engine.state.max_epochs}, self.path.with_suffix(".json"))
+        atomic_json_save(
+            {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "max_epochs": engine.state.max_epochs},
+            self.path.with_suffix(".json"),
+        )
 
     def load(self, engine: Engine) -> None:
         if not (self.resume and self.path.is_file()):
@@ -222,7 +249,8 @@ class RunGuard:
                 raise FileExistsError(
                     f"{self.model} holds the model of an earlier run and this run starts afresh (no checkpoint to "
                     "resume from, or resume off): set overwrite to true to move the earlier files aside, or give "
-                    "another ckpt_dir")
+                    "another ckpt_dir"
+                )
             self._move_aside()
 
     def _lock(self, folder: Path) -> None:
@@ -237,8 +265,10 @@ class RunGuard:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()
-            raise RuntimeError(f"{folder} is in use by another run (PID {holder}); wait for it, or give this run "
-                               "other folders (ckpt_dir, output_dir)") from None
+            raise RuntimeError(
+                f"{folder} is in use by another run (PID {holder}); wait for it, or give this run "
+                "other folders (ckpt_dir, output_dir)"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -257,8 +287,9 @@ class RunGuard:
             dest.mkdir(exist_ok=True)
             for p in old:
                 p.replace(dest / p.name)
-            logger.warning("overwrite: the earlier run's %d file(s)/folder(s) in %s moved to %s", len(old), folder,
-                           dest)
+            logger.warning(
+                "overwrite: the earlier run's %d file(s)/folder(s) in %s moved to %s", len(old), folder, dest
+            )
 
     def check_loss(self, engine: Engine) -> None:
         from monai.handlers import from_engine
@@ -266,10 +297,12 @@ class RunGuard:
         loss = from_engine(["loss"], first=True)(engine.state.output)
         loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss}) at epoch {engine.state.epoch}, iteration "
-                                     f"{engine.state.iteration}; batch files: "
-                                     f"{', '.join(batch_files(engine.state.batch))}"
-                                     "; no checkpoint or model was written from this step")
+            raise FloatingPointError(
+                f"non-finite training loss ({loss}) at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration}; batch files: "
+                f"{', '.join(batch_files(engine.state.batch))}"
+                "; no checkpoint or model was written from this step"
+            )
 
     def release(self, engine: Engine | None = None) -> None:
         import fcntl
@@ -312,6 +345,9 @@ class FinalValidation:
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.epoch % self.interval:
-            logger.info("max_epochs=%d is not a multiple of val_interval=%d: validating the last epoch",
-                        engine.state.max_epochs, self.interval)
+            logger.info(
+                "max_epochs=%d is not a multiple of val_interval=%d: validating the last epoch",
+                engine.state.max_epochs,
+                self.interval,
+            )
             self.validator.run(engine.state.epoch)

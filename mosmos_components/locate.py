@@ -39,8 +39,9 @@ def name_queries(net, names: list[str]) -> tuple[torch.Tensor, list[bool]]:
     return queries, [n.lower() in known for n in names]
 
 
-def slice_attention(net, slices: torch.Tensor, queries: torch.Tensor, batch: int = 16) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+def slice_attention(
+    net, slices: torch.Tensor, queries: torch.Tensor, batch: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``slices`` (Z, X, Y) in [0, 1], already in the pre-training's display layout -> attention (Z, K, X, Y)
     upsampled to the slice and summing to 1 per slice and name, and the slice-to-name similarity logits (Z, K)."""
     from mosmos_components.networks import CLIP_MEAN, CLIP_STD
@@ -53,7 +54,7 @@ def slice_attention(net, slices: torch.Tensor, queries: torch.Tensor, batch: int
     scale = float(net.clip.logit_scale.exp().clamp(max=100.0))
     with torch.inference_mode():
         for start in range(0, slices.shape[0], batch):
-            x = slices[start:start + batch, None].float()
+            x = slices[start : start + batch, None].float()
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
             g, s, grid = net.encode_image((x - mean) / std)
             _, attn = net.decoder(queries, s, grid, output="attention")  # (B, K, h*w)
@@ -64,8 +65,15 @@ def slice_attention(net, slices: torch.Tensor, queries: torch.Tensor, batch: int
     return torch.cat(maps), torch.cat(sims)
 
 
-def _preview(intensity: np.ndarray, maps: np.ndarray, names: list[str], zero_shot: list[bool], affine: np.ndarray,
-             out_png: Path, window) -> str:
+def _preview(
+    intensity: np.ndarray,
+    maps: np.ndarray,
+    names: list[str],
+    zero_shot: list[bool],
+    affine: np.ndarray,
+    out_png: Path,
+    window,
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,8 +88,10 @@ def _preview(intensity: np.ndarray, maps: np.ndarray, names: list[str], zero_sho
     for r, name in enumerate(names):
         m, _ = _to_ras(maps[r], affine)
         peak = np.unravel_index(int(np.argmax(m)), m.shape)
-        views = [("axial", img[:, :, peak[2]], m[:, :, peak[2]], zooms[1] / zooms[0]),
-                 ("coronal", img[:, peak[1], :], m[:, peak[1], :], zooms[2] / zooms[0])]
+        views = [
+            ("axial", img[:, :, peak[2]], m[:, :, peak[2]], zooms[1] / zooms[0]),
+            ("coronal", img[:, peak[1], :], m[:, peak[1], :], zooms[2] / zooms[0]),
+        ]
         for c, (view, im, mp, aspect) in enumerate(views):
             ax = axes[r, c]
             im, mp = radiological_view(im, view), radiological_view(mp, view)
@@ -95,9 +105,17 @@ def _preview(intensity: np.ndarray, maps: np.ndarray, names: list[str], zero_sho
     return str(out_png)
 
 
-def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.PathLike, output_dir: str | os.PathLike,
-           modality: str = "ct", ct_range: tuple[float, float] = (-175.0, 250.0), series_uid: str | None = None,
-           overwrite: bool = False, batch: int = 16) -> dict:
+def locate(
+    input: str | os.PathLike,
+    names: list[str],
+    pretrained: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    modality: str = "ct",
+    ct_range: tuple[float, float] = (-175.0, 250.0),
+    series_uid: str | None = None,
+    overwrite: bool = False,
+    batch: int = 16,
+) -> dict:
     """Write one heat map per name (``<case>_<name>.nii.gz``, on the input grid, summing to 1) and
     ``<case>_locate.png`` for the scan INPUT; returns per name the peak (voxel and world mm) and whether the name
     was a training tag."""
@@ -123,10 +141,15 @@ def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.Path
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists (--overwrite to replace it)")
     net = load_pretrain_network(pretrained).eval()
-    pre = Compose([LoadImageNamed(keys="image", image_only=True), EnsureChannelFirstd(keys="image"),
-                   CopyItemsd(keys="image", names="raw"),
-                   Orientationd(keys="image", axcodes="RAS", labels=RAS_LABELS),
-                   ModalityIntensityd(keys="image", default=modality, ct_range=ct_range)])
+    pre = Compose(
+        [
+            LoadImageNamed(keys="image", image_only=True),
+            EnsureChannelFirstd(keys="image"),
+            CopyItemsd(keys="image", names="raw"),
+            Orientationd(keys="image", axcodes="RAS", labels=RAS_LABELS),
+            ModalityIntensityd(keys="image", default=modality, ct_range=ct_range),
+        ]
+    )
     data = pre(dict(item))
     image = data["image"]
     if image.shape[0] != 1:
@@ -144,8 +167,9 @@ def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.Path
     raw = data["raw"]
     maps_np = np.asarray(back.detach().cpu(), dtype=np.float32)
     if maps_np.shape[1:] != tuple(raw.shape[1:]):
-        raise RuntimeError(f"{item['image']}: maps came back as {maps_np.shape[1:]}, the scan is "
-                           f"{tuple(raw.shape[1:])}")
+        raise RuntimeError(
+            f"{item['image']}: maps came back as {maps_np.shape[1:]}, the scan is {tuple(raw.shape[1:])}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     affine = np.asarray(raw.affine, dtype=float)
     found = {}
@@ -153,9 +177,20 @@ def locate(input: str | os.PathLike, names: list[str], pretrained: str | os.Path
         _write_nifti(maps_np[k], item, affine, targets[name])  # float32 already
         peak = np.unravel_index(int(np.argmax(maps_np[k])), maps_np[k].shape)
         world = (affine @ np.array([*peak, 1.0]))[:3]
-        found[name] = {"map": str(targets[name]), "zero_shot": not known[k], "peak_voxel": [int(v) for v in peak],
-                       "peak_mm": [round(float(v), 1) for v in world]}
+        found[name] = {
+            "map": str(targets[name]),
+            "zero_shot": not known[k],
+            "peak_voxel": [int(v) for v in peak],
+            "peak_mm": [round(float(v), 1) for v in world],
+        }
     window = tuple(ct_range) if modality == "ct" else None
-    png = _preview(np.asarray(raw[0].detach().cpu()), maps_np, names, [not k for k in known], affine,
-                   out / f"{case}_locate.png", window)
+    png = _preview(
+        np.asarray(raw[0].detach().cpu()),
+        maps_np,
+        names,
+        [not k for k in known],
+        affine,
+        out / f"{case}_locate.png",
+        window,
+    )
     return {"case": case, "names": found, "preview": png}

@@ -1,4 +1,5 @@
-"""MOSMOS losses (docs/method.md §3-4).
+"""MOSMOS losses (docs/method.md §3-5): pre-training (L_irc, L_mlr), fine-tuning (eq. 17, with the PTA branch) and
+the SSL baseline's proxy tasks.
 
 Functional cores first, ``nn.Module`` wrappers after (as in ``monai.losses``).
 """
@@ -16,6 +17,7 @@ __all__ = [
     "MosmosPretrainLoss",
     "MosmosSegLoss",
     "marginal_logits",
+    "SSLProxyLoss",
 ]
 
 
@@ -148,3 +150,26 @@ def marginal_logits(logits: torch.Tensor, class_mask: torch.Tensor) -> torch.Ten
     background = torch.logsumexp(torch.cat([logits[:, :1], only_missing], dim=1), dim=1, keepdim=True)
     out = logits.masked_fill(missing, -1e4)
     return torch.cat([background, out[:, 1:]], dim=1)
+
+
+class SSLProxyLoss(nn.Module):
+    """``L = L_inpaint (L1 on the whole image) + L_rot (cross-entropy) + L_contrast (InfoNCE between the two
+    views of each image, temperature ``tau``)``, Swin UNETR's sum with unit weights. Called as
+    ``loss(pred, label)``; ``label`` (the tags) is ignored. Writes ``loss_inpaint``, ``loss_rotation``,
+    ``loss_contrast`` (detached) back into ``pred`` for the metrics."""
+
+    def __init__(self, tau: float = 0.5) -> None:
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, pred: dict, label: torch.Tensor | None = None) -> torch.Tensor:
+        rec = F.l1_loss(pred["reconstruction"], pred["target"])
+        rot = F.cross_entropy(pred["rotation_logits"].flatten(0, 1), pred["rotation"].flatten())
+        z = F.normalize(pred["embedding"].transpose(0, 1).flatten(0, 1), dim=-1)  # view 1 of every image, then view 2
+        b = z.shape[0] // 2
+        sim = z @ z.t() / self.tau
+        sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+        partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+        con = F.cross_entropy(sim, partner)
+        pred["loss_inpaint"], pred["loss_rotation"], pred["loss_contrast"] = rec.detach(), rot.detach(), con.detach()
+        return rec + rot + con

@@ -13,8 +13,17 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from mosmos_components.distributed import gather_lists
 
-__all__ = ["PretrainLossMetric", "RetrievalRecall", "TagMeanAP", "PointingGame", "average_precision",
-           "retrieval_recall", "pointing_game", "tag_map_correlation", "mean_pairwise_cosine"]
+__all__ = [
+    "PretrainLossMetric",
+    "RetrievalRecall",
+    "TagMeanAP",
+    "PointingGame",
+    "average_precision",
+    "retrieval_recall",
+    "pointing_game",
+    "tag_map_correlation",
+    "mean_pairwise_cosine",
+]
 
 
 def _pred_label(output: dict):
@@ -49,8 +58,9 @@ class PretrainLossMetric(Metric):
         component: ``"loss"`` (the total) or a key the loss writes into ``pred`` (``"loss_irc"``, ``"loss_mlr"``).
     """
 
-    def __init__(self, loss_fn: Callable, component: str = "loss", output_transform: Callable = _pred_label,
-                 device="cpu") -> None:
+    def __init__(
+        self, loss_fn: Callable, component: str = "loss", output_transform: Callable = _pred_label, device="cpu"
+    ) -> None:
         self.loss_fn, self.component = loss_fn, component
         super().__init__(output_transform=output_transform, device=device)
 
@@ -129,8 +139,9 @@ def pointing_game(attention: torch.Tensor, mask: torch.Tensor, tag_values: dict[
         organ = mask == value
         if not bool(organ.any()):
             continue
-        up = F.interpolate(attention[k][None, None].float(), size=tuple(mask.shape), mode="bilinear",
-                           align_corners=False)[0, 0]
+        up = F.interpolate(
+            attention[k][None, None].float(), size=tuple(mask.shape), mode="bilinear", align_corners=False
+        )[0, 0]
         peak = int(up.flatten().argmax())
         hits += int(organ.flatten()[peak])
         pairs += 1
@@ -157,7 +168,7 @@ class PointingGame:
     """Evaluator handler: does each tag's attention peak inside that organ? (the demo data's organ masks).
 
     For every validation item with a ``"mask"`` (an organ-mask PNG whose values are listed in the ``labels.json``
-    beside it, as :func:`mosmos_components.data.demo.write_roco` writes them) and every tag its report names, the
+    beside it, as :func:`mosmos_components.data.synthetic.write_roco` writes them) and every tag its report names, the
     peak of the tag decoder's last cross-attention map (upsampled to the mask) is a hit when it lies inside the
     organ. At each evaluation it puts ``pointing_acc`` (hits / pairs), ``pointing_chance`` (the same for a flat
     map: the mean organ area fraction) and ``attention_tag_corr`` (:func:`tag_map_correlation`, averaged over the
@@ -174,8 +185,9 @@ class PointingGame:
         batch_size: images per forward pass.
     """
 
-    def __init__(self, network: torch.nn.Module, items: list[dict], transform: Callable, device="cpu",
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, network: torch.nn.Module, items: list[dict], transform: Callable, device="cpu", batch_size: int = 32
+    ) -> None:
         self.network, self.transform, self.device = network, transform, torch.device(device)
         self.batch_size = batch_size
         self.items = [d for d in items if d.get("mask")]
@@ -203,8 +215,7 @@ class PointingGame:
                 image = torch.as_tensor(self.transform(dict(d))["image"]).float()
                 with Image.open(d["mask"]) as im:  # PIL (rows, cols) -> MONAI's PIL reader order (cols, rows)
                     mask = torch.as_tensor(np.asarray(im).T.copy())
-                values = {k: names[folder][t] for k, t in enumerate(tags)
-                          if d["tags"][k] and t in names[folder]}
+                values = {k: names[folder][t] for k, t in enumerate(tags) if d["tags"][k] and t in names[folder]}
                 self._cache.append((image, mask, values))
         return self._cache
 

@@ -29,11 +29,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.checkpoint import (_atomic_write, atomic_json_save, check_expectations,
-                                          load_segmentation_network, read_sidecar)
+from mosmos_components.checkpoint import (
+    _atomic_write,
+    atomic_json_save,
+    check_expectations,
+    load_segmentation_network,
+    read_sidecar,
+)
 
-__all__ = ["SegmentationModel", "resolve_model", "load_model", "preprocessing", "inferer", "stitch_device", "autocast",
-           "segment_scan", "segment", "structure_statistics", "plot_preview"]
+__all__ = [
+    "SegmentationModel",
+    "resolve_model",
+    "load_model",
+    "preprocessing",
+    "inferer",
+    "stitch_device",
+    "autocast",
+    "segment_scan",
+    "segment",
+    "structure_statistics",
+    "plot_preview",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +98,15 @@ def resolve_model(model: str | os.PathLike) -> Path:
         if c.is_file() and c.suffix in (".pt", ".ts", ".onnx"):
             return c
     tried = ", ".join(str(c) for c in candidates[1:])
-    raise FileNotFoundError(f"--model {model}: no model.pt found (looked for {tried}); give a segmentation "
-                            "bundle folder, its models/ folder or a model.pt with its model.json")
+    raise FileNotFoundError(
+        f"--model {model}: no model.pt found (looked for {tried}); give a segmentation "
+        "bundle folder, its models/ folder or a model.pt with its model.json"
+    )
 
 
-def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", expect: dict | None = None
-               ) -> SegmentationModel:
+def load_model(
+    model: str | os.PathLike, device: str | torch.device = "cpu", expect: dict | None = None
+) -> SegmentationModel:
     """Load MODEL (see :func:`resolve_model`) and read from its sidecar how scans must be prepared; ``expect``:
     what a bundle requires of it (class names, channels; :func:`~mosmos_components.checkpoint.check_expectations`)."""
     path = resolve_model(model)
@@ -107,43 +126,58 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu", exp
     infer = cfg.get("inference") or {}
     missing = [k for k in ("pixdim", "modality") if k not in data]
     if missing:
-        raise ValueError(f"{path.with_suffix('.json')}: the sidecar does not say the model's {missing} (written "
-                         "before MOSMOS 0.3?); retrain, or add them under \"data\" as the bundle's checkpoint_expect")
+        raise ValueError(
+            f"{path.with_suffix('.json')}: the sidecar does not say the model's {missing} (written "
+            'before MOSMOS 0.3?); retrain, or add them under "data" as the bundle\'s checkpoint_expect'
+        )
     slice_inference = bool(infer.get("slice_inference", cfg.get("network") == "MosmosUNet2D"))
     roi = infer.get("roi_size") or cfg.get("img_size")
     if roi is None:
         raise ValueError(f"{path.with_suffix('.json')}: the sidecar gives no window size (inference.roi_size)")
     return SegmentationModel(
-        network=net, path=path, class_names=list(cfg["class_names"]), in_channels=int(cfg.get("in_channels", 1)),
-        pixdim=[float(v) for v in data["pixdim"]], modality=str(data["modality"]),
+        network=net,
+        path=path,
+        class_names=list(cfg["class_names"]),
+        in_channels=int(cfg.get("in_channels", 1)),
+        pixdim=[float(v) for v in data["pixdim"]],
+        modality=str(data["modality"]),
         intensity_range=[float(v) for v in data.get("intensity_range", (-175.0, 250.0))],
-        roi_size=[int(v) for v in roi], overlap=float(infer.get("overlap", 0.5)),
-        axcodes=str(infer.get("axcodes", "RAS")), slice_inference=slice_inference,
-        sigmoid=bool(infer.get("sigmoid", cfg.get("pta_sigmoid", False))), sidecar=cfg)
+        roi_size=[int(v) for v in roi],
+        overlap=float(infer.get("overlap", 0.5)),
+        axcodes=str(infer.get("axcodes", "RAS")),
+        slice_inference=slice_inference,
+        sigmoid=bool(infer.get("sigmoid", cfg.get("pta_sigmoid", False))),
+        sidecar=cfg,
+    )
 
 
-def preprocessing(m: SegmentationModel, keep_raw: bool = True, nonfinite: str = "error",
-                  device: str | torch.device | None = None):
+def preprocessing(
+    m: SegmentationModel, keep_raw: bool = True, nonfinite: str = "error", device: str | torch.device | None = None
+):
     """MONAI's transforms that read a scan as the model was trained (its sidecar's orientation, spacing and
     intensity handling; the channel count checked): ``{"image": path}`` -> ``image`` on the model's grid, and with
     ``keep_raw`` the input as read under ``raw``. Invertible: ``Invertd`` takes predictions back to the input.
     With a GPU ``device`` the resampling and intensity steps run there (``raw`` stays on the CPU)."""
     from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, EnsureTyped, Orientationd, Spacingd
 
-    from mosmos_components.transforms import (RAS_LABELS, LoadImageNamed, ModalityIntensityd,
-                                              ValidateSegmentationPaird)
+    from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd, ValidateSegmentationPaird
 
-    return Compose([
-        LoadImageNamed(keys="image", image_only=True),
-        EnsureChannelFirstd(keys="image"),
-        ValidateSegmentationPaird(keys=["image", "label"], in_channels=m.in_channels, nonfinite=nonfinite),
-        *([CopyItemsd(keys="image", names="raw")] if keep_raw else []),  # the input grid and intensities
-        *([EnsureTyped(keys="image", device=device)] if device is not None and torch.device(device).type == "cuda"
-          else []),
-        Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
-        Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
-        ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
-    ])
+    return Compose(
+        [
+            LoadImageNamed(keys="image", image_only=True),
+            EnsureChannelFirstd(keys="image"),
+            ValidateSegmentationPaird(keys=["image", "label"], in_channels=m.in_channels, nonfinite=nonfinite),
+            *([CopyItemsd(keys="image", names="raw")] if keep_raw else []),  # the input grid and intensities
+            *(
+                [EnsureTyped(keys="image", device=device)]
+                if device is not None and torch.device(device).type == "cuda"
+                else []
+            ),
+            Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
+            Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
+            ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
+        ]
+    )
 
 
 def stitch_device(device: str | torch.device, channels: int, spatial: Sequence[int]) -> torch.device:
@@ -157,16 +191,27 @@ def stitch_device(device: str | torch.device, channels: int, spatial: Sequence[i
     return device if need < free / 3 else torch.device("cpu")
 
 
-def inferer(m: SegmentationModel, sw_batch_size: int = 2, overlap: float | None = None,
-            device: str | torch.device | None = None, progress: bool = False,
-            output_device: str | torch.device = "cpu"):
+def inferer(
+    m: SegmentationModel,
+    sw_batch_size: int = 2,
+    overlap: float | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    output_device: str | torch.device = "cpu",
+):
     """MONAI's sliding-window inferer with the model's window (slice by slice for 2D networks), windows on
     ``device``, the stitched output on ``output_device`` (:func:`stitch_device`)."""
     from monai.inferers import SliceInferer, SlidingWindowInferer
 
     overlap = m.overlap if overlap is None else overlap
-    common = dict(sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian", progress=progress,
-                  sw_device=None if device is None else torch.device(device), device=torch.device(output_device))
+    common = dict(
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        mode="gaussian",
+        progress=progress,
+        sw_device=None if device is None else torch.device(device),
+        device=torch.device(output_device),
+    )
     if m.slice_inference:
         return SliceInferer(roi_size=m.roi_size[:2], spatial_dim=2, **common)
     return SlidingWindowInferer(roi_size=m.roi_size, **common)
@@ -176,12 +221,21 @@ def autocast(device: str | torch.device, amp: bool | None = None):
     """Mixed precision for inference: fp16 on a GPU, bf16 on a CPU; ``amp=None`` turns it on for a GPU only."""
     device = torch.device(device)
     enabled = device.type == "cuda" if amp is None else bool(amp)
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                          enabled=enabled)
+    return torch.autocast(
+        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=enabled
+    )
 
 
-def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = "cpu", sw_batch_size: int = 2,
-                 overlap: float | None = None, progress: bool = False, pre=None, amp: bool | None = None) -> dict:
+def segment_scan(
+    item: dict,
+    m: SegmentationModel,
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 2,
+    overlap: float | None = None,
+    progress: bool = False,
+    pre=None,
+    amp: bool | None = None,
+) -> dict:
     """Segment one scan (``{"image": path[, "series_uid": uid]}``): returns ``label`` (the label map on the input
     grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
     channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage. ``amp``: see :func:`autocast`
@@ -195,8 +249,9 @@ def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = 
     data = pre(dict(item))
     t["infer"] = time.perf_counter()
     image = data["image"]
-    windows = inferer(m, sw_batch_size, overlap, device, progress,
-                      stitch_device(device, len(m.class_names), image.shape[1:]))
+    windows = inferer(
+        m, sw_batch_size, overlap, device, progress, stitch_device(device, len(m.class_names), image.shape[1:])
+    )
     with torch.inference_mode(), autocast(device, amp):
         logits = windows(image.as_tensor()[None].float(), m.network.to(device).eval())[0].float()
         if m.sigmoid:  # overlapping regions (BraTS): the larger ones first, so nested regions stay visible
@@ -212,17 +267,23 @@ def segment_scan(item: dict, m: SegmentationModel, device: str | torch.device = 
     pred = MetaTensor(label[None].float(), affine=image.affine, meta=meta)
     pred.applied_operations = list(image.applied_operations)
     restored = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(
-        {"image": image, "pred": pred})["pred"]
+        {"image": image, "pred": pred}
+    )["pred"]
     raw = data["raw"]
     out = np.asarray(restored.detach().cpu())[0].round()
     if out.shape != tuple(raw.shape[1:]):
-        raise RuntimeError(f"{item['image']}: the label map came back as {out.shape}, the scan is "
-                           f"{tuple(raw.shape[1:])} (please report this)")
+        raise RuntimeError(
+            f"{item['image']}: the label map came back as {out.shape}, the scan is "
+            f"{tuple(raw.shape[1:])} (please report this)"
+        )
     k = len(m.structures)
     label_np = out.astype(np.uint8 if k < 256 else np.uint16)
     t["end"] = time.perf_counter()
-    seconds = {"read_preprocess": t["infer"] - t["read"], "sliding_window": t["restore"] - t["infer"],
-               "to_input_grid": t["end"] - t["restore"]}
+    seconds = {
+        "read_preprocess": t["infer"] - t["read"],
+        "sliding_window": t["restore"] - t["infer"],
+        "to_input_grid": t["end"] - t["restore"],
+    }
     return {"label": label_np, "raw": raw, "affine": np.asarray(raw.affine, dtype=float), "seconds": seconds}
 
 
@@ -256,8 +317,7 @@ def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=1, mtime=0)
 
 
-def structure_statistics(label: np.ndarray, intensity: np.ndarray, affine: np.ndarray,
-                         names: list[str]) -> list[dict]:
+def structure_statistics(label: np.ndarray, intensity: np.ndarray, affine: np.ndarray, names: list[str]) -> list[dict]:
     """Per structure (label value k+1 = ``names[k]``): voxel count, volume in mL, intensity mean/sd/median over its
     voxels (HU for CT), the bounding box of its voxel centres in world mm (the affine's space, RAS for MONAI),
     or ``present: false``."""
@@ -274,19 +334,38 @@ def structure_statistics(label: np.ndarray, intensity: np.ndarray, affine: np.nd
         lo, hi = idx.min(0), idx.max(0)
         corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
         world = (affine @ corners.T).T[:, :3]
-        rows.append({"structure": name, "label": k, "present": True, "voxels": n, "volume_ml": n * voxel_ml,
-                     "intensity_mean": float(vals.mean()), "intensity_sd": float(vals.std()),
-                     "intensity_median": float(np.median(vals)),
-                     "bbox_min_mm": [round(float(v), 2) for v in world.min(0)],
-                     "bbox_max_mm": [round(float(v), 2) for v in world.max(0)]})
+        rows.append(
+            {
+                "structure": name,
+                "label": k,
+                "present": True,
+                "voxels": n,
+                "volume_ml": n * voxel_ml,
+                "intensity_mean": float(vals.mean()),
+                "intensity_sd": float(vals.std()),
+                "intensity_median": float(np.median(vals)),
+                "bbox_min_mm": [round(float(v), 2) for v in world.min(0)],
+                "bbox_max_mm": [round(float(v), 2) for v in world.max(0)],
+            }
+        )
     return rows
 
 
 def _write_statistics(rows: list[dict], case: str, out: Path, extra: dict) -> list[str]:
     js, cs = out / f"{case}_statistics.json", out / f"{case}_statistics.csv"
     atomic_json_save({**extra, "structures": rows}, js)
-    cols = ["structure", "label", "present", "voxels", "volume_ml", "intensity_mean", "intensity_sd",
-            "intensity_median", "bbox_min_mm", "bbox_max_mm"]
+    cols = [
+        "structure",
+        "label",
+        "present",
+        "voxels",
+        "volume_ml",
+        "intensity_mean",
+        "intensity_sd",
+        "intensity_median",
+        "bbox_min_mm",
+        "bbox_max_mm",
+    ]
 
     def write(fh):
         import io
@@ -312,9 +391,16 @@ def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out, zooms
 
 
-def plot_preview(intensity: np.ndarray, label: np.ndarray, affine: np.ndarray, names: list[str],
-                 out_png: str | os.PathLike, title: str = "", window: tuple[float, float] | None = None,
-                 max_rows: int = 8) -> str:
+def plot_preview(
+    intensity: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+    names: list[str],
+    out_png: str | os.PathLike,
+    title: str = "",
+    window: tuple[float, float] | None = None,
+    max_rows: int = 8,
+) -> str:
     """Axial, coronal and sagittal overlays through the centre of each structure found (one row each, at most
     ``max_rows``, largest first), in radiological display (patient right on the image's left), with a legend."""
     import matplotlib
@@ -336,21 +422,35 @@ def plot_preview(intensity: np.ndarray, label: np.ndarray, affine: np.ndarray, n
     rows = found or [0]
     fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.8 * len(rows)), squeeze=False)
     for r, k in enumerate(rows):
-        centre = (np.argwhere(lab == k).mean(0).round().astype(int) if k else np.array(lab.shape) // 2)
-        views = [("axial", img[:, :, centre[2]], lab[:, :, centre[2]], zooms[1] / zooms[0]),
-                 ("coronal", img[:, centre[1], :], lab[:, centre[1], :], zooms[2] / zooms[0]),
-                 ("sagittal", img[centre[0], :, :], lab[centre[0], :, :], zooms[2] / zooms[1])]
+        centre = np.argwhere(lab == k).mean(0).round().astype(int) if k else np.array(lab.shape) // 2
+        views = [
+            ("axial", img[:, :, centre[2]], lab[:, :, centre[2]], zooms[1] / zooms[0]),
+            ("coronal", img[:, centre[1], :], lab[:, centre[1], :], zooms[2] / zooms[0]),
+            ("sagittal", img[centre[0], :, :], lab[centre[0], :, :], zooms[2] / zooms[1]),
+        ]
         for c, (view, im, lb, aspect) in enumerate(views):
             ax = axes[r, c]
             im, lb = radiological_view(im, view), radiological_view(lb, view)
             ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
-            ax.imshow(np.ma.masked_where(lb == 0, lb - 1), cmap=cmap, vmin=0, vmax=len(names) - 1, alpha=0.45,
-                      interpolation="nearest", aspect=aspect)
+            ax.imshow(
+                np.ma.masked_where(lb == 0, lb - 1),
+                cmap=cmap,
+                vmin=0,
+                vmax=len(names) - 1,
+                alpha=0.45,
+                interpolation="nearest",
+                aspect=aspect,
+            )
             ax.set_title(f"{names[k - 1] if k else 'no structure found'}: {view}", fontsize=8)
             ax.axis("off")
     present = sorted({int(v) for v in np.unique(lab)} - {0})
-    fig.legend(handles=[Patch(color=colours[k - 1], label=names[k - 1]) for k in present], loc="center left",
-               bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.legend(
+        handles=[Patch(color=colours[k - 1], label=names[k - 1]) for k in present],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=7,
+        frameon=False,
+    )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -371,11 +471,23 @@ def _subset(names: list[str], roi_subset: str | list[str] | tuple | None) -> lis
     return [lower[w.lower()] for w in wanted]
 
 
-def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os.PathLike | SegmentationModel,
-            device: str | None = None, split: bool = False, roi_subset: str | list[str] | None = None,
-            statistics: bool = False, preview: bool = False, output_type: str = "nifti",
-            series_uid: str | None = None, overwrite: bool = False, sw_batch_size: int = 2,
-            overlap: float | None = None, progress: bool = True, amp: bool | None = None) -> dict:
+def segment(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    model: str | os.PathLike | SegmentationModel,
+    device: str | None = None,
+    split: bool = False,
+    roi_subset: str | list[str] | None = None,
+    statistics: bool = False,
+    preview: bool = False,
+    output_type: str = "nifti",
+    series_uid: str | None = None,
+    overwrite: bool = False,
+    sw_batch_size: int = 2,
+    overlap: float | None = None,
+    progress: bool = True,
+    amp: bool | None = None,
+) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
     OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
     fails is reported and the others go on; the returned summary lists both (``failed``). ``amp``: mixed precision
@@ -418,22 +530,41 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
             written = _write_outputs(item, case, label, res, m, keep, out, target, split, output_type)
             intensity = np.asarray(res["raw"][0].detach().cpu()) if statistics or preview else None
             if statistics:
-                rows = [r for r in structure_statistics(label, intensity, res["affine"], m.structures)
-                        if r["label"] in keep]
-                written += _write_statistics(rows, case, out, {"scan": str(item["image"]), "model": str(m.path),
-                                                               "modality": m.modality})
+                rows = [
+                    r for r in structure_statistics(label, intensity, res["affine"], m.structures) if r["label"] in keep
+                ]
+                written += _write_statistics(
+                    rows, case, out, {"scan": str(item["image"]), "model": str(m.path), "modality": m.modality}
+                )
             if preview:
                 window = tuple(m.intensity_range) if m.modality == "ct" else None
-                written.append(plot_preview(intensity, label, res["affine"], m.structures, out / f"{case}_preview.png",
-                                            title=f"{case}: {m.path.parent.parent.name or m.path.name}",
-                                            window=window))
+                written.append(
+                    plot_preview(
+                        intensity,
+                        label,
+                        res["affine"],
+                        m.structures,
+                        out / f"{case}_preview.png",
+                        title=f"{case}: {m.path.parent.parent.name or m.path.name}",
+                        window=window,
+                    )
+                )
             secs = dict(res["seconds"], write=time.perf_counter() - t_write)
             total = time.perf_counter() - t0
             found = [m.structures[k - 1] for k in keep if (label == k).any()]
-            say(f"{case}: {len(found)}/{len(keep)} structures found, {total:.1f} s "
-                f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {written[0]}")
-            done.append({"case": case, "outputs": written, "seconds": round(total, 2),
-                         "stage_seconds": {k: round(v, 3) for k, v in secs.items()}, "found": found})
+            say(
+                f"{case}: {len(found)}/{len(keep)} structures found, {total:.1f} s "
+                f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {written[0]}"
+            )
+            done.append(
+                {
+                    "case": case,
+                    "outputs": written,
+                    "seconds": round(total, 2),
+                    "stage_seconds": {k: round(v, 3) for k, v in secs.items()},
+                    "found": found,
+                }
+            )
         except Exception as e:  # noqa: BLE001 - one bad scan does not stop the others; reported at the end
             from mosmos_components.errors import summary_line
 
@@ -444,8 +575,9 @@ def segment(input: str | os.PathLike, output: str | os.PathLike, model: str | os
     return {"model": str(m.path), "device": str(device), "done": done, "skipped": skipped, "failed": failed}
 
 
-def _write_outputs(item, case, label, res, m, keep, out: Path, target: Path, split: bool,
-                   output_type: str) -> list[str]:
+def _write_outputs(
+    item, case, label, res, m, keep, out: Path, target: Path, split: bool, output_type: str
+) -> list[str]:
     if output_type == "dicom_seg":
         from mosmos_components.dicom_seg import write_dicom_seg
 
@@ -461,4 +593,3 @@ def _write_outputs(item, case, label, res, m, keep, out: Path, target: Path, spl
         _write_nifti((label == k).astype(np.uint8), item, res["affine"], path)
         written.append(str(path))
     return written
-

@@ -112,8 +112,10 @@ class TagVocabulary:
                 raise ValueError(f"tag vocabulary {path}: abbreviation_contexts names '{abbr}', not an abbreviation")
             for key in ("context", "unless"):
                 if spec.get(key) is not None and spec[key] not in self.contexts:
-                    raise ValueError(f"tag vocabulary {path}: abbreviation_contexts['{abbr}'] {key} "
-                                     f"'{spec[key]}' is not in 'contexts'")
+                    raise ValueError(
+                        f"tag vocabulary {path}: abbreviation_contexts['{abbr}'] {key} "
+                        f"'{spec[key]}' is not in 'contexts'"
+                    )
             self.abbreviation_contexts[abbr] = (spec["context"], spec.get("unless"))
 
 

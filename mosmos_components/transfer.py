@@ -36,11 +36,38 @@ from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 from mosmos_components.networks.unet2d import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 
-__all__ = ["TransferReport", "class_embeddings", "fixed_prompt_embeddings", "load_pretrained", "prepare_network",
-           "inflate_patch_kernel", "resize_position_grid", "save_clip_checkpoint", "load_imagenet_vit",
-           "load_imagenet_resnet", "INIT_KINDS"]
+__all__ = [
+    "TransferReport",
+    "class_embeddings",
+    "fixed_prompt_embeddings",
+    "load_pretrained",
+    "prepare_network",
+    "inflate_patch_kernel",
+    "resize_position_grid",
+    "save_clip_checkpoint",
+    "load_imagenet_vit",
+    "load_imagenet_resnet",
+    "INIT_KINDS",
+    "TRANSFER_RULES",
+    "transfer_rule",
+]
 
 logger = logging.getLogger(__name__)
+
+# segmentation network class -> how a pre-training network's weights go into it:
+# rule(pretrain_net, network, report, source) copies tensors with _copy() and records them in the report
+TRANSFER_RULES: dict[type, Callable[..., None]] = {}
+
+
+def transfer_rule(network_cls: type) -> Callable:
+    """Register the function that carries pre-trained image-tower weights into ``network_cls`` (and its
+    subclasses) for :func:`load_pretrained`."""
+
+    def register(fn: Callable) -> Callable:
+        TRANSFER_RULES[network_cls] = fn
+        return fn
+
+    return register
 
 
 @dataclass
@@ -53,8 +80,10 @@ class TransferReport:
     initial: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{len(self.transferred)} tensors transferred, {len(self.inflated)} inflated/resized, "
-                f"{len(self.computed)} computed (class embeddings), {len(self.initial)} left at initial values")
+        return (
+            f"{len(self.transferred)} tensors transferred, {len(self.inflated)} inflated/resized, "
+            f"{len(self.computed)} computed (class embeddings), {len(self.initial)} left at initial values"
+        )
 
     def finish(self, network: nn.Module, source: str) -> TransferReport:
         """Mark every tensor of ``network`` the transfer did not touch as initial, and log the report."""
@@ -95,8 +124,9 @@ DEFAULT_PROMPT_TEMPLATE = "a medical image of the {}."
 
 
 @torch.no_grad()
-def fixed_prompt_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str],
-                            template: str = DEFAULT_PROMPT_TEMPLATE) -> torch.Tensor:
+def fixed_prompt_embeddings(
+    pretrain: MosmosPretrainNet, names: Sequence[str], template: str = DEFAULT_PROMPT_TEMPLATE
+) -> torch.Tensor:
     """One embedding per class name (K, d) from a fixed prompt (``template.format(name)``) through the text
     encoder alone: the class embeddings of the CLIP+DenseCLIP baseline, with no learned context."""
     if "{}" not in template:
@@ -135,8 +165,10 @@ def _copy(dst: nn.Module, dst_prefix: str, src_state: dict, report: TransferRepo
         if name not in target:
             raise RuntimeError(f"{source}: tensor '{k}' has no counterpart '{name}' in {type(dst).__name__}")
         if target[name].shape != v.shape:
-            raise RuntimeError(f"{source}: '{k}' {tuple(v.shape)} does not fit '{name}' {tuple(target[name].shape)}: "
-                               "the segmentation network's size differs from the pre-trained one")
+            raise RuntimeError(
+                f"{source}: '{k}' {tuple(v.shape)} does not fit '{name}' {tuple(target[name].shape)}: "
+                "the segmentation network's size differs from the pre-trained one"
+            )
         target[name].copy_(v)
         report.transferred.append(name)
 
@@ -144,17 +176,22 @@ def _copy(dst: nn.Module, dst_prefix: str, src_state: dict, report: TransferRepo
 def _check_vit_fits(source: str, enc: nn.Module, width: int, n_blocks: int, patch: tuple[int, ...]) -> None:
     """A 2D ViT of ``width`` x ``n_blocks`` with ``patch`` patches must match the UNETR encoder ``enc``."""
     if width != enc.transformer.width or n_blocks != len(enc.transformer.resblocks):
-        raise ValueError(f"{source}: pre-trained ViT is width {width} x {n_blocks} layers, the UNETR encoder width "
-                         f"{enc.transformer.width} x {len(enc.transformer.resblocks)}: set hidden_size/num_layers "
-                         "to match")
+        raise ValueError(
+            f"{source}: pre-trained ViT is width {width} x {n_blocks} layers, the UNETR encoder width "
+            f"{enc.transformer.width} x {len(enc.transformer.resblocks)}: set hidden_size/num_layers "
+            "to match"
+        )
     if tuple(patch) != tuple(enc.conv1.kernel_size[:2]):
-        raise ValueError(f"{source}: pre-trained ViT has {tuple(patch)} patches, the UNETR encoder "
-                         f"{tuple(enc.conv1.kernel_size[:2])}: set patch_size={patch[0]} "
-                         "(UNETR takes /16 and /32 ViTs)")
+        raise ValueError(
+            f"{source}: pre-trained ViT has {tuple(patch)} patches, the UNETR encoder "
+            f"{tuple(enc.conv1.kernel_size[:2])}: set patch_size={patch[0]} "
+            "(UNETR takes /16 and /32 ViTs)"
+        )
 
 
-def _inflate_patches_and_positions(seg: MosmosUNETR, kernel_2d: torch.Tensor, positions_2d: torch.Tensor,
-                                   report: TransferReport) -> None:
+def _inflate_patches_and_positions(
+    seg: MosmosUNETR, kernel_2d: torch.Tensor, positions_2d: torch.Tensor, report: TransferReport
+) -> None:
     """The 2D patch kernel inflated over depth, the 2D position grid resized to the 3D grid."""
     enc = seg.encoder
     with torch.no_grad():
@@ -163,18 +200,23 @@ def _inflate_patches_and_positions(seg: MosmosUNETR, kernel_2d: torch.Tensor, po
     report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
 
 
+@transfer_rule(MosmosUNETR)
 def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferReport, source: str) -> None:
     vis = pre.clip.visual
     if not isinstance(vis, VisionTransformer):
-        raise ValueError(f"{source} holds a {type(vis).__name__} image encoder; MosmosUNETR needs a ViT "
-                         "(pre-train with a ViT backbone, or use MosmosUNet2D for a ResNet)")
+        raise ValueError(
+            f"{source} holds a {type(vis).__name__} image encoder; MosmosUNETR needs a ViT "
+            "(pre-train with a ViT backbone, or use MosmosUNet2D for a ResNet)"
+        )
     enc = seg.encoder
     _check_vit_fits(source, enc, vis.transformer.width, len(vis.transformer.resblocks), vis.conv1.kernel_size)
     quick_pre = bool(pre.model_cfg.get("quick_gelu", False) or pre.force_quick_gelu)
     quick_seg = isinstance(enc.transformer.resblocks[0].mlp.gelu, QuickGELU)
     if quick_pre != quick_seg:
-        raise ValueError(f"{source}: pre-trained ViT uses {'Quick' if quick_pre else ''}GELU, the UNETR encoder "
-                         f"{'Quick' if quick_seg else ''}GELU: set quick_gelu={quick_pre}")
+        raise ValueError(
+            f"{source}: pre-trained ViT uses {'Quick' if quick_pre else ''}GELU, the UNETR encoder "
+            f"{'Quick' if quick_seg else ''}GELU: set quick_gelu={quick_pre}"
+        )
     heads_pre = vis.transformer.resblocks[0].attn.num_heads
     heads_seg = enc.transformer.resblocks[0].attn.num_heads
     if heads_pre != heads_seg:
@@ -189,11 +231,14 @@ def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferRe
     _inflate_patches_and_positions(seg, vis.conv1.weight, vis.positional_embedding, report)
 
 
+@transfer_rule(MosmosUNet2D)
 def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: TransferReport, source: str) -> None:
     vis = pre.clip.visual
     if not isinstance(vis, ModifiedResNet):
-        raise ValueError(f"{source} holds a {type(vis).__name__} image encoder; MosmosUNet2D needs a CLIP ResNet "
-                         "(pre-train with an RN backbone, or use MosmosUNETR for a ViT)")
+        raise ValueError(
+            f"{source} holds a {type(vis).__name__} image encoder; MosmosUNet2D needs a CLIP ResNet "
+            "(pre-train with an RN backbone, or use MosmosUNETR for a ViT)"
+        )
     state = {k: v for k, v in vis.state_dict().items() if not k.startswith("attnpool.")}
     with torch.no_grad():
         _copy(seg, "encoder.", state, report, source)
@@ -202,8 +247,15 @@ def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: Transfe
             _copy(seg, "c_proj.", vis.attnpool.c_proj.state_dict(), report, source)
 
 
-_TIMM_BLOCK = {"norm1": "ln_1", "attn.qkv.weight": "attn.in_proj_weight", "attn.qkv.bias": "attn.in_proj_bias",
-               "attn.proj": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_TIMM_BLOCK = {
+    "norm1": "ln_1",
+    "attn.qkv.weight": "attn.in_proj_weight",
+    "attn.qkv.bias": "attn.in_proj_bias",
+    "attn.proj": "attn.out_proj",
+    "norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
 
 
 def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -239,27 +291,36 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
     state = _read_weights(path)
     if "patch_embed.proj.weight" not in state or "cls_token" not in state:
         raise ValueError(f"{source} is not a timm ViT state dict (no patch_embed.proj.weight / cls_token)")
-    other = sorted({k.split(".")[0] for k in state} - {"patch_embed", "cls_token", "pos_embed", "blocks", "norm",
-                                                        "head", "fc_norm"})
+    other = sorted(
+        {k.split(".")[0] for k in state}
+        - {"patch_embed", "cls_token", "pos_embed", "blocks", "norm", "head", "fc_norm"}
+    )
     if other or any(k.startswith("fc_norm.") for k in state):
-        raise ValueError(f"{source}: unsupported ViT variant (has {other or ['fc_norm']}); the ImageNet baseline "
-                         "takes the plain class-token ViT (timm's vit_base_patch16_224 family)")
+        raise ValueError(
+            f"{source}: unsupported ViT variant (has {other or ['fc_norm']}); the ImageNet baseline "
+            "takes the plain class-token ViT (timm's vit_base_patch16_224 family)"
+        )
     mapped = {}
     for k, v in state.items():
         if k.startswith("blocks."):
             _, i, rest = k.split(".", 2)
             for old, new in _TIMM_BLOCK.items():
                 if rest.startswith(old):
-                    rest = new + rest[len(old):]
+                    rest = new + rest[len(old) :]
                     break
             mapped[f"transformer.resblocks.{i}.{rest}"] = v
         elif k.startswith("norm."):
-            mapped["ln_post." + k[len("norm."):]] = v
+            mapped["ln_post." + k[len("norm.") :]] = v
         elif k == "cls_token":
             mapped["class_embedding"] = v.reshape(-1)
     kernel = state["patch_embed.proj.weight"]
-    _check_vit_fits(source, enc, state["cls_token"].shape[-1],
-                    len({k.split(".")[1] for k in state if k.startswith("blocks.")}), kernel.shape[2:])
+    _check_vit_fits(
+        source,
+        enc,
+        state["cls_token"].shape[-1],
+        len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        kernel.shape[2:],
+    )
     report = TransferReport()
     with torch.no_grad():
         _copy(network, "encoder.", {**mapped, "conv1.bias": state["patch_embed.proj.bias"]}, report, source)
@@ -281,8 +342,10 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
     expected = set(network.encoder.state_dict())
     extra = sorted(set(encoder) - expected)
     if extra:
-        raise ValueError(f"{source}: {len(extra)} tensors have no place in the encoder (e.g. {extra[:3]}): "
-                         "set layers to the ResNet's blocks per stage ((3, 4, 6, 3) for ResNet-50)")
+        raise ValueError(
+            f"{source}: {len(extra)} tensors have no place in the encoder (e.g. {extra[:3]}): "
+            "set layers to the ResNet's blocks per stage ((3, 4, 6, 3) for ResNet-50)"
+        )
     missing = sorted(expected - set(encoder))
     if missing:
         raise ValueError(f"{source}: the encoder's {missing[:3]} ... are not in the file: set layers to match it")
@@ -293,7 +356,9 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
 
 
 def load_pretrained(
-    network: MosmosUNETR | MosmosUNet2D, ckpt_path: str | os.PathLike, pretrain: MosmosPretrainNet | None = None,
+    network: MosmosUNETR | MosmosUNet2D,
+    ckpt_path: str | os.PathLike,
+    pretrain: MosmosPretrainNet | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> TransferReport:
     """Transfer the ``mosmos_pretrain`` checkpoint at ``ckpt_path`` (+ its JSON sidecar) into ``network``.
@@ -305,36 +370,49 @@ def load_pretrained(
     source = str(ckpt_path)
     pre = pretrain if pretrain is not None else load_pretrain_network(ckpt_path)
     report = TransferReport()
-    if isinstance(network, MosmosUNETR):
-        _vit_into_unetr(pre, network, report, source)
-    elif isinstance(network, MosmosUNet2D):
-        _resnet_into_unet(pre, network, report, source)
-    else:
-        raise TypeError(f"no transfer rule for {type(network).__name__}")
+    rule = next((TRANSFER_RULES[c] for c in type(network).__mro__ if c in TRANSFER_RULES), None)
+    if rule is None:
+        raise TypeError(
+            f"no transfer rule for {type(network).__name__} (known: "
+            f"{sorted(c.__name__ for c in TRANSFER_RULES)}; register one with @transfer_rule)"
+        )
+    rule(pre, network, report, source)
     if network.pta is not None and network.pta.decoder is None:
         if network.pta.class_embeddings.shape[1] != pre.embed_dim:
-            raise ValueError(f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
-                             f"{network.pta.class_embeddings.shape[1]}")
+            raise ValueError(
+                f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
+                f"{network.pta.class_embeddings.shape[1]}"
+            )
         with torch.no_grad():
             network.pta.set_class_embeddings(fixed_prompt_embeddings(pre, network.pta.class_names, prompt_template))
         report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
     elif network.pta is not None:
         side = read_sidecar(ckpt_path) if pretrain is None else {}
         if side.get("mosmos_pretrained") is False:
-            warnings.warn(f"{source} holds CLIP weights without MOSMOS pre-training: its tag decoder and prompt are "
-                          "untrained, so pixel-tag attention starts from random queries (for the CLIP+DenseCLIP "
-                          "baseline set pta_mode to 'score')", stacklevel=2)
+            warnings.warn(
+                f"{source} holds CLIP weights without MOSMOS pre-training: its tag decoder and prompt are "
+                "untrained, so pixel-tag attention starts from random queries (for the CLIP+DenseCLIP "
+                "baseline set pta_mode to 'score')",
+                stacklevel=2,
+            )
         elif side.get("pretrain_losses", {}).get("mlr") is False:
-            warnings.warn(f"{source} was pre-trained without L_mlr (Table 4's ablation): its tag decoder and prompt "
-                          "are untrained, so pixel-tag attention starts from random queries", stacklevel=2)
+            warnings.warn(
+                f"{source} was pre-trained without L_mlr (Table 4's ablation): its tag decoder and prompt "
+                "are untrained, so pixel-tag attention starts from random queries",
+                stacklevel=2,
+            )
         if network.pta.decoder.d_model != pre.embed_dim:
-            raise ValueError(f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
-                             f"{network.pta.decoder.d_model}")
+            raise ValueError(
+                f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
+                f"{network.pta.decoder.d_model}"
+            )
         pre_heads = pre.decoder.layers[0].cross_attn.num_heads
         seg_heads = network.pta.decoder.layers[0].cross_attn.num_heads
         if pre_heads != seg_heads or len(pre.decoder.layers) != len(network.pta.decoder.layers):
-            raise ValueError(f"{source}: tag decoder is {len(pre.decoder.layers)} layers x {pre_heads} heads, the "
-                             f"network's {len(network.pta.decoder.layers)} x {seg_heads}: set decoder_layers/heads")
+            raise ValueError(
+                f"{source}: tag decoder is {len(pre.decoder.layers)} layers x {pre_heads} heads, the "
+                f"network's {len(network.pta.decoder.layers)} x {seg_heads}: set decoder_layers/heads"
+            )
         with torch.no_grad():
             _copy(network, "pta.decoder.", pre.decoder.state_dict(), report, source)
             network.pta.set_class_embeddings(class_embeddings(pre, network.pta.class_names))
@@ -356,8 +434,10 @@ INIT_KINDS: dict[str, Callable[..., None]] = {"mosmos": _init_mosmos, "imagenet"
 
 
 def prepare_network(
-    network: MosmosUNETR | MosmosUNet2D, pretrained_ckpt: str | os.PathLike | None = None,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE, pretrained_kind: str = "mosmos",
+    network: MosmosUNETR | MosmosUNet2D,
+    pretrained_ckpt: str | os.PathLike | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    pretrained_kind: str = "mosmos",
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation;
     with ``use_pta=True`` the class embeddings are random vectors, with a warning: Table 4's "no pre-training" row).
@@ -371,26 +451,37 @@ def prepare_network(
                 "or set use_pretrained to false for the random-initialisation baseline)"
             )
         if pretrained_kind not in INIT_KINDS:
-            raise ValueError(f"pretrained_kind must be one of {sorted(INIT_KINDS)} (mosmos: MOSMOS, CLIP or SSL "
-                             f"pre-training checkpoints; imagenet: timm ViT / torchvision ResNet), got {pretrained_kind!r}")
+            raise ValueError(
+                f"pretrained_kind must be one of {sorted(INIT_KINDS)} (mosmos: MOSMOS, CLIP or SSL "
+                "pre-training checkpoints; imagenet: timm ViT / torchvision ResNet), "
+                f"got {pretrained_kind!r}"
+            )
         INIT_KINDS[pretrained_kind](network, pretrained_ckpt, prompt_template)
     elif network.pta is not None:
         # Table 4's "no pre-training" row: the whole framework on untrained weights. There is no text encoder to
         # give class embeddings, so they are random vectors (std 1, seeded by the run's seed), as an untrained
         # text encoder's outputs would be.
-        warnings.warn(f"{type(network).__name__}: no pre-trained weights, yet pixel-tag attention is on (the paper's "
-                      "'no pre-training' ablation): the encoder, the tag decoder and the class embeddings are all "
-                      "random, so the attention maps start uninformative", stacklevel=2)
+        warnings.warn(
+            f"{type(network).__name__}: no pre-trained weights, yet pixel-tag attention is on (the paper's "
+            "'no pre-training' ablation): the encoder, the tag decoder and the class embeddings are all "
+            "random, so the attention maps start uninformative",
+            stacklevel=2,
+        )
         with torch.no_grad():
             network.pta.set_class_embeddings(torch.randn_like(network.pta.class_embeddings))
     else:
-        warnings.warn(f"{type(network).__name__}: no pre-trained weights, training from random initialisation",
-                      stacklevel=2)
+        warnings.warn(
+            f"{type(network).__name__}: no pre-trained weights, training from random initialisation", stacklevel=2
+        )
     return network
 
 
-def save_clip_checkpoint(path: str | os.PathLike, backbone: str = "ViT-B-16", clip_pretrained: str | None = None,
-                         force_quick_gelu: bool = False) -> MosmosPretrainNet:
+def save_clip_checkpoint(
+    path: str | os.PathLike,
+    backbone: str = "ViT-B-16",
+    clip_pretrained: str | None = None,
+    force_quick_gelu: bool = False,
+) -> MosmosPretrainNet:
     """Write CLIP weights (a local file, or an open_clip tag when online) as a pre-training checkpoint
     (``model.pt`` + ``model.json``) *without* MOSMOS pre-training: the CLIP / PubMedCLIP baselines'
     initialisation. The prompt context and the tag decoder stay at their initial values (only the DenseCLIP

@@ -12,9 +12,20 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import LoadImaged, MapTransform, Transform
 
-__all__ = ["LoadImageNamed", "ToRGBd", "ScaleBitDepthd", "pil_standard_mode", "TokenizeReportd",
-           "ValidateSegmentationPaird", "RemapLabelsd", "MSDBratsRegionsd", "ClassMaskd",
-           "ModalityIntensityd", "RegionsToMSDLabelsd", "RAS_LABELS"]
+__all__ = [
+    "LoadImageNamed",
+    "ToRGBd",
+    "ScaleBitDepthd",
+    "pil_standard_mode",
+    "TokenizeReportd",
+    "ValidateSegmentationPaird",
+    "RemapLabelsd",
+    "MSDBratsRegionsd",
+    "ClassMaskd",
+    "ModalityIntensityd",
+    "RegionsToMSDLabelsd",
+    "RAS_LABELS",
+]
 
 #: MONAI's axis labels for RAS, passed to ``Orientationd`` explicitly (its default argument warns on every use)
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -34,8 +45,10 @@ def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str
         bad = values[~torch.isfinite(values) | (values != values.round())]
         if bad.numel():
             shown = [float(f"{v:.6g}") for v in bad[:10].tolist()]
-            raise ValueError(f"{_source(data, key)}: non-integer label value(s) {shown}: a label map holds class "
-                             "numbers (was it resampled with linear interpolation?)")
+            raise ValueError(
+                f"{_source(data, key)}: non-integer label value(s) {shown}: a label map holds class "
+                "numbers (was it resampled with linear interpolation?)"
+            )
     unknown = sorted({int(v) for v in values.tolist()} - set(allowed))
     if unknown:
         raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")
@@ -52,8 +65,10 @@ def _itk_series_id(folder: str, uid: str) -> str:
     names.SetDirectory(folder)
     ids = [str(i) for i in names.GetSeriesUIDs() if str(i) == uid or str(i).startswith(uid + ".")]
     if len(ids) != 1:
-        raise OSError(f"{folder}: DICOM series {uid} is {'not found' if not ids else 'split'} by ITK's reader "
-                      f"({len(ids)} parts: its slices differ in size or date)")
+        raise OSError(
+            f"{folder}: DICOM series {uid} is {'not found' if not ids else 'split'} by ITK's reader "
+            f"({len(ids)} parts: its slices differ in size or date)"
+        )
     return ids[0]
 
 
@@ -73,8 +88,10 @@ class LoadImageNamed(LoadImaged):
             return super().__call__(data, reader)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             names = [str(data.get(k)) for k in self.keys if k in data]
-            raise OSError(f"{', '.join(names)}: cannot be read ({type(e).__name__}: {e}); is the file complete and in "
-                          "a supported format?") from e
+            raise OSError(
+                f"{', '.join(names)}: cannot be read ({type(e).__name__}: {e}); is the file complete and in "
+                "a supported format?"
+            ) from e
 
 
 class ToRGBd(MapTransform):
@@ -147,7 +164,10 @@ class TokenizeReportd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection = "report", context_length: int = 77, output_key: str = "text",
+        self,
+        keys: KeysCollection = "report",
+        context_length: int = 77,
+        output_key: str = "text",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -176,9 +196,14 @@ class ValidateSegmentationPaird(MapTransform):
             ``"zero"`` (replaced by 0, with a warning naming the file).
     """
 
-    def __init__(self, keys: KeysCollection = ("image", "label"), in_channels: int = 1,
-                 label_values: Sequence[int] | None = None, nonfinite: str = "error",
-                 allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        in_channels: int = 1,
+        label_values: Sequence[int] | None = None,
+        nonfinite: str = "error",
+        allow_missing_keys: bool = True,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if nonfinite not in ("error", "zero"):
             raise ValueError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
@@ -197,8 +222,10 @@ class ValidateSegmentationPaird(MapTransform):
             if not bool(finite.all()):
                 n = int((~finite).sum())
                 if self.nonfinite == "error":
-                    raise ValueError(f"{_source(d, self.image_key)}: {n} NaN/Inf voxel(s); fix the file, or set "
-                                     "nonfinite to 'zero' to replace them by 0")
+                    raise ValueError(
+                        f"{_source(d, self.image_key)}: {n} NaN/Inf voxel(s); fix the file, or set "
+                        "nonfinite to 'zero' to replace them by 0"
+                    )
                 warnings.warn(f"{_source(d, self.image_key)}: {n} NaN/Inf voxel(s) replaced by 0", stacklevel=2)
                 d[self.image_key] = torch.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
         if self.label_key not in d:
@@ -210,9 +237,10 @@ class ValidateSegmentationPaird(MapTransform):
         if hasattr(img, "affine") and hasattr(lab, "affine"):
             same_affine = torch.allclose(img.affine.double(), lab.affine.double(), atol=1e-3)
         if tuple(img.shape[1:]) != tuple(lab.shape[1:]) or not same_affine:
-            raise ValueError(f"image/label grid mismatch: {_source(d, self.image_key)} {tuple(img.shape[1:])} vs "
-                             f"{_source(d, self.label_key)} {tuple(lab.shape[1:])}"
-                             + ("" if same_affine else " (affines differ)"))
+            raise ValueError(
+                f"image/label grid mismatch: {_source(d, self.image_key)} {tuple(img.shape[1:])} vs "
+                f"{_source(d, self.label_key)} {tuple(lab.shape[1:])}" + ("" if same_affine else " (affines differ)")
+            )
         if self.label_values is not None:
             _check_label_values(d, self.label_key, lab, self.label_values, f"allowed: {sorted(self.label_values)}")
         return d
@@ -266,8 +294,13 @@ class ClassMaskd(Transform):
     value (e.g. ``"modality": "mri"``) is in ``missing`` lack those classes (AMOS MRI: bladder, prostate/uterus);
     :class:`~mosmos_components.losses.MosmosSegLoss` then does not penalise predicting them there."""
 
-    def __init__(self, num_classes: int, missing: Mapping[str, Sequence[int]], group_key: str = "modality",
-                 mask_key: str = "class_mask") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        missing: Mapping[str, Sequence[int]],
+        group_key: str = "modality",
+        mask_key: str = "class_mask",
+    ) -> None:
         self.num_classes, self.group_key, self.mask_key = num_classes, group_key, mask_key
         self.missing = {str(k): [int(c) for c in v] for k, v in missing.items()}
 
@@ -292,9 +325,15 @@ class ModalityIntensityd(MapTransform):
         mri_percentiles: lower/upper percentiles of each MR channel mapped to 0 and 1.
     """
 
-    def __init__(self, keys: KeysCollection = "image", modality_key: str = "modality", default: str = "ct",
-                 ct_range: Sequence[float] = (-175.0, 250.0), mri_percentiles: Sequence[float] = (0.5, 99.5),
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        modality_key: str = "modality",
+        default: str = "ct",
+        ct_range: Sequence[float] = (-175.0, 250.0),
+        mri_percentiles: Sequence[float] = (0.5, 99.5),
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if default not in ("ct", "mri"):
             raise ValueError(f"default modality must be 'ct' or 'mri', got {default!r}")

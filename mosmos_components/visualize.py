@@ -12,8 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["read_history", "distinct_colours", "curve_figure", "plot_curves", "plot_tag_attention", "radiological",
-           "radiological_view", "plot_segmentation_overlay"]
+__all__ = [
+    "read_history",
+    "distinct_colours",
+    "curve_figure",
+    "plot_curves",
+    "plot_tag_attention",
+    "radiological",
+    "radiological_view",
+    "plot_segmentation_overlay",
+]
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -41,8 +49,11 @@ def curve_figure(histories: dict[str, str | os.PathLike], title: str = ""):
         per_class = [k for k in cols if k.startswith("dice_")]
         hd = [k for k in cols if "hd95" in k]
         rest = [k for k in cols if k not in per_class and k not in hd]
-        panels += [(name, h, keys) for name, keys in ((label, rest), (f"{label}: HD95 (mm)", hd),
-                                                      (f"{label}: Dice per class", per_class)) if keys]
+        panels += [
+            (name, h, keys)
+            for name, keys in ((label, rest), (f"{label}: HD95 (mm)", hd), (f"{label}: Dice per class", per_class))
+            if keys
+        ]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.4 * max(len(panels), 1), 3.6), squeeze=False)
     for ax, (name, h, keys) in zip(axes[0], panels):
         for colour, k in zip(distinct_colours(len(keys)), keys):
@@ -50,8 +61,9 @@ def curve_figure(histories: dict[str, str | os.PathLike], title: str = ""):
         ax.set_xlabel("epoch")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  ncol=2 if len(keys) > 12 else 1)
+        ax.legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncol=2 if len(keys) > 12 else 1
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -105,8 +117,15 @@ def radiological_view(plane: np.ndarray, view: str) -> np.ndarray:
 
 
 def plot_segmentation_overlay(
-    image: np.ndarray, label: np.ndarray, pred: np.ndarray, attention: np.ndarray | None, attention_name: str,
-    out_png: str | os.PathLike, title: str = "", num_classes: int = 14, class_names: Sequence[str] | None = None,
+    image: np.ndarray,
+    label: np.ndarray,
+    pred: np.ndarray,
+    attention: np.ndarray | None,
+    attention_name: str,
+    out_png: str | os.PathLike,
+    title: str = "",
+    num_classes: int = 14,
+    class_names: Sequence[str] | None = None,
 ) -> str:
     """Image, ground truth, prediction (and one pixel-tag attention map), each a 2D slice already oriented; with
     ``class_names`` (background first) a legend of the classes shown."""
@@ -120,16 +139,27 @@ def plot_segmentation_overlay(
         if overlay is not None and name.startswith("attention"):
             ax.imshow(overlay, cmap="jet", alpha=0.5)
         elif overlay is not None:
-            ax.imshow(np.ma.masked_where(overlay == 0, overlay), cmap=cmap, vmin=0, vmax=num_classes - 1,
-                      alpha=0.6, interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_where(overlay == 0, overlay),
+                cmap=cmap,
+                vmin=0,
+                vmax=num_classes - 1,
+                alpha=0.6,
+                interpolation="nearest",
+            )
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     if class_names is not None:
         from matplotlib.patches import Patch
 
         shown = sorted(({int(v) for v in np.unique(label)} | {int(v) for v in np.unique(pred)}) - {0})
-        fig.legend(handles=[Patch(color=cmap(v), label=class_names[v]) for v in shown if v < len(class_names)],
-                   loc="lower center", ncol=min(len(shown), 6) or 1, fontsize=7, frameon=False)
+        fig.legend(
+            handles=[Patch(color=cmap(v), label=class_names[v]) for v in shown if v < len(class_names)],
+            loc="lower center",
+            ncol=min(len(shown), 6) or 1,
+            fontsize=7,
+            frameon=False,
+        )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.1 if class_names is not None else 0, 1, 1))
     fig.savefig(out_png, dpi=100)

@@ -83,7 +83,9 @@ def convert(src: Path, out: Path, spacing=(1.5625, 1.5625, 10.0), overwrite: boo
         "* Intensities: as preprocessed there (clipped at the 99th percentile, scaled to [0, 1]).\n"
         "* Info.cfg: ED/ES = the lower/higher frame number; Group from ACDC's training-set order.\n"
         "* Labels: 0 background, 1 right-ventricle cavity, 2 myocardium, 3 left-ventricle cavity.\n\n"
-        "ACDC: research use; cite Bernard et al., IEEE TMI 37(11), 2018.\n", encoding="utf-8")
+        "ACDC: research use; cite Bernard et al., IEEE TMI 37(11), 2018.\n",
+        encoding="utf-8",
+    )
     return written
 
 

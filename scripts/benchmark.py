@@ -31,10 +31,32 @@ from mosmos_components.losses import MosmosPretrainLoss
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
 
 SIZES = {
-    "tiny": {"unetr": dict(img_size=(64, 64, 32), hidden_size=64, num_layers=4, num_heads=2, embed_dim=64,
-                           feature_size=8, decoder_heads=4), "clip": "mosmos-tiny-vit", "configs": ["train.json", "demo.json"]},
-    "paper": {"unetr": dict(img_size=(96, 96, 96), hidden_size=768, num_layers=12, num_heads=12, embed_dim=512,
-                            feature_size=16, decoder_heads=8), "clip": "ViT-B-16", "configs": ["train.json"]},
+    "tiny": {
+        "unetr": dict(
+            img_size=(64, 64, 32),
+            hidden_size=64,
+            num_layers=4,
+            num_heads=2,
+            embed_dim=64,
+            feature_size=8,
+            decoder_heads=4,
+        ),
+        "clip": "mosmos-tiny-vit",
+        "configs": ["train.json", "demo.json"],
+    },
+    "paper": {
+        "unetr": dict(
+            img_size=(96, 96, 96),
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            embed_dim=512,
+            feature_size=16,
+            decoder_heads=8,
+        ),
+        "clip": "ViT-B-16",
+        "configs": ["train.json"],
+    },
 }
 PARTS = ("window", "train", "pretrain", "loader", "scan", "onnx")
 EXTRA_PARTS = ("fastmode", "ddp")  # not in the default run: --only fastmode (needs --model, --datalist), --only ddp
@@ -47,16 +69,24 @@ def _networks(size: str, device: torch.device) -> dict[str, torch.nn.Module]:
     pta = MosmosUNETR(1, K, class_names=[f"c{i}" for i in range(K)], **u)
     pta.pta.set_class_embeddings(torch.randn(K, u["embed_dim"]))
     plain = MosmosUNETR(1, K, use_pta=False, **u)
-    ref = UNETR(1, K, img_size=u["img_size"], feature_size=u["feature_size"], hidden_size=u["hidden_size"],
-                mlp_dim=4 * u["hidden_size"], num_heads=u["num_heads"], proj_type="conv", norm_name="instance",
-                res_block=True)
+    ref = UNETR(
+        1,
+        K,
+        img_size=u["img_size"],
+        feature_size=u["feature_size"],
+        hidden_size=u["hidden_size"],
+        mlp_dim=4 * u["hidden_size"],
+        num_heads=u["num_heads"],
+        proj_type="conv",
+        norm_name="instance",
+        res_block=True,
+    )
     return {"mosmos_pta": pta.to(device), "mosmos_no_pta": plain.to(device), "monai_unetr": ref.to(device)}
 
 
 def _autocast(device: torch.device, amp: bool):
     """AMP as the bundles use it: fp16 on a GPU, bf16 on a CPU."""
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                          enabled=amp)
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp)
 
 
 def _sync(device: torch.device) -> None:
@@ -95,7 +125,7 @@ def window_benchmark(size: str, device: torch.device, repeats: int) -> dict:
             fns = {k: (lambda n=n: n(x)) for k, n in {**nets, "clip_denseclip_score_maps": score}.items()}
             if not amp:
                 traced = torch.jit.trace(nets["mosmos_pta"], x)  # what `ckpt_export --use_trace True` writes
-                fns["mosmos_pta_torchscript"] = lambda: traced(x)
+                fns["mosmos_pta_torchscript"] = lambda traced=traced: traced(x)
             t = _time(fns, repeats, device)
         out[f"window_seconds{tag}"] = t
         out[f"pta_infer_ratio_vs_no_pta{tag}"] = t["mosmos_pta"] / t["mosmos_no_pta"]
@@ -125,9 +155,15 @@ def train_step_benchmark(size: str, device: torch.device, repeats: int, batch: i
                 value = loss(net(x), y)
             value.backward()  # timing only: no optimizer step, so no gradient scaler either
 
-        t = _time({"mosmos_pta": lambda: step(nets["mosmos_pta"], ours),
-                   "mosmos_no_pta": lambda: step(nets["mosmos_no_pta"], ours),
-                   "monai_unetr": lambda: step(nets["monai_unetr"], ref)}, repeats, device)
+        t = _time(
+            {
+                "mosmos_pta": lambda: step(nets["mosmos_pta"], ours),
+                "mosmos_no_pta": lambda: step(nets["mosmos_no_pta"], ours),
+                "monai_unetr": lambda: step(nets["monai_unetr"], ref),
+            },
+            repeats,
+            device,
+        )
         out[f"train_step_seconds{tag}"] = t
         out[f"pta_train_step_ratio_vs_no_pta{tag}"] = t["mosmos_pta"] / t["mosmos_no_pta"]
     return out
@@ -155,8 +191,11 @@ def pretrain_benchmark(size: str, device: torch.device, repeats: int, batch: int
         loss_ref(f_i, f_t, scale).backward()
 
     t = _time({"mosmos": step_ours, "open_clip": step_ref}, repeats, device)
-    return {"pretrain_batch": batch, "pretrain_step_seconds": t,
-            "pretrain_step_ratio_vs_open_clip": t["mosmos"] / t["open_clip"]}
+    return {
+        "pretrain_batch": batch,
+        "pretrain_step_seconds": t,
+        "pretrain_step_ratio_vs_open_clip": t["mosmos"] / t["open_clip"],
+    }
 
 
 def loader_benchmark(size: str, device: torch.device, steps: int = 20, loader: str | None = None) -> dict:
@@ -172,25 +211,37 @@ def loader_benchmark(size: str, device: torch.device, steps: int = 20, loader: s
     from monai.losses import DiceCELoss
 
     from mosmos_components.bundle_runner import bundles_dir
-    from mosmos_components.data.demo import write_btcv
+    from mosmos_components.data.synthetic import write_btcv
     from mosmos_components.losses import MosmosSegLoss
 
     root = bundles_dir() / "btcv_seg"
     with tempfile.TemporaryDirectory() as tmp:
         parser = ConfigParser()
         parser.read_config([str(root / "configs" / c) for c in SIZES[size]["configs"]])
-        parser.update({"bundle_root": str(root), "dataset_dir": str(write_btcv(Path(tmp) / "btcv")),
-                       "output_dir": str(Path(tmp) / "eval"), "device": f"$torch.device('{device}')"})
+        parser.update(
+            {
+                "bundle_root": str(root),
+                "dataset_dir": str(write_btcv(Path(tmp) / "btcv")),
+                "output_dir": str(Path(tmp) / "eval"),
+                "device": f"$torch.device('{device}')",
+            }
+        )
         if loader:
             parser["train#dataloader#_target_"] = loader
         t = time.perf_counter()
         data = parser.get_parsed_content("train#dataloader")
-        out = {"loader": type(data).__name__, "loader_workers": int(parser.get_parsed_content("num_workers")),
-               "cache_seconds": time.perf_counter() - t, "loader_steps": steps}
+        out = {
+            "loader": type(data).__name__,
+            "loader_workers": int(parser.get_parsed_content("num_workers")),
+            "cache_seconds": time.perf_counter() - t,
+            "loader_steps": steps,
+        }
         amp = device.type == "cuda"
         nets = _networks(size, device)
-        for name, loss in (("mosmos_pta", MosmosSegLoss(lambda_pta=0.8)),
-                           ("monai_unetr", DiceCELoss(to_onehot_y=True, softmax=True))):
+        for name, loss in (
+            ("mosmos_pta", MosmosSegLoss(lambda_pta=0.8)),
+            ("monai_unetr", DiceCELoss(to_onehot_y=True, softmax=True)),
+        ):
             net = nets[name].train()
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
             scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -219,13 +270,21 @@ def loader_benchmark(size: str, device: torch.device, steps: int = 20, loader: s
             out[f"iterations_per_s_{name}"] = steps / total
             if name == "mosmos_pta":
                 out["loader_wait_fraction"] = wait / total
-        out["train_iteration_ratio_vs_monai_unetr"] = (out["iterations_per_s_monai_unetr"]
-                                                   / out["iterations_per_s_mosmos_pta"])
+        out["train_iteration_ratio_vs_monai_unetr"] = (
+            out["iterations_per_s_monai_unetr"] / out["iterations_per_s_mosmos_pta"]
+        )
     return out
 
 
-def scan_benchmark(size: str, device: torch.device, overlap: float = 0.5, amp: bool | None = None,
-                   onnx: bool = True, shape=(512, 512, 100), spacing=(0.8, 0.8, 2.5)) -> dict:
+def scan_benchmark(
+    size: str,
+    device: torch.device,
+    overlap: float = 0.5,
+    amp: bool | None = None,
+    onnx: bool = True,
+    shape=(512, 512, 100),
+    spacing=(0.8, 0.8, 2.5),
+) -> dict:
     """``mosmos segment``'s whole path (read, preprocess, sliding window, label map back to the input grid, write)
     on a CT-like volume of ``shape`` at ``spacing`` mm, with the ``size`` network (random weights) at the
     paper's spacing (1.5 x 1.5 x 2 mm) and window: wall time per stage and the process's peak RSS (and peak GPU
@@ -241,14 +300,23 @@ def scan_benchmark(size: str, device: torch.device, overlap: float = 0.5, amp: b
     from mosmos_components.segment import load_model, segment
 
     u = SIZES[size]["unetr"]
-    out = {"scan_shape": list(shape), "scan_spacing_mm": list(spacing), "overlap": overlap,
-           "scan_amp": device.type == "cuda" if amp is None else bool(amp)}
+    out = {
+        "scan_shape": list(shape),
+        "scan_spacing_mm": list(spacing),
+        "overlap": overlap,
+        "scan_amp": device.type == "cuda" if amp is None else bool(amp),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         net = _networks(size, torch.device("cpu"))["mosmos_pta"]
-        save_network(net, tmp / "models" / "model.pt", extra={
-            "data": {"pixdim": [1.5, 1.5, 2.0], "intensity_range": [-175.0, 250.0], "modality": "ct"},
-            "inference": {"roi_size": list(u["img_size"]), "overlap": overlap, "axcodes": "RAS"}})
+        save_network(
+            net,
+            tmp / "models" / "model.pt",
+            extra={
+                "data": {"pixdim": [1.5, 1.5, 2.0], "intensity_range": [-175.0, 250.0], "modality": "ct"},
+                "inference": {"roi_size": list(u["img_size"]), "overlap": overlap, "axcodes": "RAS"},
+            },
+        )
         del net
         rng = np.random.default_rng(0)
         xx, yy = np.mgrid[: shape[0], : shape[1]]
@@ -260,8 +328,15 @@ def scan_benchmark(size: str, device: torch.device, overlap: float = 0.5, amp: b
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        res = segment(tmp / "scan.nii.gz", tmp / "out", m, device=str(device), progress=False, amp=amp,
-                      sw_batch_size=4 if device.type == "cuda" else 2)
+        res = segment(
+            tmp / "scan.nii.gz",
+            tmp / "out",
+            m,
+            device=str(device),
+            progress=False,
+            amp=amp,
+            sw_batch_size=4 if device.type == "cuda" else 2,
+        )
         out["scan_seconds"] = time.perf_counter() - t
         out["scan_stage_seconds"] = res["done"][0]["stage_seconds"]
         out["scan_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before ONNX
@@ -276,8 +351,7 @@ def scan_benchmark(size: str, device: torch.device, overlap: float = 0.5, amp: b
 
             export_onnx(tmp / "models" / "model.pt", tmp / "models" / "model.onnx")
             t = time.perf_counter()
-            segment(tmp / "scan.nii.gz", tmp / "out_onnx", tmp / "models" / "model.onnx", device="cpu",
-                    progress=False)
+            segment(tmp / "scan.nii.gz", tmp / "out_onnx", tmp / "models" / "model.onnx", device="cpu", progress=False)
             out["onnx_scan_seconds"] = time.perf_counter() - t
             out["onnx_ratio_vs_pytorch"] = out["onnx_scan_seconds"] / out["scan_seconds"]
             a = np.asarray(nib.load(tmp / "out" / "scan.nii.gz").dataobj)
@@ -336,8 +410,12 @@ def ddp_benchmark(size: str, steps: int = 10) -> dict:
     return out
 
 
-FAST_MODES = {"default": {}, "amp": {"amp": True}, "overlap_0.25": {"overlap": 0.25},
-              "amp_overlap_0.25": {"amp": True, "overlap": 0.25}}
+FAST_MODES = {
+    "default": {},
+    "amp": {"amp": True},
+    "overlap_0.25": {"overlap": 0.25},
+    "amp_overlap_0.25": {"amp": True, "overlap": 0.25},
+}
 
 
 def fast_mode_benchmark(model: str, datalist: str, device: torch.device, split: str = "test") -> dict:
@@ -364,13 +442,19 @@ def fast_mode_benchmark(model: str, datalist: str, device: torch.device, split: 
             pred = segment_scan({"image": case["image"]}, m, device, pre=pre, **kw)["label"]
             secs.append(time.perf_counter() - t)
             truth = np.asarray(nib.load(case["label"]).dataobj).astype(np.int64)
-            d = compute_dice(one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], k),
-                             one_hot(torch.from_numpy(truth)[None, None], k), include_background=False)
+            d = compute_dice(
+                one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], k),
+                one_hot(torch.from_numpy(truth)[None, None], k),
+                include_background=False,
+            )
             dice.append(float(torch.nanmean(d)))
             labels.setdefault(case["image"], pred)
             agree.append(float((labels[case["image"]] == pred).mean()))
-        out[name] = {"dice": float(np.mean(dice)), "seconds_per_scan": float(np.mean(secs)),
-                     "label_agreement_vs_default": float(np.mean(agree))}
+        out[name] = {
+            "dice": float(np.mean(dice)),
+            "seconds_per_scan": float(np.mean(secs)),
+            "label_agreement_vs_default": float(np.mean(agree)),
+        }
     return {"fast_modes": out, "fast_mode_cases": len(cases), "fast_mode_model": str(model)}
 
 
@@ -393,10 +477,20 @@ def _cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
-def main(size: str = "tiny", repeats: int = 5, device: str | None = None, only: str | tuple | None = None,
-         json: str | None = None, overlap: float = 0.5, amp: bool | None = None, pretrain_batch: int = 64,
-         loader: str | None = None, loader_steps: int = 20, model: str | None = None,
-         datalist: str | None = None) -> None:
+def main(
+    size: str = "tiny",
+    repeats: int = 5,
+    device: str | None = None,
+    only: str | tuple | None = None,
+    json: str | None = None,
+    overlap: float = 0.5,
+    amp: bool | None = None,
+    pretrain_batch: int = 64,
+    loader: str | None = None,
+    loader_steps: int = 20,
+    model: str | None = None,
+    datalist: str | None = None,
+) -> None:
     """Run the parts named by ``only`` (comma-separated; all by default), print and (``--json FILE``) write the
     results. ``--amp`` applies to the scan (default: on a GPU only); the window and training-step parts always
     measure both fp32 and AMP. ``--only fastmode --model DIR --datalist FILE``: the Dice cost of the fast settings
@@ -414,15 +508,23 @@ def main(size: str = "tiny", repeats: int = 5, device: str | None = None, only: 
         parts = (*parts, "scan")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
-    results = {"device": str(dev), "device_name": name, "size": size, "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "repeats": repeats}
-    runs = {"window": lambda: window_benchmark(size, dev, repeats),
-            "train": lambda: train_step_benchmark(size, dev, repeats),
-            "pretrain": lambda: pretrain_benchmark(size, dev, repeats, pretrain_batch),
-            "loader": lambda: loader_benchmark(size, dev, loader_steps, loader),
-            "scan": lambda: scan_benchmark(size, dev, overlap, amp, onnx="onnx" in parts),
-            "fastmode": lambda: fast_mode_benchmark(model, datalist, dev),
-            "ddp": lambda: ddp_benchmark(size)}
+    results = {
+        "device": str(dev),
+        "device_name": name,
+        "size": size,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+    }
+    runs = {
+        "window": lambda: window_benchmark(size, dev, repeats),
+        "train": lambda: train_step_benchmark(size, dev, repeats),
+        "pretrain": lambda: pretrain_benchmark(size, dev, repeats, pretrain_batch),
+        "loader": lambda: loader_benchmark(size, dev, loader_steps, loader),
+        "scan": lambda: scan_benchmark(size, dev, overlap, amp, onnx="onnx" in parts),
+        "fastmode": lambda: fast_mode_benchmark(model, datalist, dev),
+        "ddp": lambda: ddp_benchmark(size),
+    }
     for part in parts:
         if part in runs:
             t = time.perf_counter()

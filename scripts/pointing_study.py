@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent / "bundles" / "mosmos_pretrain"
 
 
 def study(out: Path, pairs: list[int], epochs: list[int], mlr_only: bool) -> list[dict]:
-    from mosmos_components.data.demo import write_roco
+    from mosmos_components.data.synthetic import write_roco
 
     rows = []
     settings = [(n, e, True) for n in pairs for e in epochs] + ([(max(pairs), max(epochs), False)] if mlr_only else [])
@@ -32,18 +32,38 @@ def study(out: Path, pairs: list[int], epochs: list[int], mlr_only: bool) -> lis
             write_roco(data, n=n, seed=0)
         name = f"n{n}_e{max_epochs}" + ("" if use_irc else "_mlr_only")
         t0 = time.time()
-        run(config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "demo.json")],
-            bundle_root=str(ROOT), dataset_dir=str(data / "data"), ckpt_dir=str(out / name / "models"),
-            output_dir=str(out / name / "eval"), max_epochs=max_epochs, use_irc=use_irc, show_progress=False,
-            resume=False, logging_file=str(ROOT / "configs" / "logging.conf"))
+        run(
+            config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "demo.json")],
+            bundle_root=str(ROOT),
+            dataset_dir=str(data / "data"),
+            ckpt_dir=str(out / name / "models"),
+            output_dir=str(out / name / "eval"),
+            max_epochs=max_epochs,
+            use_irc=use_irc,
+            show_progress=False,
+            resume=False,
+            logging_file=str(ROOT / "configs" / "logging.conf"),
+        )
         with open(out / name / "eval" / "val_history.csv", encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
-                rows.append({"run": name, "pairs": n, "use_irc": use_irc, "epoch": int(r["epoch"]),
-                             "pointing_acc": float(r["pointing_acc"]), "pointing_chance": float(r["pointing_chance"]),
-                             "tag_map": float(r["tag_map"]), "val_loss": float(r["val_loss"]),
-                             "wall_s": round(time.time() - t0, 1)})
-        print(f"{name}: {time.time() - t0:.0f} s, last epoch pointing {rows[-1]['pointing_acc']:.3f} "
-              f"(chance {rows[-1]['pointing_chance']:.3f}), tag mAP {rows[-1]['tag_map']:.3f}", flush=True)
+                rows.append(
+                    {
+                        "run": name,
+                        "pairs": n,
+                        "use_irc": use_irc,
+                        "epoch": int(r["epoch"]),
+                        "pointing_acc": float(r["pointing_acc"]),
+                        "pointing_chance": float(r["pointing_chance"]),
+                        "tag_map": float(r["tag_map"]),
+                        "val_loss": float(r["val_loss"]),
+                        "wall_s": round(time.time() - t0, 1),
+                    }
+                )
+        print(
+            f"{name}: {time.time() - t0:.0f} s, last epoch pointing {rows[-1]['pointing_acc']:.3f} "
+            f"(chance {rows[-1]['pointing_chance']:.3f}), tag mAP {rows[-1]['tag_map']:.3f}",
+            flush=True,
+        )
     return rows
 
 

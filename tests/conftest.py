@@ -11,14 +11,14 @@ warnings.filterwarnings("ignore", message=".*initialised RANDOMLY.*")
 
 @pytest.fixture(scope="session")
 def roco_dir(tmp_path_factory):
-    from mosmos_components.data.demo import write_roco
+    from mosmos_components.data.synthetic import write_roco
 
     return write_roco(tmp_path_factory.mktemp("roco"), n=48, seed=1)
 
 
 @pytest.fixture(scope="session")
 def btcv_dir(tmp_path_factory):
-    from mosmos_components.data.demo import write_btcv
+    from mosmos_components.data.synthetic import write_btcv
 
     return write_btcv(tmp_path_factory.mktemp("btcv"), n=5, seed=1, shape=(48, 48, 24), spacing=(8.0, 8.0, 9.0))
 
@@ -63,8 +63,7 @@ def clip_weights(tmp_path_factory):
     clip = open_clip.create_model("mosmos-tiny-vit", force_quick_gelu=True)
     folder = tmp_path_factory.mktemp("clip")
     torch.save(clip.state_dict(), folder / "clip_weights.pt")
-    save_clip_checkpoint(folder / "model.pt", "mosmos-tiny-vit", str(folder / "clip_weights.pt"),
-                         force_quick_gelu=True)
+    save_clip_checkpoint(folder / "model.pt", "mosmos-tiny-vit", str(folder / "clip_weights.pt"), force_quick_gelu=True)
     return {"weights": folder / "clip_weights.pt", "ckpt": folder / "model.pt", "clip": clip.eval()}
 
 
@@ -79,13 +78,16 @@ def run_torchrun(cmd, **kwargs):
 
     res = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if res.returncode != 0 and GLOO_ABORT in res.stderr and "MOSMOS error" not in res.stderr:
-        warnings.warn("torchrun: a gloo rank aborted while connecting (upstream flake); running once more")
+        warnings.warn(
+            "torchrun: a gloo rank aborted while connecting (upstream flake); running once more", stacklevel=2
+        )
         res = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     return res
 
 
-def write_ct_series(folder, n=6, uid=None, description="axial CT", skip=(), spacing=2.5, start=0, pixels=None,
-                    pixel_spacing=(0.8, 0.8)):
+def write_ct_series(
+    folder, n=6, uid=None, description="axial CT", skip=(), spacing=2.5, start=0, pixels=None, pixel_spacing=(0.8, 0.8)
+):
     """A small CT series written like a scanner: no file suffix, one file per slice; ``pixels`` (n, rows, columns)
     in HU, else a 16 x 20 ramp."""
     import numpy as np

@@ -13,8 +13,9 @@ from mosmos_components.networks.mosmos_clip import register_model_configs
 from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.transfer import fixed_prompt_embeddings, load_pretrained, save_clip_checkpoint
 
-TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
-                  quick_gelu=True)
+TINY_UNETR = dict(
+    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
+)
 NAMES = ["background", "liver", "duodenum"]
 
 
@@ -63,8 +64,9 @@ def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights)
     expected = fixed_prompt_embeddings(pre, NAMES, "a medical image of the {}.")
     torch.testing.assert_close(net.pta.class_embeddings, expected)
     # the same names through CLIP's own text tower and tokenizer
-    tokens = open_clip.tokenizer.tokenize([f"a medical image of the {n}." for n in NAMES],
-                                          context_length=pre.context_length)
+    tokens = open_clip.tokenizer.tokenize(
+        [f"a medical image of the {n}." for n in NAMES], context_length=pre.context_length
+    )
     with torch.no_grad():
         torch.testing.assert_close(expected, clip_weights["clip"].encode_text(tokens))
     out = net.train()(torch.rand(2, 1, 32, 32, 16))
@@ -94,8 +96,12 @@ def test_a_vit_with_other_patches_is_a_clear_error(tmp_path):
 def test_clip_checkpoint_command(clip_weights, tmp_path):
     from mosmos_components.cli import MosmosCLI
 
-    msg = MosmosCLI().clip_checkpoint(str(tmp_path / "clip" / "model.pt"), str(clip_weights["weights"]),
-                                      backbone="mosmos-tiny-vit", force_quick_gelu=True)
+    msg = MosmosCLI().clip_checkpoint(
+        str(tmp_path / "clip" / "model.pt"),
+        str(clip_weights["weights"]),
+        backbone="mosmos-tiny-vit",
+        force_quick_gelu=True,
+    )
     assert "no MOSMOS pre-training" in msg
     net = load_pretrain_network(tmp_path / "clip" / "model.pt")
     torch.testing.assert_close(net.clip.visual.proj, clip_weights["clip"].visual.proj)
@@ -115,8 +121,17 @@ def test_a_checkpoint_of_another_configuration_names_the_difference(tmp_path):
 def test_denseclip_score_maps_in_the_2d_unet(pretrained):
     from mosmos_components.networks import MosmosUNet2D
 
-    net = MosmosUNet2D(1, 3, layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8,
-                       decoder_channels=(64, 32, 16, 16, 8), class_names=NAMES, pta_mode="score")
+    net = MosmosUNet2D(
+        1,
+        3,
+        layers=(1, 1, 1, 1),
+        width=16,
+        embed_dim=64,
+        attn_heads=8,
+        decoder_channels=(64, 32, 16, 16, 8),
+        class_names=NAMES,
+        pta_mode="score",
+    )
     report = load_pretrained(net, pretrained["mosmos-tiny-rn"])
     assert "v_proj.weight" in report.transferred and "pta.class_embeddings" in report.computed
     assert net.train()(torch.rand(2, 1, 64, 64)).shape == (2, 2, 3, 64, 64)
@@ -144,8 +159,9 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
     from mosmos_components.transfer import load_imagenet_vit, prepare_network
 
     vit, path = _timm_vit(tmp_path, suffix)
-    net = MosmosUNETR(1, 3, img_size=(96, 96, 16), use_pta=False, vit_style="timm",
-                      **dict(TINY_UNETR, quick_gelu=False)).eval()
+    net = MosmosUNETR(
+        1, 3, img_size=(96, 96, 16), use_pta=False, vit_style="timm", **dict(TINY_UNETR, quick_gelu=False)
+    ).eval()
     report = load_imagenet_vit(net, path)
     assert "encoder.transformer.resblocks.3.mlp.c_proj.weight" in report.transferred
     assert not any(k.startswith("head") for k in net.state_dict())
@@ -161,8 +177,11 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
         net(vol)
     torch.testing.assert_close(seen[0], (vol.flip((2, 3)) - 0.5) / 0.5)
     # through the bundle's entry point, and the clear errors
-    prepare_network(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm",
-                                **dict(TINY_UNETR, quick_gelu=False)), path, pretrained_kind="imagenet")
+    prepare_network(
+        MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **dict(TINY_UNETR, quick_gelu=False)),
+        path,
+        pretrained_kind="imagenet",
+    )
     with pytest.raises(ValueError, match="vit_style='timm'"):
         load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path)
     with pytest.raises(ValueError, match="no text encoder"):
@@ -173,41 +192,56 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
     variant["reg_token"] = torch.zeros(1, 4, 64)  # a register-token ViT computes another function
     save_file({k: v.contiguous() for k, v in variant.items()}, str(tmp_path / "reg.safetensors"))
     with pytest.raises(ValueError, match="unsupported ViT variant"):
-        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
-                          tmp_path / "reg.safetensors")
+        load_imagenet_vit(
+            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
+            tmp_path / "reg.safetensors",
+        )
     with pytest.raises(ValueError, match="pretrained_kind must be"):
-        prepare_network(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path,
-                        pretrained_kind="imagenet21k")
+        prepare_network(
+            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path, pretrained_kind="imagenet21k"
+        )
 
 
 def test_imagenet_baseline_through_the_bundle(btcv_dir, clip_weights, tmp_path):
     from monai.bundle import run
+    from test_btcv_bundle import _files, _over
 
     from mosmos_components.checkpoint import load_segmentation_network
     from mosmos_components.transfer import load_imagenet_vit
-    from test_btcv_bundle import _files, _over
 
     vit, path = _timm_vit(tmp_path)
-    run(config_file=_files("train.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, path, pretrained_kind="imagenet", vit_style="timm", use_pta=False,
-                quick_gelu=False, max_epochs=1))
+    run(
+        config_file=_files("train.json", "demo.json"),
+        **_over(
+            btcv_dir,
+            tmp_path,
+            path,
+            pretrained_kind="imagenet",
+            vit_style="timm",
+            use_pta=False,
+            quick_gelu=False,
+            max_epochs=1,
+        ),
+    )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
     assert net.config()["vit_style"] == "timm" and net.pta is None
     moved = net.encoder.transformer.resblocks[0].attn.in_proj_weight - vit.blocks[0].attn.qkv.weight
     assert float(moved.abs().max()) < 0.01 < float(vit.blocks[0].attn.qkv.weight.std())  # started from ImageNet
     with pytest.raises(ValueError, match="is not a timm ViT state dict"):  # e.g. CLIP weights given by mistake
-        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
-                          clip_weights["weights"])
+        load_imagenet_vit(
+            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
+            clip_weights["weights"],
+        )
 
 
 def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir):
     from monai.bundle import run
+    from test_btcv_bundle import _files, _over
     from torchvision.models.resnet import Bottleneck, ResNet
 
     from mosmos_components.checkpoint import load_segmentation_network
     from mosmos_components.networks import MosmosUNet2D
     from mosmos_components.transfer import load_imagenet_resnet, prepare_network
-    from test_btcv_bundle import _files, _over
 
     torch.manual_seed(7)
     ref = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
@@ -225,19 +259,33 @@ def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir):
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         l4, _ = net._encode(x)
-        z = (x.flip((2, 3)).repeat(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / \
-            torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        z = (x.flip((2, 3)).repeat(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]
+        ).view(1, 3, 1, 1)
         expected = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(z))))))))
     torch.testing.assert_close(l4, expected)
     with pytest.raises(ValueError, match="width=64"):
         MosmosUNet2D(1, 3, **dict(kw, use_pta=True))
     with pytest.raises(ValueError, match="set layers"):  # a deeper ResNet than the network
-        prepare_network(MosmosUNet2D(1, 3, **dict(kw, layers=(1, 1, 1, 1))), _deeper_resnet(tmp_path),
-                        pretrained_kind="imagenet")
+        prepare_network(
+            MosmosUNet2D(1, 3, **dict(kw, layers=(1, 1, 1, 1))), _deeper_resnet(tmp_path), pretrained_kind="imagenet"
+        )
     # through the bundle's 2D variant
-    run(config_file=_files("train.json", "unet2d.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, path, pretrained_kind="imagenet", resnet_style="torchvision", use_pta=False,
-                resnet_width=64, max_epochs=1, batch_size=2, num_samples=2))
+    run(
+        config_file=_files("train.json", "unet2d.json", "demo.json"),
+        **_over(
+            btcv_dir,
+            tmp_path,
+            path,
+            pretrained_kind="imagenet",
+            resnet_style="torchvision",
+            use_pta=False,
+            resnet_width=64,
+            max_epochs=1,
+            batch_size=2,
+            num_samples=2,
+        ),
+    )
     trained = load_segmentation_network(tmp_path / "models" / "model.pt")
     assert trained.config()["resnet_style"] == "torchvision"
 
@@ -254,10 +302,11 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(roco_dir, tmp_
     """Swin UNETR's proxy tasks on the pre-training images: shapes, deterministic validation views, the loss going
     down, and through the pre-training bundle (ssl.json) a checkpoint the segmentation transfer takes."""
     from monai.bundle import run
-
-    from mosmos_components.networks import SSLPretrainNet, SSLProxyLoss
-    from mosmos_components.networks.ssl import mask_patches
     from test_pretrain_bundle import BUNDLE, _overrides
+
+    from mosmos_components.losses import SSLProxyLoss
+    from mosmos_components.networks import SSLPretrainNet
+    from mosmos_components.networks.ssl import mask_patches
 
     masked = mask_patches(torch.ones(4, 3, 64, 64), 16, 0.5, torch.Generator().manual_seed(0))
     assert set(masked.unique().tolist()) == {0.0, 1.0} and 0.2 < float((masked == 0).float().mean()) < 0.8
@@ -288,5 +337,7 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(roco_dir, tmp_
     pre = load_pretrain_network(tmp_path / "models" / "model.pt")  # the plain pre-training format, strictly
     seg = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
     load_pretrained(seg, tmp_path / "models" / "model.pt")
-    torch.testing.assert_close(seg.encoder.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
-                               pre.clip.visual.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"])
+    torch.testing.assert_close(
+        seg.encoder.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
+        pre.clip.visual.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
+    )

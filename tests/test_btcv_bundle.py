@@ -10,20 +10,35 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_torchrun
 from monai.bundle import ConfigParser, ckpt_export, run, verify_net_in_out
 
-from conftest import REPO, run_torchrun
 from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
-from mosmos_components.data.datalist import (btcv_pairs, check_headers, inference_inputs, label_fraction,
-                                              load_or_create_datalist)
+from mosmos_components.data.datalist import (
+    btcv_pairs,
+    check_headers,
+    inference_inputs,
+    label_fraction,
+    load_or_create_datalist,
+)
 from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transforms import ValidateSegmentationPaird
 
 BUNDLE = REPO / "bundles" / "btcv_seg"
 CFG = BUNDLE / "configs"
-TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "slice_size": 32, "max_epochs": 2, "val_interval": 1,
-        "warmup_epochs": 1, "num_workers": 0, "cache_rate": 0.0, "show_progress": False, "num_samples": 1,
-        "sw_batch_size": 1}
+TINY = {
+    "pixdim": [8.0, 8.0, 9.0],
+    "roi_size": [32, 32, 16],
+    "slice_size": 32,
+    "max_epochs": 2,
+    "val_interval": 1,
+    "warmup_epochs": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "show_progress": False,
+    "num_samples": 1,
+    "sw_batch_size": 1,
+}
 
 
 def _files(*names):
@@ -31,8 +46,15 @@ def _files(*names):
 
 
 def _over(btcv_dir, tmp, ckpt, **kw):
-    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(btcv_dir), ckpt_dir=str(tmp / "models"),
-                output_dir=str(tmp / "eval"), pretrained_ckpt=str(ckpt), logging_file=str(CFG / "logging.conf"))
+    over = dict(
+        TINY,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(btcv_dir),
+        ckpt_dir=str(tmp / "models"),
+        output_dir=str(tmp / "eval"),
+        pretrained_ckpt=str(ckpt),
+        logging_file=str(CFG / "logging.conf"),
+    )
     over.update(kw)
     return over
 
@@ -60,8 +82,10 @@ def test_train_writes_split_history_and_checkpoint(trained, btcv_dir, pretrained
 
 
 def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained):
-    run(config_file=_files("train.json", "demo.json", "evaluate.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"]))
+    run(
+        config_file=_files("train.json", "demo.json", "evaluate.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"]),
+    )
     rows = list(csv.DictReader(open(trained / "eval" / "report" / "per_case.csv")))
     assert rows and {"case", "class", "dice", "hd95"} <= set(rows[0])
     assert len({r["class"] for r in rows}) == 13
@@ -74,9 +98,10 @@ def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained):
 
 def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained, tmp_path):
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
-    run(config_file=_files("train.json", "demo.json", "inference.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src),
-                output_dir=str(tmp_path)))
+    run(
+        config_file=_files("train.json", "demo.json", "inference.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src), output_dir=str(tmp_path)),
+    )
     out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
     assert len(out) == 1
     a, b = nib.load(src), nib.load(out[0])
@@ -88,8 +113,15 @@ def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained
 def test_inference_json_runs_alone_from_the_models_sidecar(trained, btcv_dir, tmp_path):
     """The model zoo loads ``inference.json`` on its own: spacing, intensities and window come from the model."""
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
-    run(config_file=[str(CFG / "inference.json")], bundle_root=str(BUNDLE), ckpt_dir=str(trained / "models"),
-        dataset_dir=str(src), output_dir=str(tmp_path), show_progress=False, logging_file=str(CFG / "logging.conf"))
+    run(
+        config_file=[str(CFG / "inference.json")],
+        bundle_root=str(BUNDLE),
+        ckpt_dir=str(trained / "models"),
+        dataset_dir=str(src),
+        output_dir=str(tmp_path),
+        show_progress=False,
+        logging_file=str(CFG / "logging.conf"),
+    )
     out = next((tmp_path / "predictions").glob("*_seg.nii.gz"))
     assert nib.load(out).shape[:3] == nib.load(src).shape[:3]
     meta = json.loads((CFG / "metadata.json").read_text())
@@ -105,9 +137,17 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
     over = _over(btcv_dir, trained, pretrained["mosmos-tiny-vit"])
     files = _files("inference.json")  # standalone, as the zoo's tools load it
     ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(trained / "models" / "model.pt"),
-                meta_file=str(CFG / "metadata.json"), config_file=files, key_in_ckpt="", use_trace=True,
-                input_shape=[1, 1, 32, 32, 16], **over)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(trained / "models" / "model.pt"),
+        meta_file=str(CFG / "metadata.json"),
+        config_file=files,
+        key_in_ckpt="",
+        use_trace=True,
+        input_shape=[1, 1, 32, 32, 16],
+        **over,
+    )
     exported = torch.jit.load(str(ts))
     net = load_segmentation_network(trained / "models" / "model.pt")
     x = torch.rand(3, 1, 32, 32, 16)
@@ -120,11 +160,18 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
     for model, out in ((ts, "seg_ts"), (trained, "seg_pt")):
         assert not segment(src, tmp_path / out, model, device="cpu", progress=False)["failed"]
-    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "seg_ts" / src.name).dataobj),
-                                  np.asarray(nib.load(tmp_path / "seg_pt" / src.name).dataobj))
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "seg_ts" / src.name).dataobj),
+        np.asarray(nib.load(tmp_path / "seg_pt" / src.name).dataobj),
+    )
     shape = {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 16]}  # the tiny network's crop
-    verify_net_in_out(net_id="network", meta_file=str(CFG / "metadata.json"), config_file=files, n=1,
-                      **dict(over, device="cpu", **shape))
+    verify_net_in_out(
+        net_id="network",
+        meta_file=str(CFG / "metadata.json"),
+        config_file=files,
+        n=1,
+        **dict(over, device="cpu", **shape),
+    )
 
 
 def test_onnx_export_runs_in_mosmos_segment(trained, btcv_dir, tmp_path):
@@ -148,12 +195,20 @@ def test_onnx_export_runs_in_mosmos_segment(trained, btcv_dir, tmp_path):
 def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path):
     from mosmos_components.segment import segment
 
-    res = segment(real_ct / "image.nii.gz", tmp_path / "seg", trained, device="cpu", statistics=True, preview=True,
-                  progress=False)
+    res = segment(
+        real_ct / "image.nii.gz", tmp_path / "seg", trained, device="cpu", statistics=True, preview=True, progress=False
+    )
     assert not res["failed"] and nib.load(tmp_path / "seg" / "image.nii.gz").shape == (122, 101, 30)
-    run(config_file=_files("train.json", "demo.json", "inference.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(real_ct / "image.nii.gz"),
-                output_dir=str(tmp_path)))
+    run(
+        config_file=_files("train.json", "demo.json", "inference.json"),
+        **_over(
+            btcv_dir,
+            trained,
+            pretrained["mosmos-tiny-vit"],
+            dataset_dir=str(real_ct / "image.nii.gz"),
+            output_dir=str(tmp_path),
+        ),
+    )
     out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
     a, b = nib.load(real_ct / "image.nii.gz"), nib.load(out[0])
     assert b.shape[:3] == a.shape[:3] == (122, 101, 30)
@@ -172,8 +227,10 @@ def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv
     assert (m.pixdim, m.roi_size, m.axcodes, m.modality) == ([8.0, 8.0, 9.0], [32, 32, 16], "RAS", "ct")
     res = segment(src, tmp_path / "seg", trained, device="cpu", progress=False)
     assert not res["failed"]
-    run(config_file=_files("train.json", "demo.json", "inference.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src), output_dir=str(tmp_path)))
+    run(
+        config_file=_files("train.json", "demo.json", "inference.json"),
+        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src), output_dir=str(tmp_path)),
+    )
     bundle = np.asarray(nib.load(next((tmp_path / "predictions").glob("*_seg.nii.gz"))).dataobj)
     ours = nib.load(tmp_path / "seg" / src.name)
     assert ours.shape == bundle.shape[:3] and np.array_equal(ours.affine, nib.load(src).affine)
@@ -181,16 +238,25 @@ def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv
 
 
 def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
-    run(config_file=_files("train.json", "unet2d.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"], max_epochs=1, batch_size=2, num_samples=2))
+    run(
+        config_file=_files("train.json", "unet2d.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"], max_epochs=1, batch_size=2, num_samples=2),
+    )
     assert read_sidecar(tmp_path / "models" / "model.pt")["network"] == "MosmosUNet2D"
     # TorchScript export of the 2D network: PyTorch's trace self-check trips over nn.MultiheadAttention's
     # weights path (a 0-d constant's dtype), so it is skipped and the traced model is compared here instead
     ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(tmp_path / "models" / "model.pt"),
-                config_file=_files("train.json", "unet2d.json", "demo.json"), key_in_ckpt="", use_trace=True,
-                input_shape=[1, 1, 32, 32], converter_kwargs={"check_trace": False},
-                **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"]))
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(tmp_path / "models" / "model.pt"),
+        config_file=_files("train.json", "unet2d.json", "demo.json"),
+        key_in_ckpt="",
+        use_trace=True,
+        input_shape=[1, 1, 32, 32],
+        converter_kwargs={"check_trace": False},
+        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"]),
+    )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
@@ -204,8 +270,10 @@ def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
 
 
 def test_random_init_baseline(btcv_dir, tmp_path):
-    run(config_file=_files("train.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, "unused", use_pretrained=False, max_epochs=1))
+    run(
+        config_file=_files("train.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, "unused", use_pretrained=False, max_epochs=1),
+    )
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["use_pta"] is False
     # evaluation rebuilds the network from model.json: no need to repeat --use_pretrained False
@@ -216,8 +284,10 @@ def test_random_init_baseline(btcv_dir, tmp_path):
 @pytest.mark.parametrize("use_pta", [False, True])
 def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use_pta):
     """CLIP (no PTA) and CLIP+DenseCLIP (score maps from fixed prompts) from a CLIP-only checkpoint."""
-    run(config_file=_files("train.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, clip_weights["ckpt"], use_pta=use_pta, pta_mode="score", max_epochs=1))
+    run(
+        config_file=_files("train.json", "demo.json"),
+        **_over(btcv_dir, tmp_path, clip_weights["ckpt"], use_pta=use_pta, pta_mode="score", max_epochs=1),
+    )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
     assert (net.pta is not None) == use_pta and (not use_pta or net.pta.mode == "score")
     key = "resblocks.0.attn.in_proj_weight"  # started from CLIP: one tiny epoch (3 steps) moves it by < 0.01
@@ -226,8 +296,11 @@ def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use
 
 
 def test_label_fraction_keeps_nested_training_subsets(btcv_dir, tmp_path):
-    dl = {"training": [{"image": f"i{k}", "label": f"l{k}.nii.gz"} for k in range(8)], "validation": [{"v": 1}],
-          "test": [{"t": 1}]}
+    dl = {
+        "training": [{"image": f"i{k}", "label": f"l{k}.nii.gz"} for k in range(8)],
+        "validation": [{"v": 1}],
+        "test": [{"t": 1}],
+    }
     subsets = {f: label_fraction(dl, f, seed=0)["training"] for f in (0.25, 0.5, 0.75)}
     assert [len(subsets[f]) for f in (0.25, 0.5, 0.75)] == [2, 4, 6]
     assert all(x in subsets[0.5] for x in subsets[0.25]) and all(x in subsets[0.75] for x in subsets[0.5])
@@ -263,9 +336,19 @@ def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path):
     for k, v in over.items():
         if k != "logging_file":
             args += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29544", "-m",
-           "monai.bundle", "run", "--config_file", str(_files("train.json", "demo.json", "multi_gpu_train.json")),
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29544",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(_files("train.json", "demo.json", "multi_gpu_train.json")),
+        *args,
+    ]
     res = run_torchrun(cmd, env=env, timeout=400, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "checkpoint.pt").is_file()
@@ -314,8 +397,12 @@ def test_bad_inputs(tmp_path):
 def test_mlflow_records_losses_and_per_organ_dice(btcv_dir, pretrained, tmp_path):
     import mlflow
 
-    run(config_file=_files("train.json", "demo.json"), tracking="mlflow", experiment_name="btcv_test",
-        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1))
+    run(
+        config_file=_files("train.json", "demo.json"),
+        tracking="mlflow",
+        experiment_name="btcv_test",
+        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1),
+    )
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
     runs = client.search_runs([client.get_experiment_by_name("btcv_test").experiment_id])
     keys = set().union(*(r.data.metrics.keys() for r in runs))

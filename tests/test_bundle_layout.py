@@ -4,12 +4,19 @@ import json
 
 import jsonschema
 import pytest
-
 from conftest import REPO
 
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
-REQUIRED = ["LICENSE", "configs/metadata.json", "configs/train.json", "configs/evaluate.json",
-            "configs/multi_gpu_train.json", "configs/logging.conf", "configs/demo.json", "docs/README.md"]
+REQUIRED = [
+    "LICENSE",
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+    "configs/demo.json",
+    "docs/README.md",
+]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)

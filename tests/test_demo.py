@@ -5,12 +5,32 @@ from conftest import REPO
 
 
 def test_demo_data_cli(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mosmos_components.cli", "demo-data", str(tmp_path / "r"),
-                          "--kind", "roco", "--n", "6", "--seed", "2"], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mosmos_components.cli",
+            "demo-data",
+            str(tmp_path / "r"),
+            "--kind",
+            "roco",
+            "--n",
+            "6",
+            "--seed",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r" / "data" / "train" / "radiology" / "captions.txt").is_file()
-    bad = subprocess.run([sys.executable, "-m", "mosmos_components.cli", "demo-data", str(tmp_path / "x"),
-                          "--kind", "mnist"], capture_output=True, text=True, cwd=REPO)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mosmos_components.cli", "demo-data", str(tmp_path / "x"), "--kind", "mnist"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert bad.returncode != 0 and "--kind must be one of" in bad.stderr
 
 
@@ -29,9 +49,26 @@ def test_demo_end_to_end_quick(tmp_path):
 
 
 def test_bundle_demo_cli(tmp_path, pretrained):
-    out = subprocess.run([sys.executable, "-m", "mosmos_components.cli", "bundle-demo", "brats_seg",
-                          "--pretrained_ckpt", str(pretrained["mosmos-tiny-vit"]), "--out_dir", str(tmp_path),
-                          "--n", "4", "--max_epochs", "1"], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mosmos_components.cli",
+            "bundle-demo",
+            "brats_seg",
+            "--pretrained_ckpt",
+            str(pretrained["mosmos-tiny-vit"]),
+            "--out_dir",
+            str(tmp_path),
+            "--n",
+            "4",
+            "--max_epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tumor core" in out.stdout and "enhancing tumor" in out.stdout and "_seg.nii.gz" in out.stdout
 
@@ -43,8 +80,9 @@ def test_demo_wilcoxon_line_pairs_classes_and_says_when_too_few(tmp_path):
     for name, dice in (("mosmos", [0.8, 0.7, 0.9]), ("random", [0.5, 0.6, 0.4])):
         path = tmp_path / f"{name}.csv"
         # two cases per class: the pairs are the three classes' means, not the two cases
-        rows = "".join(f"case{j},organ{i},{d + (0.05 if j else -0.05)},3.0\n"
-                       for i, d in enumerate(dice) for j in (0, 1))
+        rows = "".join(
+            f"case{j},organ{i},{d + (0.05 if j else -0.05)},3.0\n" for i, d in enumerate(dice) for j in (0, 1)
+        )
         path.write_text("case,class,dice,hd95\n" + rows)
         runs[name] = {"per_case": str(path)}
     line = _wilcoxon_line(runs)

@@ -22,8 +22,8 @@ def _data():
     g = torch.Generator().manual_seed(0)
     img, txt = torch.randn(N, 8, generator=g), torch.randn(N, 8, generator=g)
     logits, tags = torch.randn(N, 5, generator=g), (torch.rand(N, 5, generator=g) > 0.5).long()
-    label = (torch.rand(N, 3, 6, 6, 6, generator=g) > 0.5)
-    pred = (torch.rand(N, 3, 6, 6, 6, generator=g) > 0.5)
+    label = torch.rand(N, 3, 6, 6, 6, generator=g) > 0.5
+    pred = torch.rand(N, 3, 6, 6, 6, generator=g) > 0.5
     return img, txt, logits, tags, pred, label
 
 
@@ -49,8 +49,7 @@ def _worker(rank, init_file, out_dir, results):
         engine.state.output = [{"pred": pred[i], "label": _case(label, i)} for i in idx]
         report._collect(engine)
         report._finish(engine)
-        results[rank] = (recall.compute(), mean_ap.compute(), engine.state.metrics["case_mean_dice"],
-                         len(report.rows))
+        results[rank] = (recall.compute(), mean_ap.compute(), engine.state.metrics["case_mean_dice"], len(report.rows))
     finally:
         dist.destroy_process_group()
 

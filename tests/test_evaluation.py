@@ -18,8 +18,9 @@ def test_dice_and_hd95_in_mm_with_empty_mask_rules():
     pred = torch.zeros_like(gt)
     pred[4:10, 2:8, 2:6] = 1  # class 1 shifted by 2 voxels along x
     pred[0:2, 0:2, 0:2] = 3  # class 3 predicted but absent from the ground truth
-    rows = case_scores(_onehot(pred, 4), _onehot(gt, 4), spacing=(3.0, 1.0, 1.0), channels=[1, 2, 3],
-                       names=["a", "b", "c"])
+    rows = case_scores(
+        _onehot(pred, 4), _onehot(gt, 4), spacing=(3.0, 1.0, 1.0), channels=[1, 2, 3], names=["a", "b", "c"]
+    )
     a, b, c = rows
     assert a["dice"] == pytest.approx(2 * 4 * 6 * 4 / (2 * 6 * 6 * 4))
     assert a["hd95"] == pytest.approx(6.0)  # 2 voxels x 3 mm
@@ -30,9 +31,12 @@ def test_dice_and_hd95_in_mm_with_empty_mask_rules():
 
 
 def test_summary_excludes_absent_classes(tmp_path):
-    rows = [{"case": "x", "class": "a", "dice": 0.5, "hd95": 2.0}, {"case": "y", "class": "a", "dice": 1.0, "hd95": 0.0},
-            {"case": "x", "class": "b", "dice": float("nan"), "hd95": float("nan")},
-            {"case": "y", "class": "b", "dice": 0.0, "hd95": 10.0}]
+    rows = [
+        {"case": "x", "class": "a", "dice": 0.5, "hd95": 2.0},
+        {"case": "y", "class": "a", "dice": 1.0, "hd95": 0.0},
+        {"case": "x", "class": "b", "dice": float("nan"), "hd95": float("nan")},
+        {"case": "y", "class": "b", "dice": 0.0, "hd95": 10.0},
+    ]
     s = write_reports(rows, ["a", "b"], tmp_path)
     assert s[0]["dice"] == pytest.approx(0.75) and s[0]["n"] == 2
     assert s[1]["dice"] == 0.0 and s[1]["n"] == 1
@@ -79,8 +83,14 @@ def test_wilcoxon_default_pairs_classes_on_their_test_set_means(tmp_path):
             w.writeheader()
             for case in range(5):
                 for k, c in enumerate(classes):
-                    w.writerow({"case": f"c{case}", "class": c, "dice": 0.5 + 0.04 * k + shift + rng.normal(0, 0.03),
-                                "hd95": 3.0})
+                    w.writerow(
+                        {
+                            "case": f"c{case}",
+                            "class": c,
+                            "dice": 0.5 + 0.04 * k + shift + rng.normal(0, 0.03),
+                            "hd95": 3.0,
+                        }
+                    )
     res = wilcoxon_test(tmp_path / "a.csv", tmp_path / "b.csv")
     assert res["unit"] == "class" and res["n"] == 8 and res["pairs"] == classes
 
@@ -93,22 +103,37 @@ def test_wilcoxon_default_pairs_classes_on_their_test_set_means(tmp_path):
 
 
 # Tables 2-3 of the paper, typed in: per-class test-set means of MOSMOS and PubMedCLIP+DenseCLIP
-_BTCV_UNET = ([94.36, 93.56, 93.81, 73.01, 72.24, 96.11, 81.85, 89.04, 83.72, 60.74, 76.16, 64.95, 61.68],
-              [93.09, 90.04, 90.89, 62.67, 69.94, 95.48, 81.25, 90.77, 79.95, 67.27, 69.35, 63.01, 50.47])
-_BTCV_UNETR = ([93.21, 93.68, 93.39, 72.71, 72.96, 96.46, 80.46, 88.84, 82.83, 70.39, 75.00, 66.90, 57.87],
-               [93.19, 93.74, 93.28, 61.32, 71.39, 96.50, 79.28, 88.97, 82.61, 69.56, 74.41, 66.52, 58.97])
-_MMWHS_UNET_DICE = ([83.74, 84.99, 93.78, 86.51, 90.89, 74.87, 70.24],
-                    [81.39, 84.95, 93.48, 85.80, 88.65, 69.13, 65.10])
+_BTCV_UNET = (
+    [94.36, 93.56, 93.81, 73.01, 72.24, 96.11, 81.85, 89.04, 83.72, 60.74, 76.16, 64.95, 61.68],
+    [93.09, 90.04, 90.89, 62.67, 69.94, 95.48, 81.25, 90.77, 79.95, 67.27, 69.35, 63.01, 50.47],
+)
+_BTCV_UNETR = (
+    [93.21, 93.68, 93.39, 72.71, 72.96, 96.46, 80.46, 88.84, 82.83, 70.39, 75.00, 66.90, 57.87],
+    [93.19, 93.74, 93.28, 61.32, 71.39, 96.50, 79.28, 88.97, 82.61, 69.56, 74.41, 66.52, 58.97],
+)
+_MMWHS_UNET_DICE = (
+    [83.74, 84.99, 93.78, 86.51, 90.89, 74.87, 70.24],
+    [81.39, 84.95, 93.48, 85.80, 88.65, 69.13, 65.10],
+)
 _MMWHS_UNET_HD95 = ([2.00, 3.46, 1.70, 6.76, 3.25, 13.22, 6.81], [2.35, 3.24, 2.16, 9.32, 4.01, 15.59, 10.38])
-_MMWHS_UNETR_DICE = ([84.65, 87.62, 94.02, 88.61, 93.22, 84.08, 79.49],
-                     [82.69, 79.35, 92.86, 82.60, 88.75, 79.88, 69.36])
+_MMWHS_UNETR_DICE = (
+    [84.65, 87.62, 94.02, 88.61, 93.22, 84.08, 79.49],
+    [82.69, 79.35, 92.86, 82.60, 88.75, 79.88, 69.36],
+)
 _MMWHS_UNETR_HD95 = ([1.77, 3.48, 1.85, 4.62, 2.30, 4.60, 5.60], [2.24, 5.11, 2.58, 8.05, 10.47, 7.69, 8.90])
 
 
-@pytest.mark.parametrize("rows, printed", [
-    (_BTCV_UNET, "2.7e-2"), (_BTCV_UNETR, "8.0e-2"), (_MMWHS_UNET_DICE, "1.6e-2"), (_MMWHS_UNET_HD95, "3.1e-2"),
-    (_MMWHS_UNETR_DICE, "1.6e-2"), (_MMWHS_UNETR_HD95, "1.6e-2"),
-])
+@pytest.mark.parametrize(
+    "rows, printed",
+    [
+        (_BTCV_UNET, "2.7e-2"),
+        (_BTCV_UNETR, "8.0e-2"),
+        (_MMWHS_UNET_DICE, "1.6e-2"),
+        (_MMWHS_UNET_HD95, "3.1e-2"),
+        (_MMWHS_UNETR_DICE, "1.6e-2"),
+        (_MMWHS_UNETR_HD95, "1.6e-2"),
+    ],
+)
 def test_per_class_wilcoxon_reproduces_the_papers_p_values(tmp_path, rows, printed):
     mosmos, other = rows
     assert f"{wilcoxon_paired(mosmos, other)['p']:.1e}".replace("e-02", "e-2") == printed

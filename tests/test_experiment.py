@@ -11,19 +11,39 @@ import pytest
 
 from mosmos_components.experiment import aggregate, cells_of, load_spec, run_experiment
 
-TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "max_epochs": 1, "val_interval": 1, "warmup_epochs": 1,
-        "num_workers": 0, "cache_rate": 0.0, "num_samples": 1, "sw_batch_size": 1}
+TINY = {
+    "pixdim": [8.0, 8.0, 9.0],
+    "roi_size": [32, 32, 16],
+    "max_epochs": 1,
+    "val_interval": 1,
+    "warmup_epochs": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "num_samples": 1,
+    "sw_batch_size": 1,
+}
 
 
 @pytest.fixture(scope="module")
 def spec_file(btcv_dir, pretrained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("experiment")
-    spec = {"name": "tiny", "bundle": "btcv_seg", "configs": ["train.json", "demo.json"], "dataset_dir": str(btcv_dir),
-            "output_dir": str(folder / "out"), "overrides": TINY, "reference": "random",
-            "inits": {"random": {"use_pretrained": False, "use_pta": False},
-                      "mosmos": {"pretrained_ckpt": str(pretrained["mosmos-tiny-vit"])}},
-            "label_fractions": [1.0], "seeds": [0, 1], "lambdas": [None],
-            "fraction_overrides": {"1.0": {"max_epochs": 2}}}  # (TINY says 1 epoch: this fraction's own wins)
+    spec = {
+        "name": "tiny",
+        "bundle": "btcv_seg",
+        "configs": ["train.json", "demo.json"],
+        "dataset_dir": str(btcv_dir),
+        "output_dir": str(folder / "out"),
+        "overrides": TINY,
+        "reference": "random",
+        "inits": {
+            "random": {"use_pretrained": False, "use_pta": False},
+            "mosmos": {"pretrained_ckpt": str(pretrained["mosmos-tiny-vit"])},
+        },
+        "label_fractions": [1.0],
+        "seeds": [0, 1],
+        "lambdas": [None],
+        "fraction_overrides": {"1.0": {"max_epochs": 2}},
+    }  # (TINY says 1 epoch: this fraction's own wins)
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -83,13 +103,18 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     xs, ys = [x[i] for i in ok], [y[i] for i in ok]
     expected = 1.0 if np.allclose(xs, ys) else wilcoxon(xs, ys).pvalue
     assert float(rows[1]["Wilcoxon p Dice vs random"]) == pytest.approx(expected, rel=1e-2)
+
     def case_means(init):  # per test case: mean Dice over scored classes, averaged over the seeds
         per = []
         for s in (0, 1):
-            rows = [r for r in csv.DictReader(open(cells[f"{init}__frac1__seed{s}__lambdadefault"]["per_case"]))
-                    if r["dice"] != "nan"]
-            per.append({c: np.mean([float(r["dice"]) for r in rows if r["case"] == c])
-                        for c in {r["case"] for r in rows}})
+            rows = [
+                r
+                for r in csv.DictReader(open(cells[f"{init}__frac1__seed{s}__lambdadefault"]["per_case"]))
+                if r["dice"] != "nan"
+            ]
+            per.append(
+                {c: np.mean([float(r["dice"]) for r in rows if r["case"] == c]) for c in {r["case"] for r in rows}}
+            )
         return {c: np.mean([p[c] for p in per]) for c in set(per[0]) & set(per[1])}
 
     a, b = case_means("mosmos"), case_means("random")
@@ -111,12 +136,14 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     cwd = os.getcwd()
     try:
         os.chdir(Path(out).parent.parent)
-        assert (aggregate(moved)["tables"] and (moved / "results" / "qualitative.png").is_file())
+        assert aggregate(moved)["tables"] and (moved / "results" / "qualitative.png").is_file()
     finally:
         os.chdir(cwd)
         os.rename(f"{out}_away", out)
-    assert open(moved / "results" / "table_frac1_lambdadefault.csv").read() == \
-        open(f"{out}/results/table_frac1_lambdadefault.csv").read()
+    assert (
+        open(moved / "results" / "table_frac1_lambdadefault.csv").read()
+        == open(f"{out}/results/table_frac1_lambdadefault.csv").read()
+    )
 
 
 def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
@@ -134,26 +161,47 @@ def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
             cell = tmp_path / "cells" / name
             folder = cell / "eval" / "report"  # where a cell's evaluation writes per_case.csv
             folder.mkdir(parents=True)
-            rows = [{"case": c, "class": k, "dice": float(rng.uniform(0.2, 0.9)) + (0.05 if init == "mosmos" else 0),
-                     "hd95": float(rng.uniform(5, 50))} for c in cases for k in classes]
+            rows = [
+                {
+                    "case": c,
+                    "class": k,
+                    "dice": float(rng.uniform(0.2, 0.9)) + (0.05 if init == "mosmos" else 0),
+                    "hd95": float(rng.uniform(5, 50)),
+                }
+                for c in cases
+                for k in classes
+            ]
             rows[0]["dice"] = float("nan")  # an unscored class of one case
             values[(init, seed)] = rows
             with open(folder / "per_case.csv", "w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
                 w.writeheader()
                 w.writerows(rows)
-            (cell / "done.json").write_text(json.dumps({
-                "init": init, "label_fraction": 1.0, "seed": seed, "lambda_pta": None, "cell": name,
-                "per_case": str(folder / "per_case.csv"), "summary": summarize(rows, classes)}))
+            (cell / "done.json").write_text(
+                json.dumps(
+                    {
+                        "init": init,
+                        "label_fraction": 1.0,
+                        "seed": seed,
+                        "lambda_pta": None,
+                        "cell": name,
+                        "per_case": str(folder / "per_case.csv"),
+                        "summary": summarize(rows, classes),
+                    }
+                )
+            )
     aggregate(tmp_path, {"inits": {"random": {}, "mosmos": {}}, "reference": "random"})
     row = list(csv.DictReader(open(tmp_path / "results" / "table_frac1_lambdadefault.csv")))[1]
 
     def per_case(init):
-        return [np.mean([np.nanmean([r["dice"] for r in values[(init, s)] if r["case"] == c]) for s in (0, 1, 2)])
-                for c in cases]
+        return [
+            np.mean([np.nanmean([r["dice"] for r in values[(init, s)] if r["case"] == c]) for s in (0, 1, 2)])
+            for c in cases
+        ]
 
     assert float(row["Wilcoxon p Dice per case vs random"]) == pytest.approx(
-        wilcoxon(per_case("mosmos"), per_case("random")).pvalue, rel=1e-3)
+        wilcoxon(per_case("mosmos"), per_case("random")).pvalue, rel=1e-3
+    )
     assert "smallest possible p is 0.25" in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
 
 
@@ -182,8 +230,14 @@ def test_qualitative_panel_shows_the_evaluated_slices(finished):
 
 def test_yaml_specs_read_like_json(tmp_path):
     yaml = pytest.importorskip("yaml")
-    spec = {"bundle": "btcv_seg", "configs": ["train.json"], "dataset_dir": "d", "inits": {"random": {"seed": 1}},
-            "label_fractions": [0.5, 1.0], "fraction_overrides": {"0.5": {"max_epochs": 4}}}
+    spec = {
+        "bundle": "btcv_seg",
+        "configs": ["train.json"],
+        "dataset_dir": "d",
+        "inits": {"random": {"seed": 1}},
+        "label_fractions": [0.5, 1.0],
+        "fraction_overrides": {"0.5": {"max_epochs": 4}},
+    }
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec))
     (tmp_path / "a.json").write_text(json.dumps(spec))
     a, b = load_spec(tmp_path / "a.yaml"), load_spec(tmp_path / "a.json")
@@ -193,8 +247,9 @@ def test_yaml_specs_read_like_json(tmp_path):
 
 def test_a_spec_names_what_is_wrong(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"bundle": "btcv_seg", "configs": [], "dataset_dir": "x", "inits": {"a": {}},
-                               "reference": "b"}))
+    bad.write_text(
+        json.dumps({"bundle": "btcv_seg", "configs": [], "dataset_dir": "x", "inits": {"a": {}}, "reference": "b"})
+    )
     with pytest.raises(ValueError, match="reference 'b' is not one of the inits"):
         load_spec(bad)
     bad.write_text("{")
@@ -205,9 +260,8 @@ def test_a_spec_names_what_is_wrong(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (__import__("conftest").REPO / "experiments").glob("*.json")))
 def test_shipped_specs_name_real_bundle_keys(name):
     """Every override of every shipped spec is a key of its bundle's config (a typo would be silently added)."""
-    from monai.bundle import ConfigParser
-
     from conftest import REPO
+    from monai.bundle import ConfigParser
 
     spec = load_spec(REPO / "experiments" / name)
     parser = ConfigParser()
@@ -222,9 +276,9 @@ def test_shipped_specs_name_real_bundle_keys(name):
 def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path):
     """Named variants (configs/baselines, configs/ablations) hold bundle keys only; a spec's init names one and its
     cells run with it; a variant the bundle lacks is refused naming the spec."""
+    from conftest import REPO
     from monai.bundle import ConfigParser
 
-    from conftest import REPO
     from mosmos_components.experiment import cell_configs
 
     for bundle in ("btcv_seg", "acdc_seg", "brats_seg", "mosmos_pretrain"):
@@ -234,7 +288,7 @@ def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path):
         variants = sorted(configs.glob("*/*.json"))
         assert variants, bundle
         for v in variants:
-            extra = set(json.loads(v.read_text())) - keys - {"_description"}
+            extra = set(json.loads(v.read_text())) - keys - {"_description", "_generated_"}
             assert not extra, (v, extra)
     spec = load_spec(REPO / "experiments" / "acdc_real.json")
     random = next(c for c in cells_of(spec) if c.init == "random")

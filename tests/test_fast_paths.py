@@ -14,8 +14,9 @@ from mosmos_components.networks.mosmos_clip import encode_text_embeddings
 from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.networks.tag_decoder import TagDecoder, TagDecoderLayer
 
-TINY = dict(img_size=(32, 32, 16), hidden_size=32, num_layers=4, num_heads=2, embed_dim=32, feature_size=4,
-            decoder_heads=4)
+TINY = dict(
+    img_size=(32, 32, 16), hidden_size=32, num_layers=4, num_heads=2, embed_dim=32, feature_size=4, decoder_heads=4
+)
 
 
 def test_written_out_attention_is_multihead_attention():
@@ -135,7 +136,7 @@ def test_tag_prompts_are_encoded_up_to_their_last_token_only():
     assert p.length < p.tokens.shape[1]
     with torch.no_grad():
         emb = net.clip.token_embedding(p.tokens)
-        emb = torch.cat([emb[:, :1], p.ctx.unsqueeze(0).expand(len(emb), -1, -1), emb[:, 1 + p.n_ctx:]], dim=1)
+        emb = torch.cat([emb[:, :1], p.ctx.unsqueeze(0).expand(len(emb), -1, -1), emb[:, 1 + p.n_ctx :]], dim=1)
         full = encode_text_embeddings(net.clip, emb, p.tokens)
         fast = net.tag_queries()
         other = net.tag_queries(p.tokenize(["liver", "left kidney"]))
@@ -168,8 +169,15 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch)
     out = tmp_path / "bench.json"
     benchmark.main(size="tiny", only="window,train", repeats=1, json=str(out))
     res = json.loads(out.read_text())
-    for key in ("pta_infer_ratio_vs_no_pta", "pta_infer_ratio_vs_monai_unetr", "pta_train_step_ratio_vs_no_pta",
-                "pta_infer_ratio_vs_no_pta_amp", "pta_train_step_ratio_vs_no_pta_amp", "device", "size"):
+    for key in (
+        "pta_infer_ratio_vs_no_pta",
+        "pta_infer_ratio_vs_monai_unetr",
+        "pta_train_step_ratio_vs_no_pta",
+        "pta_infer_ratio_vs_no_pta_amp",
+        "pta_train_step_ratio_vs_no_pta_amp",
+        "device",
+        "size",
+    ):
         assert key in res
     assert res["window_seconds"]["mosmos_pta"] > 0
     with pytest.raises(ValueError, match="unknown parts"):
@@ -189,8 +197,9 @@ def test_training_loader_crops_from_cached_indices(btcv_dir, tmp_path):
     root = bundles_dir() / "btcv_seg"
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "demo.json")])
-    parser.update({"bundle_root": str(root), "dataset_dir": str(btcv_dir), "output_dir": str(tmp_path),
-                   "num_workers": 1})
+    parser.update(
+        {"bundle_root": str(root), "dataset_dir": str(btcv_dir), "output_dir": str(tmp_path), "num_workers": 1}
+    )
     loader = parser.get_parsed_content("train#dataloader")
     assert type(loader).__name__ == "DataLoader" and loader.persistent_workers
     cached = loader.dataset._cache[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from mosmos_components.data.demo import write_amos, write_brats, write_mmwhs
+from mosmos_components.data.synthetic import write_amos, write_brats, write_mmwhs
 from mosmos_components.losses import MosmosSegLoss, marginal_logits
 from mosmos_components.transforms import ClassMaskd, MSDBratsRegionsd, RemapLabelsd
 

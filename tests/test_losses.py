@@ -43,8 +43,12 @@ def test_wan_is_stable_for_large_logits():
 
 def test_pretrain_loss_sum_and_ablation():
     torch.manual_seed(0)
-    pred = {"image_features": torch.randn(4, 8), "text_features": torch.randn(4, 8),
-            "tag_logits": torch.randn(4, 5), "logit_scale": torch.tensor(14.0)}
+    pred = {
+        "image_features": torch.randn(4, 8),
+        "text_features": torch.randn(4, 8),
+        "tag_logits": torch.randn(4, 5),
+        "logit_scale": torch.tensor(14.0),
+    }
     y = (torch.rand(4, 5) > 0.5).float()
     total = MosmosPretrainLoss()(pred, y)
     assert total.item() == pytest.approx((pred["loss_irc"] + pred["loss_mlr"]).item(), rel=1e-6)

@@ -8,27 +8,46 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REPO
 from monai.bundle import run
 
-from conftest import REPO
 from mosmos_components.checkpoint import read_sidecar
-from mosmos_components.data.demo import write_amos, write_brats, write_mmwhs
+from mosmos_components.data.synthetic import write_amos, write_brats, write_mmwhs
 
-TINY = {"max_epochs": 1, "val_interval": 1, "warmup_epochs": 1, "num_workers": 0, "cache_rate": 0.0,
-        "show_progress": False, "num_samples": 1, "sw_batch_size": 1, "roi_size": [32, 32, 32]}
+TINY = {
+    "max_epochs": 1,
+    "val_interval": 1,
+    "warmup_epochs": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "show_progress": False,
+    "num_samples": 1,
+    "sw_batch_size": 1,
+    "roi_size": [32, 32, 32],
+}
 CASES = {
-    "amos_seg": (lambda d: write_amos(d, n=6, seed=0, shape=(40, 40, 32), spacing=(9.0, 9.0, 10.0)),
-                 {"pixdim": [9.0, 9.0, 10.0]}, 15),
-    "mmwhs_seg": (lambda d: write_mmwhs(d, n=5, seed=0, shape=(40, 40, 32), spacing=(5.0, 5.0, 5.0)),
-                  {"pixdim": [5.0, 5.0, 5.0]}, 7),
-    "brats_seg": (lambda d: write_brats(d, n=5, seed=0, shape=(40, 40, 32), spacing=(5.0, 5.0, 5.0)),
-                  {"pixdim": [5.0, 5.0, 5.0]}, 3),
+    "amos_seg": (
+        lambda d: write_amos(d, n=6, seed=0, shape=(40, 40, 32), spacing=(9.0, 9.0, 10.0)),
+        {"pixdim": [9.0, 9.0, 10.0]},
+        15,
+    ),
+    "mmwhs_seg": (
+        lambda d: write_mmwhs(d, n=5, seed=0, shape=(40, 40, 32), spacing=(5.0, 5.0, 5.0)),
+        {"pixdim": [5.0, 5.0, 5.0]},
+        7,
+    ),
+    "brats_seg": (
+        lambda d: write_brats(d, n=5, seed=0, shape=(40, 40, 32), spacing=(5.0, 5.0, 5.0)),
+        {"pixdim": [5.0, 5.0, 5.0]},
+        3,
+    ),
 }
 
 
 def test_generated_configs_are_in_sync():
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "build_bundles.py"), "--check"], capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_bundles.py"), "--check"], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout
 
 
@@ -38,9 +57,16 @@ def test_train_evaluate_inference(bundle, pretrained, tmp_path):
     data = make(tmp_path / "data")
     root = REPO / "bundles" / bundle
     cfg = [str(root / "configs" / c) for c in ("train.json", "demo.json")]
-    over = dict(TINY, **extra, bundle_root=str(root), dataset_dir=str(data), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "eval"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-                logging_file=str(root / "configs" / "logging.conf"))
+    over = dict(
+        TINY,
+        **extra,
+        bundle_root=str(root),
+        dataset_dir=str(data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
+        logging_file=str(root / "configs" / "logging.conf"),
+    )
     run(config_file=cfg, **over)
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["out_channels"] == n_scored + (0 if bundle == "brats_seg" else 1)
@@ -93,7 +119,15 @@ def test_bad_inputs(tmp_path, pretrained):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), first)
     root = REPO / "bundles" / "brats_seg"
     with pytest.raises(Exception) as info:
-        run(config_file=[str(root / "configs" / "train.json"), str(root / "configs" / "demo.json")],
-            **dict(TINY, bundle_root=str(root), dataset_dir=str(brats), output_dir=str(tmp_path / "eval"),
-                   ckpt_dir=str(tmp_path / "models"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"])))
+        run(
+            config_file=[str(root / "configs" / "train.json"), str(root / "configs" / "demo.json")],
+            **dict(
+                TINY,
+                bundle_root=str(root),
+                dataset_dir=str(brats),
+                output_dir=str(tmp_path / "eval"),
+                ckpt_dir=str(tmp_path / "models"),
+                pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
+            ),
+        )
     assert any("BRATS_001.nii.gz: 3 channel(s), expected 4" in m for m in _chain(info.value))

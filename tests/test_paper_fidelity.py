@@ -9,21 +9,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from monai.bundle import ConfigParser
 
-from conftest import REPO
 from mosmos_components.losses import MosmosSegLoss
 from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transfer import load_pretrained
 from mosmos_components.transforms import MSDBratsRegionsd
 
-TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
-                  quick_gelu=True)
+TINY_UNETR = dict(
+    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
+)
 
 
 @pytest.mark.parametrize("bundle", ["btcv_seg", "mmwhs_seg"])
 def test_unet2d_trains_on_96_pixel_crops_by_default(bundle):
-    """"For 2D images the D is omitted": 96x96 training crops (layer4 grid 3x3), 224 only as an override."""
+    """ "For 2D images the D is omitted": 96x96 training crops (layer4 grid 3x3), 224 only as an override."""
     root = REPO / "bundles" / bundle / "configs"
     parser = ConfigParser()
     parser.read_config([str(root / "train.json"), str(root / "unet2d.json")])
@@ -39,7 +40,7 @@ def test_brats_pta_branch_can_predict_a_region_absent(pretrained, tmp_path):
     """With a sigmoid over overlapping regions, LI(A)/tau_2 >= 0 gives p >= 0.5 everywhere; the branch must be
     able to say 'absent' (here: trained a few steps on a demo BraTS volume, it does so on most tumour-free voxels,
     and still predicts the tumour)."""
-    from mosmos_components.data.demo import write_brats
+    from mosmos_components.data.synthetic import write_brats
 
     data = write_brats(tmp_path, n=1, seed=0, shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0))
     img = torch.as_tensor(np.asarray(nib.load(data / "imagesTr" / "BRATS_001.nii.gz").dataobj), dtype=torch.float32)
@@ -78,6 +79,7 @@ def test_brats_bundle_builds_the_sigmoid_pta_branch():
 
 # ----- Table 4: without L_mlr, and the full framework without pre-training -----
 
+
 def test_pretraining_without_mlr_is_an_override_recorded_in_the_sidecar():
     root = REPO / "bundles" / "mosmos_pretrain" / "configs"
     parser = ConfigParser()
@@ -114,6 +116,7 @@ def test_no_pretraining_with_pta_runs_with_a_warning():
 
 # ----- Table 5: UNETR on a ViT-B/32 -----
 
+
 @pytest.fixture(scope="module")
 def vit32_ckpt(tmp_path_factory):
     import open_clip
@@ -135,8 +138,9 @@ def vit32_ckpt(tmp_path_factory):
 def test_unetr_with_patch_32_transfers_and_segments(vit32_ckpt):
     pre, path = vit32_ckpt
     names = ["background", "liver", "spleen"]
-    seg = MosmosUNETR(1, 3, img_size=(96, 96, 32), patch_size=32, class_names=names, radiological_flip=False,
-                      **TINY_UNETR).eval()
+    seg = MosmosUNETR(
+        1, 3, img_size=(96, 96, 32), patch_size=32, class_names=names, radiological_flip=False, **TINY_UNETR
+    ).eval()
     report = load_pretrained(seg, path)
     assert seg.grid == (3, 3, 1) and "encoder.positional_embedding" in report.inflated
     img = torch.rand(1, 96, 96)
@@ -154,6 +158,7 @@ def test_unetr_with_patch_32_transfers_and_segments(vit32_ckpt):
 
 
 # ----- AMOS: CT and MRI apart (Fig. 4), and --modality with an existing split -----
+
 
 def test_evaluation_reports_each_modality_and_the_pooled_table(tmp_path):
     from ignite.engine import Engine
@@ -183,7 +188,7 @@ def test_evaluation_reports_each_modality_and_the_pooled_table(tmp_path):
 
 def test_an_existing_split_follows_the_modality_or_refuses_other_data(tmp_path):
     from mosmos_components.data.datalist import amos_pairs, load_or_create_datalist
-    from mosmos_components.data.demo import write_amos
+    from mosmos_components.data.synthetic import write_amos
 
     data = write_amos(tmp_path / "amos", n=6, seed=0, shape=(16, 16, 8))
     both = amos_pairs(data, "both")
@@ -202,6 +207,7 @@ def test_an_existing_split_follows_the_modality_or_refuses_other_data(tmp_path):
 
 
 # ----- OpenAI's weights need QuickGELU -----
+
 
 def test_openai_weights_get_quick_gelu_or_stop_with_the_advice(tmp_path):
     from mosmos_components.networks.mosmos_clip import resolve_quick_gelu

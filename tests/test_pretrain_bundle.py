@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, run_torchrun
 from monai.bundle import run
 
-from conftest import REPO, run_torchrun
 from mosmos_components.checkpoint import load_pretrain_network
 
 BUNDLE = REPO / "bundles" / "mosmos_pretrain"
@@ -17,9 +17,16 @@ CONFIGS = [str(BUNDLE / "configs" / c) for c in ("train.json", "demo.json")]
 
 
 def _overrides(roco_dir, tmp_path, **kw):
-    over = dict(bundle_root=str(BUNDLE), dataset_dir=str(roco_dir), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "eval"), batch_size=16, num_workers=0, show_progress=False,
-                logging_file=str(BUNDLE / "configs" / "logging.conf"))
+    over = dict(
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(roco_dir),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        batch_size=16,
+        num_workers=0,
+        show_progress=False,
+        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+    )
     over.update(kw)
     return over
 
@@ -41,8 +48,19 @@ def test_loss_goes_down_and_checkpoint_is_written(trained):
     assert len(hist) == 4
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
     val = _history(trained / "eval" / "val_history.csv")
-    assert {"val_loss", "val_irc", "val_mlr", "recall_at_1", "recall_at_5", "recall_at_10", "tag_map",
-            "pointing_acc", "pointing_chance", "attention_tag_corr", "patch_token_cosine"} <= set(val[0])
+    assert {
+        "val_loss",
+        "val_irc",
+        "val_mlr",
+        "recall_at_1",
+        "recall_at_5",
+        "recall_at_10",
+        "tag_map",
+        "pointing_acc",
+        "pointing_chance",
+        "attention_tag_corr",
+        "patch_token_cosine",
+    } <= set(val[0])
     assert 0.0 < float(val[0]["pointing_chance"]) < 0.5 and 0.0 <= float(val[0]["pointing_acc"]) <= 1.0
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -55,8 +73,10 @@ def test_loss_goes_down_and_checkpoint_is_written(trained):
 def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir):
     """A fresh network rebuilt from model.pt + sidecar gives the very validation loss recorded at saving."""
     out = trained / "reeval"
-    run(config_file=CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")],
-        **_overrides(roco_dir, trained, output_dir=str(out), **{"validate#split": "validation"}))
+    run(
+        config_file=CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")],
+        **_overrides(roco_dir, trained, output_dir=str(out), **{"validate#split": "validation"}),
+    )
     metrics = dict(row for row in csv.reader(open(out / "metrics.csv")) if len(row) == 2)
     side = json.loads((trained / "models" / "model.json").read_text())
     assert float(metrics["val_loss"]) == pytest.approx(side["metric"]["val_loss"], rel=1e-4)
@@ -74,8 +94,12 @@ def test_resume_continues_from_the_checkpoint(trained, roco_dir):
 def test_mlflow_tracking(roco_dir, tmp_path):
     import mlflow
 
-    run(config_file=CONFIGS, tracking="mlflow", experiment_name="mosmos_test",
-        **_overrides(roco_dir, tmp_path, max_epochs=1))
+    run(
+        config_file=CONFIGS,
+        tracking="mlflow",
+        experiment_name="mosmos_test",
+        **_overrides(roco_dir, tmp_path, max_epochs=1),
+    )
     db = tmp_path / "eval" / "mlruns.db"
     assert db.is_file()
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -103,12 +127,34 @@ def test_missing_dataset_dir_is_a_clear_error(tmp_path):
 def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     port = 29533 + len(extra)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "-m", "monai.bundle", "run", "--config_file",
-           str(CONFIGS + [str(BUNDLE / "configs" / c) for c in ["multi_gpu_train.json"] + extra]),
-           "--bundle_root", str(BUNDLE), "--dataset_dir", str(roco_dir), "--ckpt_dir", str(tmp_path / "models"),
-           "--output_dir", str(tmp_path / "eval"), "--max_epochs", "1", "--num_workers", "0", "--batch_size", "8",
-           "--show_progress", "False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS + [str(BUNDLE / "configs" / c) for c in ["multi_gpu_train.json"] + extra]),
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(roco_dir),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--max_epochs",
+        "1",
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "8",
+        "--show_progress",
+        "False",
+    ]
     res = run_torchrun(cmd, env=env, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
@@ -146,10 +192,26 @@ def test_evaluate_runs_in_a_fresh_process(trained, roco_dir):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           str(CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")]), "--bundle_root", str(BUNDLE),
-           "--dataset_dir", str(roco_dir), "--ckpt_dir", str(trained / "models"),
-           "--output_dir", str(trained / "fresh_eval"), "--show_progress", "False", "--num_workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")]),
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(roco_dir),
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(trained / "fresh_eval"),
+        "--show_progress",
+        "False",
+        "--num_workers",
+        "0",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (trained / "fresh_eval" / "metrics.csv").is_file()

@@ -39,8 +39,9 @@ def test_paper_backbones_shapes(name, grid, dim):
 def test_text_from_embeddings_matches_open_clip(tiny_vit):
     clip = tiny_vit.clip
     tokens = open_clip.tokenizer.SimpleTokenizer(context_length=40)(["a liver lesion", "left renal cyst"])
-    torch.testing.assert_close(encode_text_embeddings(clip, clip.token_embedding(tokens), tokens),
-                               clip.encode_text(tokens))
+    torch.testing.assert_close(
+        encode_text_embeddings(clip, clip.token_embedding(tokens), tokens), clip.encode_text(tokens)
+    )
 
 
 def test_prompts_encoded_once_per_step(tiny_vit):

@@ -9,8 +9,8 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import REPO, SHARED_DATA
+
 from mosmos_components.data.datalist import acdc_pairs, split_pairs
 from mosmos_components.data.medpix import detect_layout, load_medpix, load_pairs
 
@@ -77,10 +77,18 @@ def test_pretraining_reads_medpix_through_the_bundle(medpix, tmp_path):
     from monai.bundle import run
 
     bundle = REPO / "bundles" / "mosmos_pretrain"
-    run(config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "demo.json")],
-        bundle_root=str(bundle), dataset_dir=str(medpix), ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"), max_epochs=1, batch_size=8, num_workers=0, show_progress=False,
-        logging_file=str(bundle / "configs" / "logging.conf"))
+    run(
+        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "demo.json")],
+        bundle_root=str(bundle),
+        dataset_dir=str(medpix),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        max_epochs=1,
+        batch_size=8,
+        num_workers=0,
+        show_progress=False,
+        logging_file=str(bundle / "configs" / "logging.conf"),
+    )
     assert (tmp_path / "models" / "model.pt").is_file()
     hist = (tmp_path / "eval" / "val_history.csv").read_text().splitlines()
     assert "recall_at_1" in hist[0] and "pointing_acc" not in hist[0]  # real images: no organ masks
@@ -100,8 +108,11 @@ def test_patient_split_is_stratified_by_group():
     from collections import Counter
 
     groups = ["DCM", "HCM", "MINF", "NOR", "RV"]
-    items = [{"image": f"{i}{ph}", "patient": f"p{i:03d}", "group": groups[i // 20]} for i in range(100)
-             for ph in ("ED", "ES")]
+    items = [
+        {"image": f"{i}{ph}", "patient": f"p{i:03d}", "group": groups[i // 20]}
+        for i in range(100)
+        for ph in ("ED", "ES")
+    ]
     split = split_pairs(items, (0.7, 0.1, 0.2), 0, group_key="patient", strata_key="group")
     for name, n in (("training", 140), ("validation", 20), ("test", 40)):
         assert len(split[name]) == n and set(Counter(it["group"] for it in split[name]).values()) == {n // 5}
@@ -120,13 +131,20 @@ def test_acdc_from_wsl4mis_h5(tmp_path):
             with h5py.File(src / f"{patient}_frame{f:02d}.h5", "w") as h5:
                 h5["image"] = rng.random((6, 20, 24)).astype(np.float32)  # (z, y, x)
                 h5["label"] = rng.integers(0, 4, (6, 20, 24)).astype(np.uint8)
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "acdc_from_h5.py"), str(src), str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "acdc_from_h5.py"), str(src), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     items = acdc_pairs(tmp_path / "out")
     assert [(it["patient"], it["phase"], it["group"]) for it in items] == [
-        ("patient001", "ED", "DCM"), ("patient001", "ES", "DCM"), ("patient045", "ED", "MINF"),
-        ("patient045", "ES", "MINF")]
+        ("patient001", "ED", "DCM"),
+        ("patient001", "ES", "DCM"),
+        ("patient045", "ED", "MINF"),
+        ("patient045", "ES", "MINF"),
+    ]
     img = nib.load(items[1]["image"])
     assert img.shape == (24, 20, 6) and np.allclose(img.header.get_zooms(), (1.5625, 1.5625, 10.0))
     with h5py.File(src / "patient001_frame12.h5") as h5:
@@ -142,18 +160,35 @@ def test_acdc_bundle_trains_evaluates_and_infers_on_the_real_sample(acdc, pretra
 
     root = REPO / "bundles" / "acdc_seg"
     cfg = [str(root / "configs" / c) for c in ("train.json", "demo.json")]
-    over = dict(bundle_root=str(root), dataset_dir=str(acdc), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "eval"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-                logging_file=str(root / "configs" / "logging.conf"), pixdim=[6.25, 6.25, 10.0], roi_size=[32, 32, 16],
-                max_epochs=1, val_interval=1, warmup_epochs=1, num_workers=0, cache_rate=0.0, show_progress=False,
-                num_samples=1, sw_batch_size=1)
+    over = dict(
+        bundle_root=str(root),
+        dataset_dir=str(acdc),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
+        logging_file=str(root / "configs" / "logging.conf"),
+        pixdim=[6.25, 6.25, 10.0],
+        roi_size=[32, 32, 16],
+        max_epochs=1,
+        val_interval=1,
+        warmup_epochs=1,
+        num_workers=0,
+        cache_rate=0.0,
+        show_progress=False,
+        num_samples=1,
+        sw_batch_size=1,
+    )
     run(config_file=cfg, **over)
     dl = json.loads((tmp_path / "eval" / "datalist.json").read_text())
     by_split = {k: {it["patient"] for it in v} for k, v in dl.items()}
     assert [len(by_split[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
     assert all(len(v) == 2 * len(by_split[k]) for k, v in dl.items())  # both frames of each patient
     assert read_sidecar(tmp_path / "models" / "model.pt")["class_names"] == [
-        "background", "right ventricle", "myocardium", "left ventricle"]
+        "background",
+        "right ventricle",
+        "myocardium",
+        "left ventricle",
+    ]
     run(config_file=cfg + [str(root / "configs" / "evaluate.json")], **over)
     rows = (tmp_path / "eval" / "report" / "per_case.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3  # the test patient's two frames x three structures

@@ -11,11 +11,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from ignite.engine import Engine
 from monai.bundle import ConfigParser, run
 from monai.data import MetaTensor
 
-from conftest import REPO
 from mosmos_components.checkpoint import load_segmentation_network, save_network
 from mosmos_components.handlers import RunGuard
 from mosmos_components.networks import MosmosUNETR
@@ -23,10 +23,21 @@ from mosmos_components.transforms import ValidateSegmentationPaird
 
 BUNDLE = REPO / "bundles" / "btcv_seg"
 CFG = BUNDLE / "configs"
-TINY = {"pixdim": [8.0, 8.0, 9.0], "roi_size": [32, 32, 16], "max_epochs": 1, "val_interval": 1, "warmup_epochs": 1,
-        "num_workers": 0, "cache_rate": 0.0, "show_progress": False, "num_samples": 1, "sw_batch_size": 1}
-TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
-                  quick_gelu=True)
+TINY = {
+    "pixdim": [8.0, 8.0, 9.0],
+    "roi_size": [32, 32, 16],
+    "max_epochs": 1,
+    "val_interval": 1,
+    "warmup_epochs": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "show_progress": False,
+    "num_samples": 1,
+    "sw_batch_size": 1,
+}
+TINY_UNETR = dict(
+    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
+)
 
 
 def _chain(exc):
@@ -36,8 +47,15 @@ def _chain(exc):
 
 
 def _train(btcv_dir, tmp, ckpt, **kw):
-    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(btcv_dir), ckpt_dir=str(tmp / "models"),
-                output_dir=str(tmp / "eval"), pretrained_ckpt=str(ckpt), logging_file=str(CFG / "logging.conf"))
+    over = dict(
+        TINY,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(btcv_dir),
+        ckpt_dir=str(tmp / "models"),
+        output_dir=str(tmp / "eval"),
+        pretrained_ckpt=str(ckpt),
+        logging_file=str(CFG / "logging.conf"),
+    )
     over.update(kw)
     run(config_file=[str(CFG / "train.json"), str(CFG / "demo.json")], **over)
 
@@ -50,6 +68,7 @@ def _copy_btcv(src, dst):
 
 
 # ----- 1. non-finite data -----
+
 
 def _pair(image, label=None, name="/data/img0001.nii.gz"):
     d = {"image": MetaTensor(image, meta={"filename_or_obj": name})}
@@ -106,17 +125,23 @@ def test_non_finite_weights_are_never_written(tmp_path):
 
 # ----- 2. a checkpoint with other classes -----
 
+
 def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tmp_path):
-    net = MosmosUNETR(1, 14, img_size=(32, 32, 32), use_pta=False, class_names=[f"c{i}" for i in range(14)],
-                      **TINY_UNETR)
+    net = MosmosUNETR(
+        1, 14, img_size=(32, 32, 32), use_pta=False, class_names=[f"c{i}" for i in range(14)], **TINY_UNETR
+    )
     save_network(net, tmp_path / "model.pt", extra={"data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"}})
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / "amos_seg" / "configs" / f) for f in ("train.json", "evaluate.json")])
     expect = parser.get_parsed_content("checkpoint_expect")
     with pytest.raises(ValueError, match=r"trained for other data.*out_channels: checkpoint 14, bundle 16"):
         load_segmentation_network(tmp_path / "model.pt", expect=expect)
-    same = {"class_names": [f"c{i}" for i in range(14)], "in_channels": 1, "out_channels": 14,
-            "data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"}}
+    same = {
+        "class_names": [f"c{i}" for i in range(14)],
+        "in_channels": 1,
+        "out_channels": 14,
+        "data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"},
+    }
     load_segmentation_network(tmp_path / "model.pt", expect=same)
     with pytest.raises(ValueError, match=r"data\.pixdim"):
         load_segmentation_network(tmp_path / "model.pt", expect=dict(same, data={"pixdim": [1.0, 1.0, 1.0]}))
@@ -136,6 +161,7 @@ def test_weights_and_sidecar_from_different_saves_are_an_error(tmp_path):
 
 # ----- 3. an earlier model is never silently overwritten; 4. concurrent runs -----
 
+
 def test_a_fresh_run_never_replaces_an_earlier_model_unless_told(btcv_dir, pretrained, tmp_path):
     ckpt = pretrained["mosmos-tiny-vit"]
     _train(btcv_dir, tmp_path, ckpt)
@@ -154,11 +180,17 @@ def test_a_fresh_run_never_replaces_an_earlier_model_unless_told(btcv_dir, pretr
 
 def test_a_second_run_on_the_same_folders_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from mosmos_components.handlers import RunGuard; "
-         f"g = RunGuard([{str(tmp_path)!r}], 'm.pt', 'c.pt'); g._lock(__import__('pathlib').Path({str(tmp_path)!r})); "
-         "print('locked', flush=True); time.sleep(30)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mosmos_components.handlers import RunGuard; "
+            f"g = RunGuard([{str(tmp_path)!r}], 'm.pt', 'c.pt'); "
+            f"g._lock(__import__('pathlib').Path({str(tmp_path)!r})); "
+            "print('locked', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RuntimeError, match=f"in use by another run \\(PID {holder.pid}\\)"):
@@ -172,6 +204,7 @@ def test_a_second_run_on_the_same_folders_is_refused_naming_the_holder(tmp_path)
 
 # ----- 5. non-integer labels -----
 
+
 def test_non_integer_label_values_are_an_error_naming_the_file_and_values():
     lab = torch.zeros(1, 4, 4, 4)
     lab[0, 0, 0, 0], lab[0, 1, 1, 1] = 0.5, 6.6
@@ -181,9 +214,10 @@ def test_non_integer_label_values_are_an_error_naming_the_file_and_values():
 
 # ----- 6. evaluation of another data set with an old split -----
 
+
 def test_a_split_of_other_data_is_refused(btcv_dir, tmp_path):
     from mosmos_components.data.datalist import btcv_pairs, load_or_create_datalist
-    from mosmos_components.data.demo import write_btcv
+    from mosmos_components.data.synthetic import write_btcv
 
     load_or_create_datalist(btcv_pairs(btcv_dir), tmp_path / "datalist.json")
     other = write_btcv(tmp_path / "other", n=3, seed=5, shape=(24, 24, 12))
@@ -193,6 +227,7 @@ def test_a_split_of_other_data_is_refused(btcv_dir, tmp_path):
 
 # ----- 11. a run shorter than val_interval still ends with a model -----
 
+
 def test_max_epochs_below_val_interval_still_validates_and_saves(btcv_dir, pretrained, tmp_path):
     _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, val_interval=5)
     assert (tmp_path / "models" / "model.pt").is_file()
@@ -201,10 +236,11 @@ def test_max_epochs_below_val_interval_still_validates_and_saves(btcv_dir, pretr
 
 # ----- 8. pre-training images of any mode and bit depth -----
 
+
 def _write_png(path, kind):
     from PIL import Image
 
-    grad = (np.arange(40 * 30).reshape(30, 40) / (40 * 30 - 1))  # 0 .. 1
+    grad = np.arange(40 * 30).reshape(30, 40) / (40 * 30 - 1)  # 0 .. 1
     if kind == "grey8":
         Image.fromarray((grad * 200).astype(np.uint8)).save(path)
         return 200 / 255
@@ -235,8 +271,9 @@ def test_pretraining_images_are_scaled_by_their_own_bit_depth(tmp_path, kind):
     root = REPO / "bundles" / "mosmos_pretrain" / "configs"
     parser.read_config([str(root / "train.json"), str(root / "demo.json")])
     steps = parser.get_parsed_content("train#deterministic_transforms")
-    until_scaled = Compose([t for t in steps if type(t).__name__ in
-                            ("LoadImageNamed", "EnsureChannelFirstd", "ToRGBd", "ScaleBitDepthd")])
+    until_scaled = Compose(
+        [t for t in steps if type(t).__name__ in ("LoadImageNamed", "EnsureChannelFirstd", "ToRGBd", "ScaleBitDepthd")]
+    )
     img = until_scaled({"image": str(path)})["image"]
     assert img.shape == (3, 40, 30)
     assert float(img.min()) >= 0.0 and float(img.max()) == pytest.approx(top, abs=0.01)
@@ -244,15 +281,28 @@ def test_pretraining_images_are_scaled_by_their_own_bit_depth(tmp_path, kind):
 
 # ----- 9. read errors name the file, and the last line says so -----
 
+
 def test_a_truncated_volume_is_named_and_summarised_on_the_last_line(btcv_dir, pretrained, tmp_path):
     data = _copy_btcv(btcv_dir, tmp_path / "btcv")
     first = sorted((data / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
     raw = first.read_bytes()
     first.write_bytes(raw[: len(raw) * 2 // 3])  # header intact, data cut
-    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(data), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "eval"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           str([str(CFG / "train.json"), str(CFG / "demo.json")])]
+    over = dict(
+        TINY,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(CFG / "train.json"), str(CFG / "demo.json")]),
+    ]
     for k, v in over.items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -277,26 +327,32 @@ def test_summary_line_prefers_the_error_that_names_the_file():
 
 # ----- 10-11. mosmos tags: file, standard input, invalid UTF-8 on the command line -----
 
+
 def test_tags_command_reads_a_file_and_stdin_and_refuses_undecodable_arguments(tmp_path):
     report = tmp_path / "report.txt"
     report.write_text("Left renal cyst. History of RA.", encoding="utf-8")
     mosmos = [sys.executable, "-c", "from mosmos_components.cli import main; main()", "tags"]
     out = subprocess.run(mosmos + ["--file", str(report)], capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout) == ["left kidney"]
-    out = subprocess.run(mosmos + ["--stdin"], input="The liver is enlarged.", capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        mosmos + ["--stdin"], input="The liver is enlarged.", capture_output=True, text=True, timeout=120
+    )
     assert json.loads(out.stdout) == ["liver"]
-    bad = subprocess.run(mosmos + [b"\xff\xfe liver".decode("utf-8", "surrogateescape")], capture_output=True,
-                         text=True, timeout=120, env={"PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8",
-                                                      "PATH": "/usr/bin:/bin"})
+    bad = subprocess.run(
+        mosmos + [b"\xff\xfe liver".decode("utf-8", "surrogateescape")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+    )
     assert bad.returncode != 0 and "not valid UTF-8" in bad.stderr.strip().splitlines()[-1]
     (tmp_path / "latin1.txt").write_bytes("Leber: hépatique".encode("latin-1"))
-    bad = subprocess.run(mosmos + ["--file", str(tmp_path / "latin1.txt")], capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(mosmos + ["--file", str(tmp_path / "latin1.txt")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "latin1.txt" in bad.stderr.strip().splitlines()[-1]
 
 
 # ----- 7. DICOM as scanners write it -----
+
 
 def test_a_dicom_series_without_suffix_is_recognised_and_read(tmp_path, ct_series):
     from mosmos_components.data.datalist import inference_inputs
@@ -340,9 +396,15 @@ def test_several_series_in_one_folder_are_listed_unless_one_is_chosen(tmp_path, 
 def test_inference_on_a_scanner_written_dicom_folder(btcv_dir, pretrained, tmp_path, ct_series):
     ct_series(tmp_path / "dicom" / "scan", n=8)
     _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"])
-    over = dict(TINY, bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "dicom"), ckpt_dir=str(tmp_path / "models"),
-                output_dir=str(tmp_path / "eval"), pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-                logging_file=str(CFG / "logging.conf"))
+    over = dict(
+        TINY,
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(tmp_path / "dicom"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
+        logging_file=str(CFG / "logging.conf"),
+    )
     run(config_file=[str(CFG / f) for f in ("train.json", "demo.json", "inference.json")], **over)
     pred = list((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
     assert len(pred) == 1 and nib.load(pred[0]).shape[:3] == (20, 16, 8)

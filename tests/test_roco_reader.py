@@ -2,8 +2,8 @@ import shutil
 
 import pytest
 
-from mosmos_components.data.demo import write_roco
 from mosmos_components.data.roco import load_roco
+from mosmos_components.data.synthetic import write_roco
 from mosmos_components.tags import DEFAULT_TAGS, extract_tags
 
 
@@ -17,8 +17,9 @@ def test_demo_roco_layout_and_determinism(tmp_path):
     line = (a / "train" / "radiology" / "captions.txt").read_text().splitlines()[0]
     roco_id, caption = line.split("\t")
     assert roco_id == "ROCO_00001" and caption.startswith(" ")  # the real format's leading space
-    assert (a / "train" / "radiology" / "images" / "ROCO_00001.jpg").read_bytes() == \
-        (b / "train" / "radiology" / "images" / "ROCO_00001.jpg").read_bytes()
+    assert (a / "train" / "radiology" / "images" / "ROCO_00001.jpg").read_bytes() == (
+        b / "train" / "radiology" / "images" / "ROCO_00001.jpg"
+    ).read_bytes()
 
 
 def test_reader_items_and_tags(roco_dir):

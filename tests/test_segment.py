@@ -22,10 +22,20 @@ class ThresholdNet(torch.nn.Module):
 
 
 def threshold_model(pixdim=(2.0, 2.0, 2.5), roi=(16, 16, 8)):
-    return SegmentationModel(network=ThresholdNet(), path=__import__("pathlib").Path("threshold/models/model.pt"),
-                             class_names=["background", "bright"], in_channels=1, pixdim=list(pixdim),
-                             modality="ct", intensity_range=CT_RANGE, roi_size=list(roi), overlap=0.25,
-                             axcodes="RAS", slice_inference=False, sigmoid=False)
+    return SegmentationModel(
+        network=ThresholdNet(),
+        path=__import__("pathlib").Path("threshold/models/model.pt"),
+        class_names=["background", "bright"],
+        in_channels=1,
+        pixdim=list(pixdim),
+        modality="ct",
+        intensity_range=CT_RANGE,
+        roi_size=list(roi),
+        overlap=0.25,
+        axcodes="RAS",
+        slice_inference=False,
+        sigmoid=False,
+    )
 
 
 def cube_volume(shape=(40, 36, 20)):
@@ -44,8 +54,12 @@ def rotation(deg_z, deg_x):
 AFFINES = {
     "ras": np.diag([1.5, 1.5, 3.0, 1.0]),
     "lps": np.array([[-1.5, 0, 0, 30.0], [0, -1.5, 0, 20.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]]),
-    "oblique": np.block([[rotation(20, 10) @ np.diag([1.5, 1.5, 3.0]), np.array([[5.0], [-7.0], [12.0]])],
-                         [np.zeros((1, 3)), np.ones((1, 1))]]),
+    "oblique": np.block(
+        [
+            [rotation(20, 10) @ np.diag([1.5, 1.5, 3.0]), np.array([[5.0], [-7.0], [12.0]])],
+            [np.zeros((1, 3)), np.ones((1, 1))],
+        ]
+    ),
 }
 
 
@@ -92,12 +106,28 @@ def tiny_model(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("bundle") / "models"
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=["background", "liver", "spleen"], hidden_size=64,
-                      num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True)
+    net = MosmosUNETR(
+        1,
+        3,
+        img_size=(32, 32, 16),
+        class_names=["background", "liver", "spleen"],
+        hidden_size=64,
+        num_layers=4,
+        num_heads=2,
+        embed_dim=64,
+        feature_size=8,
+        decoder_heads=4,
+        quick_gelu=True,
+    )
     net.pta.set_class_embeddings(torch.randn(3, 64))  # as transferred from a pre-trained text encoder
-    save_network(net, folder / "model.pt", extra={
-        "data": {"pixdim": [4.0, 4.0, 4.0], "intensity_range": CT_RANGE, "modality": "ct"},
-        "inference": {"roi_size": [32, 32, 16], "overlap": 0.25, "axcodes": "RAS", "slice_inference": False}})
+    save_network(
+        net,
+        folder / "model.pt",
+        extra={
+            "data": {"pixdim": [4.0, 4.0, 4.0], "intensity_range": CT_RANGE, "modality": "ct"},
+            "inference": {"roi_size": [32, 32, 16], "overlap": 0.25, "axcodes": "RAS", "slice_inference": False},
+        },
+    )
     return folder.parent
 
 
@@ -105,8 +135,16 @@ def test_cli_writes_masks_statistics_and_preview_and_skips_what_exists(tiny_mode
     from mosmos_components.cli import MosmosCLI
 
     nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 3.0, 1])), tmp_path / "a.nii.gz")
-    line = MosmosCLI().segment(str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), str(tiny_model), device="cpu",
-                               split=True, roi_subset="spleen", statistics=True, preview=True)
+    line = MosmosCLI().segment(
+        str(tmp_path / "a.nii.gz"),
+        str(tmp_path / "out"),
+        str(tiny_model),
+        device="cpu",
+        split=True,
+        roi_subset="spleen",
+        statistics=True,
+        preview=True,
+    )
     assert "1 scan(s) segmented" in line
     assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == ["spleen.nii.gz"]  # only the subset
     stats = json.loads((tmp_path / "out" / "a_statistics.json").read_text())
@@ -116,11 +154,24 @@ def test_cli_writes_masks_statistics_and_preview_and_skips_what_exists(tiny_mode
     assert (tmp_path / "out" / "a_statistics.csv").read_text().startswith("structure,label,present")
     assert (tmp_path / "out" / "a_preview.png").stat().st_size > 1000
     before = (tmp_path / "out" / "a" / "spleen.nii.gz").stat().st_mtime_ns
-    line = MosmosCLI().segment(str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), str(tiny_model), device="cpu",
-                               split=True, roi_subset="spleen")
+    line = MosmosCLI().segment(
+        str(tmp_path / "a.nii.gz"),
+        str(tmp_path / "out"),
+        str(tiny_model),
+        device="cpu",
+        split=True,
+        roi_subset="spleen",
+    )
     assert "1 skipped" in line and (tmp_path / "out" / "a" / "spleen.nii.gz").stat().st_mtime_ns == before
-    MosmosCLI().segment(str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), str(tiny_model), device="cpu",
-                        split=True, roi_subset="spleen", overwrite=True)
+    MosmosCLI().segment(
+        str(tmp_path / "a.nii.gz"),
+        str(tmp_path / "out"),
+        str(tiny_model),
+        device="cpu",
+        split=True,
+        roi_subset="spleen",
+        overwrite=True,
+    )
     assert (tmp_path / "out" / "a" / "spleen.nii.gz").stat().st_mtime_ns != before
 
 
@@ -157,13 +208,20 @@ def test_dicom_series_in_nifti_and_dicom_seg_out(tmp_path, ct_series):
     vol = np.full((6, 24, 20), -500, dtype=np.int16)  # (slices, rows, columns) in HU
     vol[1:5, 6:18, 4:12] = 200
     ct_series(tmp_path / "scan", n=6, pixels=vol, pixel_spacing=(1.5, 1.5), spacing=3.0)
-    res = segment(tmp_path / "scan", tmp_path / "out", threshold_model(pixdim=(2.0, 2.0, 3.0)), device="cpu",
-                  progress=False)
+    res = segment(
+        tmp_path / "scan", tmp_path / "out", threshold_model(pixdim=(2.0, 2.0, 3.0)), device="cpu", progress=False
+    )
     assert not res["failed"]
     nii = nib.load(tmp_path / "out" / "scan.nii.gz")
     assert nii.shape == (20, 24, 6)  # columns, rows, slices: MONAI's grid of the series
-    res = segment(tmp_path / "scan", tmp_path / "out", threshold_model(pixdim=(2.0, 2.0, 3.0)), device="cpu",
-                  output_type="dicom_seg", progress=False)
+    res = segment(
+        tmp_path / "scan",
+        tmp_path / "out",
+        threshold_model(pixdim=(2.0, 2.0, 3.0)),
+        device="cpu",
+        output_type="dicom_seg",
+        progress=False,
+    )
     assert not res["failed"], res["failed"]
     seg = hd.seg.segread(tmp_path / "out" / "scan_seg.dcm")
     assert seg.get_segment_description(1).segment_label == "bright"
@@ -176,8 +234,7 @@ def test_dicom_series_in_nifti_and_dicom_seg_out(tmp_path, ct_series):
     assert agree > 0.97, agree  # each frame is its own source slice's segmentation
     nifti_in = tmp_path / "n.nii.gz"
     nib.save(nib.Nifti1Image(cube_volume(), np.eye(4)), nifti_in)
-    res = segment(nifti_in, tmp_path / "out2", threshold_model(), device="cpu", output_type="dicom_seg",
-                  progress=False)
+    res = segment(nifti_in, tmp_path / "out2", threshold_model(), device="cpu", output_type="dicom_seg", progress=False)
     assert "needs a DICOM series as input" in res["failed"][0]["error"]
 
 
@@ -189,7 +246,7 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
     nib.save(nib.Nifti1Image(cube_volume((30, 28, 7)), affine), tmp_path / "scan.nii.gz")
     res = locate(tmp_path / "scan.nii.gz", ["liver", "pineal gland"], pretrained["mosmos-tiny-vit"], tmp_path / "out")
     assert [r["zero_shot"] for r in res["names"].values()] == [False, True]  # a training tag, an open-set name
-    for name, r in res["names"].items():
+    for r in res["names"].values():
         heat = nib.load(r["map"])
         assert heat.shape == (30, 28, 7) and np.array_equal(heat.affine, affine)
         values = np.asarray(heat.dataobj, dtype=np.float64)
@@ -197,8 +254,18 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
         assert values[tuple(r["peak_voxel"])] == values.max()
     assert (tmp_path / "out" / "scan_locate.png").stat().st_size > 1000
     with pytest.raises(FileExistsError, match="scan_liver.nii.gz exists"):
-        MosmosCLI().locate(str(tmp_path / "scan.nii.gz"), "liver", pretrained=str(pretrained["mosmos-tiny-vit"]),
-                           output_dir=str(tmp_path / "out"))
-    line = MosmosCLI().locate(str(tmp_path / "scan.nii.gz"), "liver", "pineal gland", overwrite=True,
-                              pretrained=str(pretrained["mosmos-tiny-vit"]), output_dir=str(tmp_path / "out"))
+        MosmosCLI().locate(
+            str(tmp_path / "scan.nii.gz"),
+            "liver",
+            pretrained=str(pretrained["mosmos-tiny-vit"]),
+            output_dir=str(tmp_path / "out"),
+        )
+    line = MosmosCLI().locate(
+        str(tmp_path / "scan.nii.gz"),
+        "liver",
+        "pineal gland",
+        overwrite=True,
+        pretrained=str(pretrained["mosmos-tiny-vit"]),
+        output_dir=str(tmp_path / "out"),
+    )
     assert "pineal gland (zero-shot" in line

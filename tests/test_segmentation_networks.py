@@ -5,13 +5,20 @@ from monai.losses import DiceCELoss
 from mosmos_components.checkpoint import save_network
 from mosmos_components.losses import MosmosSegLoss
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNet2D, MosmosUNETR
-from mosmos_components.transfer import (class_embeddings, inflate_patch_kernel, load_pretrained, prepare_network,
-                                        resize_position_grid)
+from mosmos_components.transfer import (
+    class_embeddings,
+    inflate_patch_kernel,
+    load_pretrained,
+    prepare_network,
+    resize_position_grid,
+)
 
-TINY_UNETR = dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4,
-                  quick_gelu=True)
-TINY_UNET = dict(layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, decoder_channels=(64, 32, 16, 16, 8),
-                 decoder_heads=4)
+TINY_UNETR = dict(
+    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
+)
+TINY_UNET = dict(
+    layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, decoder_channels=(64, 32, 16, 16, 8), decoder_heads=4
+)
 NAMES = ["background", "spleen", "liver", "duodenum"]  # duodenum is open-set: not a pre-training tag
 
 
@@ -160,8 +167,9 @@ def test_transfer_errors(vit_ckpt, rn_ckpt, tmp_path):
     with pytest.raises(ValueError, match="quick_gelu=True"):
         load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **gelu), vit_ckpt[1])
     with pytest.raises(FileNotFoundError, match="not found"):
-        prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR),
-                        tmp_path / "missing.pt")
+        prepare_network(
+            MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), tmp_path / "missing.pt"
+        )
     # PTA without pre-trained weights runs with a warning (Table 4's "no pre-training" row; test_paper_fidelity)
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"junk")

@@ -4,7 +4,6 @@ found in the reports, how many tags a report has, and the share of reports with 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,8 +15,9 @@ from mosmos_components.tags import DEFAULT_TAGS
 __all__ = ["tag_statistics"]
 
 
-def tag_statistics(root: str | os.PathLike, out_dir: str | os.PathLike, layout: str = "auto",
-                   vocab_files: list[str] | None = None) -> dict:
+def tag_statistics(
+    root: str | os.PathLike, out_dir: str | os.PathLike, layout: str = "auto", vocab_files: list[str] | None = None
+) -> dict:
     """Count the tags of every report of every split of the corpus at ``root`` (ROCO or MedPix 2.0) and write
     ``tag_frequencies.csv`` (tag, reports, share), ``tags_per_report.csv`` (n_tags, reports), ``tag_stats.json``
     and ``tag_frequencies.png`` (bar chart) to ``out_dir``. Returns the summary."""
@@ -50,10 +50,15 @@ def tag_statistics(root: str | os.PathLike, out_dir: str | os.PathLike, layout: 
         w.writerow(["n_tags", "reports"])
         for k in range(max(per_report) + 1):
             w.writerow([k, per_report[k]])
-    summary = {"corpus": str(root), "layout": layout, "reports": n, "reports_without_tag": per_report[0],
-               "share_without_tag": per_report[0] / n, "mean_tags_per_report": sum(k * v for k, v in
-                                                                                  per_report.items()) / n,
-               "tag_reports": {t: per_tag[t] for t in tags}}
+    summary = {
+        "corpus": str(root),
+        "layout": layout,
+        "reports": n,
+        "reports_without_tag": per_report[0],
+        "share_without_tag": per_report[0] / n,
+        "mean_tags_per_report": sum(k * v for k, v in per_report.items()) / n,
+        "tag_reports": {t: per_tag[t] for t in tags},
+    }
     atomic_json_save(summary, out / "tag_stats.json")
     _plot(tags, per_tag, n, summary, out / "tag_frequencies.png")
     return summary
@@ -70,8 +75,11 @@ def _plot(tags, per_tag, n, summary, path: Path) -> None:
     ax.bar(range(len(order)), [per_tag[t] for t in order], color="#4477aa")
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("reports with the tag")
-    ax.set_title(f"{Path(summary['corpus']).name}: {n} reports, {summary['share_without_tag']:.0%} without a tag, "
-                 f"{summary['mean_tags_per_report']:.2f} tags per report", fontsize=10)
+    ax.set_title(
+        f"{Path(summary['corpus']).name}: {n} reports, {summary['share_without_tag']:.0%} without a tag, "
+        f"{summary['mean_tags_per_report']:.2f} tags per report",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -16,8 +16,17 @@ import numpy as np
 
 from mosmos_components.checkpoint import atomic_json_save
 
-__all__ = ["btcv_pairs", "msd_pairs", "amos_pairs", "mmwhs_pairs", "split_pairs", "check_headers",
-           "load_or_create_datalist", "label_fraction", "inference_inputs"]
+__all__ = [
+    "btcv_pairs",
+    "msd_pairs",
+    "amos_pairs",
+    "mmwhs_pairs",
+    "split_pairs",
+    "check_headers",
+    "load_or_create_datalist",
+    "label_fraction",
+    "inference_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +75,10 @@ def btcv_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"BTCV dataset folder not found: {root}")
     if (root / "dataset_0.json").is_file():
         return msd_pairs(root / "dataset_0.json")
-    img_dir = next((d for d in (root / "RawData" / "Training" / "img", root / "Training" / "img", root / "img")
-                    if d.is_dir()), None)
+    img_dir = next(
+        (d for d in (root / "RawData" / "Training" / "img", root / "Training" / "img", root / "img") if d.is_dir()),
+        None,
+    )
     if img_dir is None:
         raise FileNotFoundError(f"no BTCV data under {root}: expected RawData/Training/img/ or dataset_0.json")
     lab_dir = img_dir.parent / "label"
@@ -118,8 +129,9 @@ def acdc_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
         if folder.is_dir() and any(folder.glob("patient*/Info.cfg")):
             break
     else:
-        raise FileNotFoundError(f"no ACDC patient folder (patientNNN/Info.cfg) under {root} (expected "
-                                f"{root}/database/training/patientNNN/)")
+        raise FileNotFoundError(
+            f"no ACDC patient folder (patientNNN/Info.cfg) under {root} (expected {root}/database/training/patientNNN/)"
+        )
     items = []
     for info in sorted(folder.glob("patient*/Info.cfg")):
         fields = {}
@@ -140,8 +152,15 @@ def acdc_pairs(dataset_dir: str | os.PathLike) -> list[dict]:
             for f in (image, label):
                 if not f.is_file():
                     raise FileNotFoundError(f"ACDC {patient}: {f} (the {phase} frame of {info}) not found")
-            items.append({"image": str(image), "label": str(label), "patient": patient, "phase": phase,
-                          "group": fields.get("Group", "")})
+            items.append(
+                {
+                    "image": str(image),
+                    "label": str(label),
+                    "patient": patient,
+                    "phase": phase,
+                    "group": fields.get("Group", ""),
+                }
+            )
     return items
 
 
@@ -164,13 +183,20 @@ def check_headers(items: Sequence[dict], in_channels: int = 1) -> None:
         if channels != in_channels:
             raise ValueError(f"{it['image']}: {channels} channel(s), expected {in_channels}")
         if tuple(ishape[:3]) != tuple(lshape[:3]) or not np.allclose(iaff, laff, atol=1e-3):
-            raise ValueError(f"image/label grid mismatch: {it['image']} is {tuple(ishape[:3])} with affine "
-                             f"{np.round(iaff, 3).tolist()}, {it['label']} is {tuple(lshape[:3])} with affine "
-                             f"{np.round(laff, 3).tolist()}")
+            raise ValueError(
+                f"image/label grid mismatch: {it['image']} is {tuple(ishape[:3])} with affine "
+                f"{np.round(iaff, 3).tolist()}, {it['label']} is {tuple(lshape[:3])} with affine "
+                f"{np.round(laff, 3).tolist()}"
+            )
 
 
-def split_pairs(items: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
-                group_key: str | None = None, strata_key: str | None = None) -> dict:
+def split_pairs(
+    items: Sequence[dict],
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    group_key: str | None = None,
+    strata_key: str | None = None,
+) -> dict:
     """Seeded shuffle, then ``training``/``validation``/``test`` by ``fractions`` (at least one unit each when
     there are three or more).
 
@@ -208,13 +234,21 @@ def split_pairs(items: Sequence[dict], fractions: Sequence[float] = (0.7, 0.1, 0
     def join(us):
         return [it for u in us for it in u]
 
-    return {"training": join(units[:n_train]), "validation": join(units[n_train:n_train + n_val]),
-            "test": join(units[n_train + n_val:])}
+    return {
+        "training": join(units[:n_train]),
+        "validation": join(units[n_train : n_train + n_val]),
+        "test": join(units[n_train + n_val :]),
+    }
 
 
 def load_or_create_datalist(
-    pairs: Sequence[dict], datalist_file: str | os.PathLike, fractions: Sequence[float] = (0.7, 0.1, 0.2),
-    seed: int = 0, in_channels: int = 1, group_key: str | None = None, strata_key: str | None = None,
+    pairs: Sequence[dict],
+    datalist_file: str | os.PathLike,
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    in_channels: int = 1,
+    group_key: str | None = None,
+    strata_key: str | None = None,
 ) -> dict:
     """The split written in ``datalist_file`` if it exists (checked against the files on disk and against
     ``pairs``), else a new seeded split of ``pairs`` written there (atomically), so later runs and evaluations use
@@ -230,8 +264,10 @@ def load_or_create_datalist(
             dl = json.load(fh)
         missing = [p for sec in dl.values() for it in sec for p in (it["image"], it["label"]) if not os.path.exists(p)]
         if missing:
-            raise FileNotFoundError(f"datalist {path} lists {len(missing)} missing file(s), e.g. {missing[:3]}; "
-                                    "delete it to split the current data afresh")
+            raise FileNotFoundError(
+                f"datalist {path} lists {len(missing)} missing file(s), e.g. {missing[:3]}; "
+                "delete it to split the current data afresh"
+            )
         return _reuse(dl, pairs, path)
     check_headers(pairs, in_channels)
     dl = split_pairs(pairs, fractions, seed, group_key, strata_key)
@@ -241,6 +277,7 @@ def load_or_create_datalist(
 
 def _reuse(dl: dict, pairs: Sequence[dict], path: Path) -> dict:
     """``dl`` narrowed to the images of ``pairs``; an error if ``pairs`` hold images that ``dl`` does not."""
+
     def key(p: str) -> str:
         return os.path.realpath(p)
 
@@ -248,13 +285,19 @@ def _reuse(dl: dict, pairs: Sequence[dict], path: Path) -> dict:
     listed = {key(it["image"]) for sec in dl.values() for it in sec}
     new = sorted(wanted - listed)
     if new:
-        raise ValueError(f"datalist {path} was made from other data: {len(new)} of the {len(wanted)} current images "
-                         f"are not in it (e.g. {new[:2]}); delete it, or give another datalist_file, to split the "
-                         "current data (e.g. a new --dataset_dir, or --modality both after a single-modality split)")
+        raise ValueError(
+            f"datalist {path} was made from other data: {len(new)} of the {len(wanted)} current images "
+            f"are not in it (e.g. {new[:2]}); delete it, or give another datalist_file, to split the "
+            "current data (e.g. a new --dataset_dir, or --modality both after a single-modality split)"
+        )
     if wanted != listed:
         dl = {sec: [it for it in items if key(it["image"]) in wanted] for sec, items in dl.items()}
-        logger.info("datalist %s: using the %d of its %d cases selected now (e.g. one --modality), split kept",
-                    path, len(wanted), len(listed))
+        logger.info(
+            "datalist %s: using the %d of its %d cases selected now (e.g. one --modality), split kept",
+            path,
+            len(wanted),
+            len(listed),
+        )
     return dl
 
 
@@ -270,8 +313,13 @@ def label_fraction(datalist: dict, fraction: float = 1.0, seed: int = 0) -> dict
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     keep = sorted(order[: max(1, int(round(fraction * len(train))))])
-    logger.info("label_fraction %.2f: training on %d of %d cases: %s", fraction, len(keep), len(train),
-                ", ".join(os.path.basename(str(train[i]["label"])) for i in keep))
+    logger.info(
+        "label_fraction %.2f: training on %d of %d cases: %s",
+        fraction,
+        len(keep),
+        len(train),
+        ", ".join(os.path.basename(str(train[i]["label"])) for i in keep),
+    )
     return {**datalist, "training": [train[i] for i in keep]}
 
 
@@ -301,8 +349,15 @@ def dicom_series(folder: str | os.PathLike) -> dict[str, dict]:
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise OSError(f"{f}: unreadable DICOM header ({type(e).__name__}: {e})") from e
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "<no SeriesInstanceUID>")
-        s = series.setdefault(uid, {"description": str(getattr(ds, "SeriesDescription", "") or ""), "files": [],
-                                    "positions": [], "orientation": None})
+        s = series.setdefault(
+            uid,
+            {
+                "description": str(getattr(ds, "SeriesDescription", "") or ""),
+                "files": [],
+                "positions": [],
+                "orientation": None,
+            },
+        )
         s["files"].append(str(f))
         if hasattr(ds, "ImagePositionPatient") and hasattr(ds, "ImageOrientationPatient"):
             s["positions"].append([float(v) for v in ds.ImagePositionPatient])
@@ -318,8 +373,9 @@ def check_dicom_series(folder: str | os.PathLike, series_uid: str | None = None)
     series = dicom_series(folder)
     if not series:
         raise FileNotFoundError(f"{folder}: no DICOM file (by content: 'DICM' after the 128-byte preamble)")
-    listing = "; ".join(f"{uid} ({s['description'] or 'no description'}, {len(s['files'])} files)"
-                        for uid, s in series.items())
+    listing = "; ".join(
+        f"{uid} ({s['description'] or 'no description'}, {len(s['files'])} files)" for uid, s in series.items()
+    )
     if series_uid is None:
         if len(series) > 1:
             raise ValueError(f"{folder} holds {len(series)} DICOM series: {listing}; choose one with series_uid")
@@ -336,9 +392,11 @@ def check_dicom_series(folder: str | os.PathLike, series_uid: str | None = None)
         irregular = np.abs(steps - step) > max(0.01, 0.05 * abs(step))
         if step <= 0 or irregular.any():
             gaps = [f"{z[i]:.2f}->{z[i + 1]:.2f} mm" for i in np.flatnonzero(irregular)]
-            raise ValueError(f"{folder}: DICOM series {series_uid} is not evenly spaced (slice step {step:.2f} mm, "
-                             f"irregular at {', '.join(gaps[:5]) or 'duplicate positions'}): a slice is missing or "
-                             "duplicated; it would be read with the wrong geometry")
+            raise ValueError(
+                f"{folder}: DICOM series {series_uid} is not evenly spaced (slice step {step:.2f} mm, "
+                f"irregular at {', '.join(gaps[:5]) or 'duplicate positions'}): a slice is missing or "
+                "duplicated; it would be read with the wrong geometry"
+            )
     return series_uid
 
 

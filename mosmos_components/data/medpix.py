@@ -111,18 +111,28 @@ def load_medpix(
             counts[f"{problem.split(':')[0]} image"] += 1
             skipped.append(f"{image.name} ({problem})")
             continue
-        items.append(pair_item(image, caption, str(stem), tags, extractor, case=str(e.get("U_id")),
-                               modality=str(e.get("Type", ""))))
+        items.append(
+            pair_item(
+                image, caption, str(stem), tags, extractor, case=str(e.get("U_id")), modality=str(e.get("Type", ""))
+            )
+        )
         if max_items is not None and len(items) >= max_items:
             break
     logger.info("MedPix 2.0 %s (%s, %s): %d usable pairs", split, folder, source, len(items))
     if counts:
         problems = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        logger.warning("MedPix 2.0 %s: skipped %s: %s%s", split, problems, ", ".join(skipped[:10]),
-                       " ..." if len(skipped) > 10 else "")
+        logger.warning(
+            "MedPix 2.0 %s: skipped %s: %s%s",
+            split,
+            problems,
+            ", ".join(skipped[:10]),
+            " ..." if len(skipped) > 10 else "",
+        )
     if not items:
-        raise ValueError(f"MedPix 2.0 {split} split under {folder} gave no usable image-caption pair "
-                         f"({dict(counts) or 'no entries in this split'})")
+        raise ValueError(
+            f"MedPix 2.0 {split} split under {folder} gave no usable image-caption pair "
+            f"({dict(counts) or 'no entries in this split'})"
+        )
     return items
 
 
@@ -138,8 +148,10 @@ def detect_layout(root: str | os.PathLike) -> str:
     for base in (root, root / "data"):
         if any((base / s / "radiology").is_dir() for s in ("train", "validation", "test")):
             return "roco"
-    raise FileNotFoundError(f"{root} holds neither ROCO's layout (<root>/train/radiology/captions.txt) nor MedPix "
-                            "2.0's (<root>/MedPix-2-0/Descriptions.json)")
+    raise FileNotFoundError(
+        f"{root} holds neither ROCO's layout (<root>/train/radiology/captions.txt) nor MedPix "
+        "2.0's (<root>/MedPix-2-0/Descriptions.json)"
+    )
 
 
 def load_pairs(root: str | os.PathLike, split: str = "train", layout: str = "auto", **kwargs) -> list[dict]:

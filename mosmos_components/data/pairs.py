@@ -25,10 +25,16 @@ def image_problem(path: Path, check: bool = True) -> str | None:
     return None
 
 
-def pair_item(image: Path, report: str, item_id: str, tags: Sequence[str], extractor: TagExtractor | None,
-              **extra) -> dict:
+def pair_item(
+    image: Path, report: str, item_id: str, tags: Sequence[str], extractor: TagExtractor | None, **extra
+) -> dict:
     """A pre-training data dict: ``image``, ``report``, ``id``, the multi-hot ``tags`` of the report's tags that
     are in ``tags``, and ``extra`` keys."""
     found = extract_tags(report, extractor)
-    return {"image": str(image), "report": report, "id": item_id,
-            "tags": tags_to_multi_hot([t for t in found if t in tags], tags).tolist(), **extra}
+    return {
+        "image": str(image),
+        "report": report,
+        "id": item_id,
+        "tags": tags_to_multi_hot([t for t in found if t in tags], tags).tolist(),
+        **extra,
+    }

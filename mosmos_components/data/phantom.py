@@ -6,8 +6,8 @@ patient coordinates and sampled at any set of points, so that the
 the slices transfers to the volumes.
 
 Coordinates are RAS+ as in NIfTI (x grows toward the patient's right, y anterior, z superior), so right-sided
-organs (liver, right kidney, IVC) have x > 0. Intensities are CT Hounsfield units (portal-venous phase); every subject varies in size, position,
-rotation and per-organ shape.
+organs (liver, right kidney, IVC) have x > 0. Intensities are CT Hounsfield units (portal-venous phase); every
+subject varies in size, position, rotation and per-organ shape.
 """
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BTCV_CLASSES", "ABDOMEN_EXTRA", "MMWHS_VALUES", "AbdomenPhantom", "HeartPhantom", "BrainPhantom",
-           "mri_intensities"]
+__all__ = [
+    "BTCV_CLASSES",
+    "ABDOMEN_EXTRA",
+    "MMWHS_VALUES",
+    "AbdomenPhantom",
+    "HeartPhantom",
+    "BrainPhantom",
+    "mri_intensities",
+]
 
 # BTCV label ids (docs/method.md §6); the names are the pre-training tags.
 BTCV_CLASSES: dict[int, str] = {
@@ -199,8 +206,9 @@ class HeartPhantom(_Phantom):
         hu[lungs] = -850.0
 
 
-def mri_intensities(hu: np.ndarray, label: np.ndarray, organ_values: dict[int, float], rng: np.random.Generator,
-                    noise: float = 20.0) -> np.ndarray:
+def mri_intensities(
+    hu: np.ndarray, label: np.ndarray, organ_values: dict[int, float], rng: np.random.Generator, noise: float = 20.0
+) -> np.ndarray:
     """A T1-like MR image from a phantom sample: background tissues by their CT class (air, fat, muscle/organ,
     bone), labelled structures by ``organ_values``; arbitrary units with Rician-like noise, as float32."""
     out = np.where(hu < -500, 5.0, np.where(hu < -50, 900.0, np.where(hu > 300, 150.0, 320.0)))
@@ -216,9 +224,15 @@ class BrainPhantom:
     inside the edema). Per-subject tumour position and size vary."""
 
     # tissue -> (FLAIR, T1w, T1gd, T2w)
-    TISSUE = {"air": (0, 0, 0, 0), "skull": (150, 300, 300, 120), "brain": (400, 500, 500, 400),
-              "csf": (100, 150, 150, 900), "edema": (800, 350, 350, 800), "core": (300, 200, 200, 700),
-              "enhancing": (500, 400, 900, 500)}
+    TISSUE = {
+        "air": (0, 0, 0, 0),
+        "skull": (150, 300, 300, 120),
+        "brain": (400, 500, 500, 400),
+        "csf": (100, 150, 150, 900),
+        "edema": (800, 350, 350, 800),
+        "core": (300, 200, 200, 700),
+        "enhancing": (500, 400, 900, 500),
+    }
 
     def __init__(self, seed: int | np.random.Generator = 0) -> None:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -230,8 +244,9 @@ class BrainPhantom:
         self.r_tc = self.r_wt * rng.uniform(0.45, 0.65)
         self.r_core = self.r_tc * rng.uniform(0.4, 0.7)
 
-    def volume(self, shape: tuple[int, int, int], spacing: tuple[float, float, float], noise: float = 25.0
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def volume(
+        self, shape: tuple[int, int, int], spacing: tuple[float, float, float], noise: float = 25.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (image float32 (H, W, D, 4), MSD label uint8 (H, W, D), RAS affine)."""
         spacing = np.asarray(spacing, float)
         affine = np.diag([*spacing, 1.0])

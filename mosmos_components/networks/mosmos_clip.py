@@ -294,8 +294,11 @@ class MosmosPretrainNet(nn.Module):
         self.clip = create_clip(model_name, pretrained, self.force_quick_gelu, model_cfg, warn_random=_warn_random)
         self.embed_dim = int(self.model_cfg["embed_dim"])
         self.context_length = int(self.clip.context_length)
-        self.image_size = int(self.clip.visual.image_size[0] if isinstance(self.clip.visual.image_size, tuple)
-                              else self.clip.visual.image_size)
+        self.image_size = int(
+            self.clip.visual.image_size[0]
+            if isinstance(self.clip.visual.image_size, tuple)
+            else self.clip.visual.image_size
+        )
         self.tags = list(tags) if tags is not None else list(DEFAULT_TAGS)
         self.prompt = TagPromptLearner(
             self.tags, self.clip.token_embedding.weight.shape[1], self.context_length, n_ctx, learnable_context
@@ -383,4 +386,3 @@ class MosmosPretrainNet(nn.Module):
             model_cfg=cfg["model_cfg"],
             _warn_random=False,
         )
-

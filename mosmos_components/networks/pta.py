@@ -21,7 +21,7 @@ from torch import nn
 
 from mosmos_components.networks.tag_decoder import TagDecoder
 
-__all__ = ["PTA_MODES", "PixelTagAttention", "SegmentationNetMixin"]
+__all__ = ["PTA_MODES", "PixelTagAttention"]
 
 
 PTA_MODES = ("decoder", "score")
@@ -75,8 +75,11 @@ class PixelTagAttention(nn.Module):
         if mode not in PTA_MODES:
             raise ValueError(f"pixel-tag attention mode must be one of {PTA_MODES}, got {mode!r}")
         self.mode = mode
-        self.decoder = (TagDecoder(embed_dim, decoder_layers, decoder_heads, dropout=0.0, depth=depth)
-                        if mode == "decoder" else None)
+        self.decoder = (
+            TagDecoder(embed_dim, decoder_layers, decoder_heads, dropout=0.0, depth=depth)
+            if mode == "decoder"
+            else None
+        )
         # persistent: an exported or saved model carries the embeddings, not the text encoder
         self.register_buffer("class_embeddings", torch.zeros(num_classes, embed_dim))
         self.register_buffer("embeddings_ready", torch.zeros((), dtype=torch.bool))
@@ -131,8 +134,12 @@ class PixelTagAttention(nn.Module):
         key = (tuple(attention.shape[2:]), tuple(int(s) for s in size), attention.device)
         mats = self._resize_cache.get(key)
         if mats is None:
-            mats = [F.interpolate(torch.eye(n, device=attention.device)[None], size=m, mode="linear",
-                                  align_corners=False)[0] for n, m in zip(key[0], key[1])]  # (n_in, n_out) each
+            mats = [
+                F.interpolate(torch.eye(n, device=attention.device)[None], size=m, mode="linear", align_corners=False)[
+                    0
+                ]
+                for n, m in zip(key[0], key[1])
+            ]  # (n_in, n_out) each
             self._resize_cache[key] = mats
         axes = "hwd"[: attention.dim() - 2]
         spec = f"bk{axes}," + ",".join(f"{a}{a.upper()}" for a in axes) + f"->bk{axes.upper()}"
@@ -151,23 +158,3 @@ class PixelTagAttention(nn.Module):
             uniform = 1.0 / math.prod(attention.shape[2:])
             a = a - uniform / self.tau + self.aux_offset.view(1, -1, *([1] * (a.dim() - 2))).float()
         return self.upsample(a, size)
-
-
-class SegmentationNetMixin:
-    """What the MOSMOS segmentation networks share: the sidecar config and the in-plane radiological flip.
-
-    The network records its constructor arguments with :meth:`_record_config` and sets ``self.pta`` and
-    ``self.flip_dims``."""
-
-    def _record_config(self, **kwargs) -> None:
-        """Keep the constructor arguments (sequences as JSON lists) for the checkpoint sidecar."""
-        self._config = {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in kwargs.items()}
-
-    def config(self) -> dict:
-        cfg = dict(self._config, format="mosmos-seg/1", network=type(self).__name__)
-        if self.pta is not None:
-            cfg["class_names"] = self.pta.class_names
-        return cfg
-
-    def _flip(self, t: torch.Tensor) -> torch.Tensor:
-        return t.flip(self.flip_dims) if self.flip_dims else t

@@ -7,16 +7,16 @@ segmentation networks (without PTA: the text side is never trained).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 
-__all__ = ["SSLPretrainNet", "SSLProxyLoss", "mask_patches"]
+__all__ = ["SSLPretrainNet", "mask_patches"]
 
 
-def mask_patches(image: torch.Tensor, patch: int, ratio: float, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+def mask_patches(
+    image: torch.Tensor, patch: int, ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Zero a random ``ratio`` of the ``patch`` x ``patch`` squares of each image (B, C, H, W)."""
     b, _, h, w = image.shape
     keep = torch.rand(b, 1, h // patch, w // patch, generator=generator, device=image.device) >= ratio
@@ -87,26 +87,3 @@ class SSLPretrainNet(nn.Module):
             "target": pair(torch.cat([t1, t2])),
             "embedding": pair(self.projection_head(g)),
         }
-
-
-class SSLProxyLoss(nn.Module):
-    """``L = L_inpaint (L1 on the whole image) + L_rot (cross-entropy) + L_contrast (InfoNCE between the two
-    views of each image, temperature ``tau``)``, Swin UNETR's sum with unit weights. Called as
-    ``loss(pred, label)``; ``label`` (the tags) is ignored. Writes ``loss_inpaint``, ``loss_rotation``,
-    ``loss_contrast`` (detached) back into ``pred`` for the metrics."""
-
-    def __init__(self, tau: float = 0.5) -> None:
-        super().__init__()
-        self.tau = tau
-
-    def forward(self, pred: dict, label: torch.Tensor | None = None) -> torch.Tensor:
-        rec = F.l1_loss(pred["reconstruction"], pred["target"])
-        rot = F.cross_entropy(pred["rotation_logits"].flatten(0, 1), pred["rotation"].flatten())
-        z = F.normalize(pred["embedding"].transpose(0, 1).flatten(0, 1), dim=-1)  # view 1 of every image, then view 2
-        b = z.shape[0] // 2
-        sim = z @ z.t() / self.tau
-        sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-        partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
-        con = F.cross_entropy(sim, partner)
-        pred["loss_inpaint"], pred["loss_rotation"], pred["loss_contrast"] = rec.detach(), rot.detach(), con.detach()
-        return rec + rot + con

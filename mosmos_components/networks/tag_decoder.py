@@ -57,15 +57,16 @@ class TagDecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         hidden = int(d_model * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model)
-        )
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
     @staticmethod
     def attend(
-        attn: nn.MultiheadAttention, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None,
+        attn: nn.MultiheadAttention,
+        q: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor | None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``nn.MultiheadAttention``'s computation on its own parameters, written out so that the clean weights
@@ -104,8 +105,13 @@ class TagDecoderLayer(nn.Module):
         return self.norm1(q + self.drop(self.attend(self.self_attn, q, q, q)[0]))
 
     def forward(
-        self, q: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor | None = None, need_attn: bool = True,
-        need_queries: bool = True, self_attended: bool = False,
+        self,
+        q: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        need_attn: bool = True,
+        need_queries: bool = True,
+        self_attended: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``q`` (B, K, d), ``memory`` (B, N, d), ``pos`` (N, d) -> (queries (B, K, d), attention (B, K, N) or
         ``None`` without ``need_attn``). Dropout acts on the attention's output path only, never on the maps.
@@ -181,7 +187,10 @@ class TagDecoder(nn.Module):
         return pos.reshape(-1, self.d_model)
 
     def forward(
-        self, queries: torch.Tensor, memory: torch.Tensor, spatial: tuple[int, ...] | None = None,
+        self,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        spatial: tuple[int, ...] | None = None,
         output: str = "both",
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``queries`` (K, d) shared by the batch or (B, K, d); ``memory`` (B, N, d) with N = prod(spatial).
@@ -201,8 +210,14 @@ class TagDecoder(nn.Module):
         attn = None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            q, attn = layer(q, memory, pos, need_attn=last and output != "queries",
-                            need_queries=not last or output != "attention", self_attended=i == 0 and first is not None)
+            q, attn = layer(
+                q,
+                memory,
+                pos,
+                need_attn=last and output != "queries",
+                need_queries=not last or output != "attention",
+                self_attended=i == 0 and first is not None,
+            )
         return q, attn
 
     def _constant_first_queries(self, queries: torch.Tensor) -> torch.Tensor | None:
@@ -210,16 +225,26 @@ class TagDecoder(nn.Module):
         changes: in inference (no gradients, evaluation mode) the class embeddings of pixel-tag attention are
         constants, so this part of the decoder is too. ``None`` where it must be computed (training, gradients,
         per-image queries, tracing or export, which must record it, inference tensors, which keep no version)."""
-        if (queries.dim() != 2 or self.training or torch.is_grad_enabled() or torch.jit.is_tracing()
-                or torch.onnx.is_in_onnx_export()):
+        if (
+            queries.dim() != 2
+            or self.training
+            or torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+        ):
             return None
         layer = self.layers[0]
         tensors = [queries, *layer.self_attn.parameters(), *layer.norm1.parameters()]
         if any(t.is_inference() for t in tensors):  # no version counter to tell a change
             return None
         dev = queries.device.type
-        key = (queries.dtype, queries.device, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev),
-               *((t.data_ptr(), t._version) for t in tensors))
+        key = (
+            queries.dtype,
+            queries.device,
+            torch.is_autocast_enabled(dev),
+            torch.get_autocast_dtype(dev),
+            *((t.data_ptr(), t._version) for t in tensors),
+        )
         if self._first_cache is None or self._first_cache[0] != key:
             self._first_cache = (key, layer.queries(queries.unsqueeze(0))[0])
         return self._first_cache[1]

@@ -12,8 +12,9 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from mosmos_components.networks.base import SegmentationNetMixin
 from mosmos_components.networks.mosmos_clip import CLIP_MEAN, CLIP_STD
-from mosmos_components.networks.pta import PixelTagAttention, SegmentationNetMixin
+from mosmos_components.networks.pta import PixelTagAttention
 
 __all__ = ["MosmosUNet2D", "RESNET_STYLES"]
 
@@ -93,15 +94,11 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         if resnet_style not in RESNET_STYLES:
             raise ValueError(f"resnet_style must be one of {RESNET_STYLES}, got {resnet_style!r}")
         if resnet_style == "torchvision" and (use_pta or width != 64):
-            raise ValueError("resnet_style='torchvision' (the ImageNet baseline) needs use_pta=False (no text encoder "
-                             f"for class embeddings) and width=64 (torchvision's stem), got use_pta={use_pta}, "
-                             f"width={width}")
-        self._record_config(
-            in_channels=in_channels, out_channels=out_channels, layers=layers, width=width, embed_dim=embed_dim,
-            attn_heads=attn_heads, decoder_channels=decoder_channels, use_pta=use_pta, class_names=class_names,
-            pta_mode=pta_mode, pta_sigmoid=pta_sigmoid,
-            decoder_layers=decoder_layers, decoder_heads=decoder_heads, norm_name=norm_name,
-            radiological_flip=radiological_flip, resnet_style=resnet_style)
+            raise ValueError(
+                "resnet_style='torchvision' (the ImageNet baseline) needs use_pta=False (no text encoder "
+                f"for class embeddings) and width=64 (torchvision's stem), got use_pta={use_pta}, "
+                f"width={width}"
+            )
         self.in_channels = in_channels
         self.resnet_style = resnet_style
         self.flip_dims = (2, 3) if radiological_flip else ()
@@ -117,8 +114,15 @@ class MosmosUNet2D(SegmentationNetMixin, nn.Module):
         self.use_pta = use_pta
         if use_pta:
             self.v_proj, self.c_proj = nn.Linear(feat, feat), nn.Linear(feat, embed_dim)
-            self.pta = PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads,
-                                         class_names=class_names, mode=pta_mode, sigmoid_offset=pta_sigmoid)
+            self.pta = PixelTagAttention(
+                out_channels,
+                embed_dim,
+                decoder_layers,
+                decoder_heads,
+                class_names=class_names,
+                mode=pta_mode,
+                sigmoid_offset=pta_sigmoid,
+            )
         else:
             self.pta = None
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)

@@ -11,7 +11,8 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
-from mosmos_components.networks.pta import PixelTagAttention, SegmentationNetMixin
+from mosmos_components.networks.base import SegmentationNetMixin
+from mosmos_components.networks.pta import PixelTagAttention
 
 __all__ = ["ClipViT3DEncoder", "MosmosUNETR", "CLIP_GREY_MEAN", "CLIP_GREY_STD", "VIT_STYLES"]
 
@@ -68,8 +69,9 @@ class ClipViT3DEncoder(nn.Module):
         n = self.grid[0] * self.grid[1] * self.grid[2]
         self.positional_embedding = nn.Parameter(scale * torch.randn(n + 1, width))
         self.ln_pre = nn.Identity() if timm_style else LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, act_layer=QuickGELU if quick_gelu else nn.GELU,
-                                       norm_layer=norm)
+        self.transformer = Transformer(
+            width, layers, heads, mlp_ratio, act_layer=QuickGELU if quick_gelu else nn.GELU, norm_layer=norm
+        )
         self.ln_post = norm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim)) if embed_dim else None
 
@@ -160,38 +162,74 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             raise ValueError(f"MosmosUNETR supports patch_size 16 or 32 (ViT-B/16, ViT-B/32), got {patch_size}")
         if num_layers < 4:
             raise ValueError("num_layers must be >= 4 (three skip connections and the bottleneck)")
-        self._record_config(
-            in_channels=in_channels, out_channels=out_channels, img_size=img_size, patch_size=patch_size,
-            hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            embed_dim=embed_dim, feature_size=feature_size, use_pta=use_pta, class_names=class_names,
-            pta_mode=pta_mode, pta_sigmoid=pta_sigmoid,
-            decoder_layers=decoder_layers, decoder_heads=decoder_heads, quick_gelu=quick_gelu,
-            norm_name=norm_name, radiological_flip=radiological_flip, vit_style=vit_style)
         self.use_pta = use_pta
         # each encoder sees the input distribution of its pre-training: CLIP's statistics, or timm ViTs' 0.5 / 0.5
         self.input_mean, self.input_std = (0.5, 0.5) if vit_style == "timm" else (CLIP_GREY_MEAN, CLIP_GREY_STD)
         self.flip_dims = (2, 3) if radiological_flip else ()
         self.skip_indices = [num_layers * k // 4 - 1 for k in (1, 2, 3)]
-        self.encoder = ClipViT3DEncoder(in_channels, img_size, patch_size, hidden_size, num_layers, num_heads,
-                                        mlp_ratio, embed_dim if use_pta else None, quick_gelu, vit_style)
+        self.encoder = ClipViT3DEncoder(
+            in_channels,
+            img_size,
+            patch_size,
+            hidden_size,
+            num_layers,
+            num_heads,
+            mlp_ratio,
+            embed_dim if use_pta else None,
+            quick_gelu,
+            vit_style,
+        )
         self.grid = self.encoder.grid
-        self.pta = (PixelTagAttention(out_channels, embed_dim, decoder_layers, decoder_heads, class_names=class_names,
-                                      mode=pta_mode, sigmoid_offset=pta_sigmoid, depth=self.grid[2])
-                    if use_pta else None)
+        self.pta = (
+            PixelTagAttention(
+                out_channels,
+                embed_dim,
+                decoder_layers,
+                decoder_heads,
+                class_names=class_names,
+                mode=pta_mode,
+                sigmoid_offset=pta_sigmoid,
+                depth=self.grid[2],
+            )
+            if use_pta
+            else None
+        )
         fs, h = feature_size, hidden_size
         kw = dict(spatial_dims=3, kernel_size=3, norm_name=norm_name, res_block=True)
         self.encoder1 = UnetrBasicBlock(in_channels=in_channels, out_channels=fs, stride=1, **kw)
         extra = patch_size // 32  # one more 2x step per skip path for /32 patches
         self.patch_size = patch_size
-        self.encoder2 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 2, num_layer=2 + extra, stride=1,
-                                       upsample_kernel_size=2, conv_block=True, **kw)
-        self.encoder3 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 4, num_layer=1 + extra, stride=1,
-                                       upsample_kernel_size=2, conv_block=True, **kw)
-        self.encoder4 = UnetrPrUpBlock(in_channels=h, out_channels=fs * 8, num_layer=0 + extra, stride=1,
-                                       upsample_kernel_size=2, conv_block=True, **kw)
+        self.encoder2 = UnetrPrUpBlock(
+            in_channels=h,
+            out_channels=fs * 2,
+            num_layer=2 + extra,
+            stride=1,
+            upsample_kernel_size=2,
+            conv_block=True,
+            **kw,
+        )
+        self.encoder3 = UnetrPrUpBlock(
+            in_channels=h,
+            out_channels=fs * 4,
+            num_layer=1 + extra,
+            stride=1,
+            upsample_kernel_size=2,
+            conv_block=True,
+            **kw,
+        )
+        self.encoder4 = UnetrPrUpBlock(
+            in_channels=h,
+            out_channels=fs * 8,
+            num_layer=0 + extra,
+            stride=1,
+            upsample_kernel_size=2,
+            conv_block=True,
+            **kw,
+        )
         bottleneck = h + (out_channels if use_pta else 0)  # concat[S, A]
-        self.decoder5 = UnetrUpBlock(in_channels=bottleneck, out_channels=fs * 8, upsample_kernel_size=patch_size // 8,
-                                     **kw)
+        self.decoder5 = UnetrUpBlock(
+            in_channels=bottleneck, out_channels=fs * 8, upsample_kernel_size=patch_size // 8, **kw
+        )
         self.decoder4 = UnetrUpBlock(in_channels=fs * 8, out_channels=fs * 4, upsample_kernel_size=2, **kw)
         self.decoder3 = UnetrUpBlock(in_channels=fs * 4, out_channels=fs * 2, upsample_kernel_size=2, **kw)
         self.decoder2 = UnetrUpBlock(in_channels=fs * 2, out_channels=fs, upsample_kernel_size=2, **kw)

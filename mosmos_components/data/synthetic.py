@@ -34,24 +34,50 @@ from mosmos_components.data.phantom import (
 )
 from mosmos_components.tags import DEFAULT_TAGS
 
-__all__ = ["write_roco", "write_btcv", "write_amos", "write_mmwhs", "write_brats", "DEMO_KINDS", "write_demo_data",
-           "AMOS_FROM_PHANTOM"]
+__all__ = [
+    "write_roco",
+    "write_btcv",
+    "write_amos",
+    "write_mmwhs",
+    "write_brats",
+    "DEMO_KINDS",
+    "write_demo_data",
+    "AMOS_FROM_PHANTOM",
+]
 
 # Ways a report names each organ; "{side}" is filled with a side word. Mentions of findings, normal or negated.
 _MENTIONS: dict[str, list[str]] = {
-    "spleen": ["splenomegaly", "no splenomegaly", "a hypodense splenic lesion", "the spleen is normal in size",
-               "an enlarged spleen"],
+    "spleen": [
+        "splenomegaly",
+        "no splenomegaly",
+        "a hypodense splenic lesion",
+        "the spleen is normal in size",
+        "an enlarged spleen",
+    ],
     "right kidney": ["a {right} renal cyst", "{right} kidney stone", "hydronephrosis of the {right} kidney"],
     "left kidney": ["a {left} renal cyst", "{left} kidney lesion", "a mass in the {left} kidney"],
-    "gallbladder": ["gallstones", "a distended gall bladder", "gallbladder wall thickening", "no cholecystitis",
-                    "GB sludge"],
+    "gallbladder": [
+        "gallstones",
+        "a distended gall bladder",
+        "gallbladder wall thickening",
+        "no cholecystitis",
+        "GB sludge",
+    ],
     "esophagus": ["esophageal wall thickening", "a dilated oesophagus", "thickening of the esophagus"],
-    "liver": ["hepatomegaly", "a hypodense liver lesion", "hepatic steatosis", "multiple hepatic metastases",
-              "a cirrhotic liver"],
+    "liver": [
+        "hepatomegaly",
+        "a hypodense liver lesion",
+        "hepatic steatosis",
+        "multiple hepatic metastases",
+        "a cirrhotic liver",
+    ],
     "stomach": ["gastric wall thickening", "a distended stomach", "a gastric mass"],
     "aorta": ["an abdominal aortic aneurysm", "aortic calcification", "a normal calibre aorta", "AAA"],
-    "inferior vena cava": ["a filling defect in the IVC", "thrombus in the inferior vena cava",
-                           "a compressed postcava"],
+    "inferior vena cava": [
+        "a filling defect in the IVC",
+        "thrombus in the inferior vena cava",
+        "a compressed postcava",
+    ],
     "portal vein and splenic vein": ["portal vein thrombosis", "a dilated splenic vein", "patent portal vein"],
     "pancreas": ["a pancreatic head mass", "acute pancreatitis", "an atrophic pancreas", "a dilated pancreatic duct"],
     "right adrenal gland": ["a {right} adrenal nodule", "a {right} adrenal adenoma"],
@@ -62,12 +88,24 @@ _MENTIONS: dict[str, list[str]] = {
     "right atrium": ["a dilated right atrium", "an enlarged RA"],
     "right ventricle": ["RV enlargement", "a dilated right ventricle"],
     "ascending aorta": ["a dilated ascending aorta", "an aneurysm of the aortic root"],
-    "pulmonary artery": ["a dilated pulmonary trunk", "pulmonary artery enlargement", "a main pulmonary artery embolus"],
+    "pulmonary artery": [
+        "a dilated pulmonary trunk",
+        "pulmonary artery enlargement",
+        "a main pulmonary artery embolus",
+    ],
 }
 _SIDES = {"right": ["right", "right", "R", "rt"], "left": ["left", "left", "L", "lt"]}
-_ABDOMEN_OPENERS = ["Axial contrast-enhanced CT of the abdomen showing", "CT abdomen demonstrates",
-                    "Axial CT image reveals", "Contrast-enhanced computed tomography shows"]
-_HEART_OPENERS = ["Cardiac CT angiography showing", "Axial CT of the chest demonstrates", "CT image of the heart reveals"]
+_ABDOMEN_OPENERS = [
+    "Axial contrast-enhanced CT of the abdomen showing",
+    "CT abdomen demonstrates",
+    "Axial CT image reveals",
+    "Contrast-enhanced computed tomography shows",
+]
+_HEART_OPENERS = [
+    "Cardiac CT angiography showing",
+    "Axial CT of the chest demonstrates",
+    "CT image of the heart reveals",
+]
 _FILLERS = ["", " (arrow)", " (arrowheads)", ", consistent with the clinical history"]
 _TAG_OF_BTCV = BTCV_CLASSES
 _TAG_OF_MMWHS = MMWHS_VALUES
@@ -184,18 +222,71 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 # phantom ids -> AMOS 2022 ids (portal/splenic vein is not an AMOS class)
-AMOS_FROM_PHANTOM = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 0, 11: 10, 12: 11, 13: 12, 14: 13,
-                     15: 14, 16: 15}
-AMOS_NAMES = ["background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach",
-              "aorta", "postcava", "pancreas", "right adrenal gland", "left adrenal gland", "duodenum", "bladder",
-              "prostate/uterus"]
+AMOS_FROM_PHANTOM = {
+    1: 1,
+    2: 2,
+    3: 3,
+    4: 4,
+    5: 5,
+    6: 6,
+    7: 7,
+    8: 8,
+    9: 9,
+    10: 0,
+    11: 10,
+    12: 11,
+    13: 12,
+    14: 13,
+    15: 14,
+    16: 15,
+}
+AMOS_NAMES = [
+    "background",
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "postcava",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+    "duodenum",
+    "bladder",
+    "prostate/uterus",
+]
 # T1-like MR intensities of the labelled structures (phantom ids); vessels are bright with contrast
-_MRI_ORGANS = {1: 420.0, 2: 520.0, 3: 520.0, 4: 120.0, 5: 300.0, 6: 600.0, 7: 250.0, 8: 800.0, 9: 750.0, 10: 780.0,
-               11: 480.0, 12: 380.0, 13: 380.0, 14: 330.0, 15: 100.0, 16: 350.0}
+_MRI_ORGANS = {
+    1: 420.0,
+    2: 520.0,
+    3: 520.0,
+    4: 120.0,
+    5: 300.0,
+    6: 600.0,
+    7: 250.0,
+    8: 800.0,
+    9: 750.0,
+    10: 780.0,
+    11: 480.0,
+    12: 380.0,
+    13: 380.0,
+    14: 330.0,
+    15: 100.0,
+    16: 350.0,
+}
 
 
-def write_amos(out_dir: str | os.PathLike, n: int = 9, seed: int = 0, n_mri: int | None = None,
-               shape: tuple[int, int, int] = (80, 80, 64), spacing: tuple[float, float, float] = (4.5, 4.5, 5.0)) -> Path:
+def write_amos(
+    out_dir: str | os.PathLike,
+    n: int = 9,
+    seed: int = 0,
+    n_mri: int | None = None,
+    shape: tuple[int, int, int] = (80, 80, 64),
+    spacing: tuple[float, float, float] = (4.5, 4.5, 5.0),
+) -> Path:
     """AMOS 2022 layout: ``dataset.json`` + ``imagesTr/labelsTr`` (2/3) and ``imagesVa/labelsVa`` (1/3); ids up to
     500 are CT (HU), ids above 500 MRI (no bladder and prostate/uterus labels, as in AMOS)."""
     if n < 2:
@@ -206,8 +297,9 @@ def write_amos(out_dir: str | os.PathLike, n: int = 9, seed: int = 0, n_mri: int
     lut = np.zeros(max(AMOS_FROM_PHANTOM) + 1, np.uint8)
     for k, v in AMOS_FROM_PHANTOM.items():
         lut[k] = v
-    cases = [(f"amos_{i:04d}", "ct") for i in range(1, n - n_mri + 1)] + \
-            [(f"amos_{500 + i:04d}", "mri") for i in range(1, n_mri + 1)]
+    cases = [(f"amos_{i:04d}", "ct") for i in range(1, n - n_mri + 1)] + [
+        (f"amos_{500 + i:04d}", "mri") for i in range(1, n_mri + 1)
+    ]
     entries: dict[str, list] = {"training": [], "validation": []}
     for j, (case, modality) in enumerate(cases):
         phantom = AbdomenPhantom(rng)
@@ -223,15 +315,26 @@ def write_amos(out_dir: str | os.PathLike, n: int = 9, seed: int = 0, n_mri: int
         _save(image, affine, root / f"images{folder}" / f"{case}.nii.gz")
         _save(amos, affine, root / f"labels{folder}" / f"{case}.nii.gz")
         entries[split].append({"image": f"./images{folder}/{case}.nii.gz", "label": f"./labels{folder}/{case}.nii.gz"})
-    meta = {"name": "AMOS (MOSMOS synthetic demo)", "description": "synthetic phantoms in the AMOS 2022 layout",
-            "modality": {"0": "CT", "1": "MRI"}, "labels": {str(i): n for i, n in enumerate(AMOS_NAMES)},
-            "numTraining": len(entries["training"]), "numValidation": len(entries["validation"]), **entries}
+    meta = {
+        "name": "AMOS (MOSMOS synthetic demo)",
+        "description": "synthetic phantoms in the AMOS 2022 layout",
+        "modality": {"0": "CT", "1": "MRI"},
+        "labels": {str(i): n for i, n in enumerate(AMOS_NAMES)},
+        "numTraining": len(entries["training"]),
+        "numValidation": len(entries["validation"]),
+        **entries,
+    }
     (root / "dataset.json").write_text(json.dumps(meta, indent=4), encoding="utf-8")
     return root
 
 
-def write_mmwhs(out_dir: str | os.PathLike, n: int = 10, seed: int = 0, shape: tuple[int, int, int] = (72, 72, 56),
-                spacing: tuple[float, float, float] = (2.5, 2.5, 2.5)) -> Path:
+def write_mmwhs(
+    out_dir: str | os.PathLike,
+    n: int = 10,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (72, 72, 56),
+    spacing: tuple[float, float, float] = (2.5, 2.5, 2.5),
+) -> Path:
     """MM-WHS MRI layout: ``mr_train/mr_train_10XX_image.nii.gz`` + ``..._label.nii.gz`` with the raw label values
     205, 420, 500, 550, 600, 820, 850."""
     rng = np.random.default_rng(seed)
@@ -246,8 +349,13 @@ def write_mmwhs(out_dir: str | os.PathLike, n: int = 10, seed: int = 0, shape: t
     return Path(out_dir)
 
 
-def write_brats(out_dir: str | os.PathLike, n: int = 10, seed: int = 0, shape: tuple[int, int, int] = (64, 64, 48),
-                spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)) -> Path:
+def write_brats(
+    out_dir: str | os.PathLike,
+    n: int = 10,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (64, 64, 48),
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0),
+) -> Path:
     """MSD Task01_BrainTumour layout: ``dataset.json`` + ``imagesTr/BRATS_XXX.nii.gz`` (4 channels: FLAIR, T1w,
     T1gd, T2w) and ``labelsTr`` (1 edema, 2 non-enhancing tumour, 3 enhancing tumour)."""
     rng = np.random.default_rng(seed)
@@ -259,10 +367,16 @@ def write_brats(out_dir: str | os.PathLike, n: int = 10, seed: int = 0, shape: t
         _save(image, affine, root / "imagesTr" / name)
         _save(label, affine, root / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"name": "BRATS (MOSMOS synthetic demo)", "tensorImageSize": "4D",
-            "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-            "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-            "numTraining": n, "numTest": 0, "training": training, "test": []}
+    meta = {
+        "name": "BRATS (MOSMOS synthetic demo)",
+        "tensorImageSize": "4D",
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "numTraining": n,
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
     (root / "dataset.json").write_text(json.dumps(meta, indent=4), encoding="utf-8")
     return root
 

@@ -1,0 +1,200 @@
+"""The recipes of docs/architecture.md, each done once on throw-away files, and the import graph."""
+
+import ast
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _build_bundles_module(root: Path):
+    spec = importlib.util.spec_from_file_location("build_bundles_under_test", ROOT / "scripts" / "build_bundles.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.ROOT = root
+    mod.INFERENCE_TEMPLATE = root / "_template" / "inference.json"
+    return mod
+
+
+def test_recipe_add_a_data_set(tmp_path, btcv_dir):
+    """A bundle_spec.json with data differences only becomes a whole, marked, runnable bundle."""
+    from monai.bundle import ConfigParser
+
+    root = tmp_path / "bundles"
+    for name in ("btcv_seg", "_template"):
+        shutil.copytree(ROOT / "bundles" / name, root / name)
+    (root / "toy_seg").mkdir()
+    classes = ["background", "liver", "spleen"]
+    (root / "toy_seg" / "bundle_spec.json").write_text(
+        json.dumps(
+            {
+                "configs": {
+                    "train.json": {
+                        "bundle_root": "bundles/toy_seg",
+                        "class_names": classes,
+                        "dataset_dir": "/data/toy",
+                        "label_values": list(range(14)),  # the reader's raw values (checked), then mapped
+                        "label_transforms": [
+                            {
+                                "_target_": "MapLabelValued",
+                                "keys": "label",
+                                "orig_labels": list(range(14)),
+                                "target_labels": [2 if v == 1 else 1 if v == 6 else 0 for v in range(14)],
+                            }
+                        ],
+                    }
+                }
+            }
+        )
+    )
+    build = _build_bundles_module(root)
+    assert build.main() == 0 and build.main(check=True) == 0
+    train = json.loads((root / "toy_seg" / "configs" / "train.json").read_text())
+    assert "_generated_" in train and "bundle_spec.json" in train["_generated_"]
+    assert (root / "toy_seg" / "configs" / "baselines" / "random.json").is_file()
+    parser = ConfigParser()
+    parser.read_config([str(root / "toy_seg" / "configs" / f) for f in ("train.json", "demo.json")])
+    parser.update(
+        {"bundle_root": str(root / "toy_seg"), "dataset_dir": str(btcv_dir), "output_dir": str(tmp_path / "out")}
+    )
+    assert parser.get_parsed_content("num_classes") == 3
+    item = parser.get_parsed_content("train#dataset")[0][0]
+    assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2}
+    inference = json.loads((root / "toy_seg" / "configs" / "inference.json").read_text())
+    assert inference["checkpoint_expect"]["class_names"] == classes
+
+
+def test_recipe_add_a_baseline(tmp_path, monkeypatch):
+    """A variant file and an INIT_KINDS entry: composed with train.json, the network starts from the new weights."""
+    from monai.bundle import ConfigParser
+
+    from mosmos_components import transfer
+
+    def constant_weights(network, path, prompt_template):
+        with torch.no_grad():
+            network.encoder.conv1.weight.fill_(float(Path(path).read_text()))
+
+    monkeypatch.setitem(transfer.INIT_KINDS, "toy", constant_weights)
+    weights = tmp_path / "weights.txt"
+    weights.write_text("0.25")
+    variant = tmp_path / "toy.json"
+    variant.write_text(
+        json.dumps({"_description": "a throw-away baseline", "pretrained_kind": "toy", "use_pta": False})
+    )
+    configs = ROOT / "bundles" / "btcv_seg" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "demo.json"), str(variant)])
+    parser.update({"pretrained_ckpt": str(weights)})
+    net = parser.get_parsed_content("initialised_network")
+    assert net.pta is None and torch.all(net.encoder.conv1.weight == 0.25)
+    monkeypatch.delitem(transfer.INIT_KINDS, "toy")
+    with pytest.raises(RuntimeError) as info:  # the kind is gone: refused, naming the known ones
+        ConfigParser(parser.get()).get_parsed_content("initialised_network")
+    assert "pretrained_kind must be one of ['imagenet', 'mosmos']" in str(info.value.__cause__)
+
+
+def test_recipe_add_an_encoder(tmp_path, pretrained):
+    """A new network in its own class, with a transfer rule: registered, saved and rebuilt from its sidecar alone,
+    transferred from a pre-training checkpoint, with pixel-tag attention as a plug-in."""
+    from mosmos_components import transfer
+    from mosmos_components.checkpoint import load_segmentation_network, save_network
+    from mosmos_components.networks.base import SEGMENTATION_NETWORKS, SegmentationNetMixin
+    from mosmos_components.networks.pta import PixelTagAttention
+
+    class ToyConvNet(SegmentationNetMixin, nn.Module):
+        def __init__(
+            self,
+            in_channels: int = 1,
+            out_channels: int = 3,
+            embed_dim: int = 64,
+            class_names=("a", "b", "c"),
+            use_pta: bool = True,
+        ) -> None:
+            super().__init__()
+            self.flip_dims = ()
+            self.stem = nn.Conv2d(in_channels, embed_dim, 4, stride=4)
+            self.pta = (
+                PixelTagAttention(out_channels, embed_dim, decoder_heads=4, class_names=class_names)
+                if use_pta
+                else None
+            )
+            self.head = nn.Conv2d(embed_dim + (out_channels if use_pta else 0), out_channels, 1)
+
+        def forward(self, x):
+            f = self.stem(x)
+            grid = tuple(f.shape[2:])
+            if self.pta is not None:
+                f = torch.cat([f, self.pta(f.flatten(2).transpose(1, 2), grid)], dim=1)
+            return nn.functional.interpolate(self.head(f), size=x.shape[2:])
+
+    calls = []
+
+    @transfer.transfer_rule(ToyConvNet)
+    def _into_toy(pre, seg, report, source):
+        calls.append(source)
+        with torch.no_grad():
+            seg.stem.bias.fill_(0.5)  # a real rule copies tensors of ``pre`` with transfer._copy
+        report.transferred.append("stem.bias")
+
+    try:
+        assert SEGMENTATION_NETWORKS["ToyConvNet"] is ToyConvNet
+        net = ToyConvNet()
+        transfer.load_pretrained(net, pretrained["mosmos-tiny-vit"])  # the rule, then the tag decoder + embeddings
+        assert calls and bool(net.pta.embeddings_ready) and torch.all(net.stem.bias == 0.5)
+        save_network(net, tmp_path / "model.pt")
+        assert json.loads((tmp_path / "model.json").read_text())["embed_dim"] == 64
+        again = load_segmentation_network(tmp_path / "model.pt")
+        assert type(again) is ToyConvNet
+        x = torch.rand(1, 1, 16, 16)
+        torch.testing.assert_close(again(x), net.eval()(x))
+    finally:
+        SEGMENTATION_NETWORKS.pop("ToyConvNet", None)
+        transfer.TRANSFER_RULES.pop(ToyConvNet, None)
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """mosmos_components module -> the mosmos_components modules it imports at module level (not in functions)."""
+    pkg = ROOT / "mosmos_components"
+    names = {}
+    for f in pkg.rglob("*.py"):
+        parts = f.relative_to(ROOT).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {}
+    for name, f in names.items():
+        deps = set()
+        for node in ast.parse(f.read_text(encoding="utf-8")).body:  # top-level statements only
+            mods = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            deps |= {m for m in mods if m in names and m != name and not name.startswith(m + ".")}
+        graph[name] = deps
+    return graph
+
+
+def test_import_graph_has_no_cycle():
+    graph = _module_imports()
+    state: dict[str, int] = {}
+
+    def visit(n, path):
+        if state.get(n) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(n) :] + [n]))
+        if state.get(n) == 2:
+            return
+        state[n] = 1
+        for m in sorted(graph[n]):
+            visit(m, path + [n])
+        state[n] = 2
+
+    sys.setrecursionlimit(max(1000, sys.getrecursionlimit()))
+    for n in sorted(graph):
+        visit(n, [])
+    assert "mosmos_components.cli" not in set().union(*graph.values())  # the command line sits on top
