@@ -1,6 +1,8 @@
-"""Ignite metrics for pre-training validation: loss, image->report retrieval recall@k, tag mAP (over all
-ranks' validation samples under torch.distributed), and the pointing game of the tag attention where organ masks
-are known."""
+"""MOSMOS's metrics, found here: the pre-training metrics defined in this module (ignite metrics for loss,
+image->report retrieval recall@k and tag mAP, gathered over all ranks' validation samples under
+torch.distributed, and the pointing game of the tag attention where organ masks are known), and the segmentation
+metrics of :mod:`mosmos_components.evaluation` (per-case, per-class Dice and HD95 in mm, reports, the Wilcoxon
+test), imported here under the same names."""
 
 from __future__ import annotations
 
@@ -12,8 +14,13 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from mosmos_components.distributed import gather_lists
+from mosmos_components.evaluation import SegmentationReport, case_scores, summarize, wilcoxon_test
 
 __all__ = [
+    "SegmentationReport",
+    "case_scores",
+    "summarize",
+    "wilcoxon_test",
     "PretrainLossMetric",
     "RetrievalRecall",
     "TagMeanAP",

@@ -40,7 +40,7 @@ __all__ = [
     "TransferReport",
     "class_embeddings",
     "fixed_prompt_embeddings",
-    "load_pretrained",
+    "transfer_pretrained",
     "prepare_network",
     "inflate_patch_kernel",
     "resize_position_grid",
@@ -61,7 +61,7 @@ TRANSFER_RULES: dict[type, Callable[..., None]] = {}
 
 def transfer_rule(network_cls: type) -> Callable:
     """Register the function that carries pre-trained image-tower weights into ``network_cls`` (and its
-    subclasses) for :func:`load_pretrained`."""
+    subclasses) for :func:`transfer_pretrained`."""
 
     def register(fn: Callable) -> Callable:
         TRANSFER_RULES[network_cls] = fn
@@ -355,7 +355,7 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
     return report.finish(network, source)
 
 
-def load_pretrained(
+def transfer_pretrained(
     network: MosmosUNETR | MosmosUNet2D,
     ckpt_path: str | os.PathLike,
     pretrain: MosmosPretrainNet | None = None,
@@ -425,7 +425,7 @@ def _init_imagenet(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike,
 
 
 def _init_mosmos(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:
-    load_pretrained(network, path, prompt_template=prompt_template)
+    transfer_pretrained(network, path, prompt_template=prompt_template)
 
 
 # ``pretrained_kind`` -> how a checkpoint of that kind initialises a segmentation network

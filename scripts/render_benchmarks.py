@@ -157,6 +157,9 @@ def render(files: list[str]) -> str:
             for k, v in r["ddp_samples_per_s"].items():
                 lines.append(f"| `{n}` ({_column(r, n)}) | {k} | {v:.2f} | ×{v / base:.2f} |")
         lines.append("")
+    notes = [(n, r["provenance"]) for n, r in results if r.get("provenance")]
+    if notes:
+        lines += ["Where the files come from:", ""] + [f"* `{n}`: {text}" for n, text in notes] + [""]
     lines.append(END)
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ def _build_bundles_module(root: Path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.ROOT = root
-    mod.INFERENCE_TEMPLATE = root / "_template" / "inference.json"
+    mod.INFERENCE_TEMPLATE = root / "_template" / "configs" / "inference.json"
     return mod
 
 
@@ -28,8 +28,7 @@ def test_recipe_add_a_data_set(tmp_path, btcv_dir):
     from monai.bundle import ConfigParser
 
     root = tmp_path / "bundles"
-    for name in ("btcv_seg", "_template"):
-        shutil.copytree(ROOT / "bundles" / name, root / name)
+    shutil.copytree(ROOT / "bundles" / "_template", root / "_template")
     (root / "toy_seg").mkdir()
     classes = ["background", "liver", "spleen"]
     (root / "toy_seg" / "bundle_spec.json").write_text(
@@ -40,6 +39,7 @@ def test_recipe_add_a_data_set(tmp_path, btcv_dir):
                         "bundle_root": "bundles/toy_seg",
                         "class_names": classes,
                         "dataset_dir": "/data/toy",
+                        "pairs": "$mosmos_components.data.datalist.btcv_pairs(@dataset_dir)",  # a reader by name
                         "label_values": list(range(14)),  # the reader's raw values (checked), then mapped
                         "label_transforms": [
                             {
@@ -56,6 +56,13 @@ def test_recipe_add_a_data_set(tmp_path, btcv_dir):
     )
     build = _build_bundles_module(root)
     assert build.main() == 0 and build.main(check=True) == 0
+    spec = json.loads((root / "toy_seg" / "bundle_spec.json").read_text())
+    del spec["configs"]["train.json"]["class_names"]
+    (root / "half_seg").mkdir()
+    (root / "half_seg" / "bundle_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"half_seg/bundle_spec.json: train.json leaves .*\['class_names'\] unset"):
+        build.main()  # the template's data entries are never inherited
+    shutil.rmtree(root / "half_seg")
     train = json.loads((root / "toy_seg" / "configs" / "train.json").read_text())
     assert "_generated_" in train and "bundle_spec.json" in train["_generated_"]
     assert (root / "toy_seg" / "configs" / "baselines" / "random.json").is_file()
@@ -146,7 +153,7 @@ def test_recipe_add_an_encoder(tmp_path, pretrained):
     try:
         assert SEGMENTATION_NETWORKS["ToyConvNet"] is ToyConvNet
         net = ToyConvNet()
-        transfer.load_pretrained(net, pretrained["mosmos-tiny-vit"])  # the rule, then the tag decoder + embeddings
+        transfer.transfer_pretrained(net, pretrained["mosmos-tiny-vit"])  # the rule, then the tag decoder + embeddings
         assert calls and bool(net.pta.embeddings_ready) and torch.all(net.stem.bias == 0.5)
         save_network(net, tmp_path / "model.pt")
         assert json.loads((tmp_path / "model.json").read_text())["embed_dim"] == 64
@@ -198,3 +205,34 @@ def test_import_graph_has_no_cycle():
     for n in sorted(graph):
         visit(n, [])
     assert "mosmos_components.cli" not in set().union(*graph.values())  # the command line sits on top
+
+
+# docs/architecture.md's table: module (prefix) -> what it may import from mosmos_components at module level
+ALLOWED = {
+    "errors": [],
+    "tags": [],
+    "distributed": [],
+    "checkpoint": [],
+    "data": ["data", "tags", "checkpoint"],
+    "networks": ["networks", "tags"],
+    "transforms": ["data", "tags", "errors"],
+    "transfer": ["networks", "checkpoint"],
+    **{
+        m: ["distributed", "checkpoint", "evaluation"]
+        for m in ("losses", "evaluation", "metrics", "handlers", "engines")
+    },
+}
+TOP = ("bundle_runner", "demo", "experiment", "cli")
+
+
+def test_modules_import_only_what_the_architecture_allows():
+    graph = _module_imports()
+    for name, deps in graph.items():
+        short = name.removeprefix("mosmos_components").lstrip(".")
+        rule = next((ALLOWED[k] for k in ALLOWED if short == k or short.startswith(k + ".")), None)
+        for dep in deps:
+            d = dep.removeprefix("mosmos_components.")
+            if d.split(".")[0] in TOP:
+                assert short in TOP, f"{name} imports {dep}: only the top layer (commands, pipelines) may"
+            if rule is not None:
+                assert any(d == a or d.startswith(a + ".") for a in rule), f"{name} may not import {dep} ({rule})"

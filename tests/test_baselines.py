@@ -11,7 +11,7 @@ from mosmos_components.checkpoint import load_pretrain_network, read_sidecar, sa
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
 from mosmos_components.networks.mosmos_clip import register_model_configs
 from mosmos_components.networks.pta import PixelTagAttention
-from mosmos_components.transfer import fixed_prompt_embeddings, load_pretrained, save_clip_checkpoint
+from mosmos_components.transfer import fixed_prompt_embeddings, save_clip_checkpoint, transfer_pretrained
 
 TINY_UNETR = dict(
     hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
@@ -48,7 +48,7 @@ def test_score_maps_are_pixel_text_cosine_similarities():
 
 def test_clip_initialisation_of_the_segmentation_encoder(clip_weights):
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
-    report = load_pretrained(net, clip_weights["ckpt"])
+    report = transfer_pretrained(net, clip_weights["ckpt"])
     ref = clip_weights["clip"].visual.transformer.state_dict()
     for k, v in net.encoder.transformer.state_dict().items():
         torch.testing.assert_close(v, ref[k], msg=k)
@@ -57,7 +57,7 @@ def test_clip_initialisation_of_the_segmentation_encoder(clip_weights):
 
 def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights):
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **TINY_UNETR)
-    report = load_pretrained(net, clip_weights["ckpt"])
+    report = transfer_pretrained(net, clip_weights["ckpt"])
     assert not any(k.startswith("pta.decoder") for k in net.state_dict())
     assert "pta.class_embeddings" in report.computed
     pre = load_pretrain_network(clip_weights["ckpt"])
@@ -80,7 +80,7 @@ def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights)
 def test_mosmos_pta_from_plain_clip_weights_warns(clip_weights):
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **dict(TINY_UNETR, decoder_heads=8))
     with pytest.warns(UserWarning, match="without MOSMOS pre-training"):
-        load_pretrained(net, clip_weights["ckpt"])
+        transfer_pretrained(net, clip_weights["ckpt"])
 
 
 def test_a_vit_with_other_patches_is_a_clear_error(tmp_path):
@@ -90,7 +90,7 @@ def test_a_vit_with_other_patches_is_a_clear_error(tmp_path):
     save_network(MosmosPretrainNet("mosmos-tiny-vit", model_cfg=cfg, _warn_random=False), tmp_path / "b32.pt")
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
     with pytest.raises(ValueError, match="b32.pt: pre-trained ViT has \\(32, 32\\) patches"):
-        load_pretrained(net, tmp_path / "b32.pt")
+        transfer_pretrained(net, tmp_path / "b32.pt")
 
 
 def test_clip_checkpoint_command(clip_weights, tmp_path):
@@ -132,7 +132,7 @@ def test_denseclip_score_maps_in_the_2d_unet(pretrained):
         class_names=NAMES,
         pta_mode="score",
     )
-    report = load_pretrained(net, pretrained["mosmos-tiny-rn"])
+    report = transfer_pretrained(net, pretrained["mosmos-tiny-rn"])
     assert "v_proj.weight" in report.transferred and "pta.class_embeddings" in report.computed
     assert net.train()(torch.rand(2, 1, 64, 64)).shape == (2, 2, 3, 64, 64)
     maps = net.attention_maps(torch.rand(1, 1, 64, 64))
@@ -336,7 +336,7 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(roco_dir, tmp_
     assert side["mosmos_pretrained"] is False and "inpainting" in side["pretraining"]
     pre = load_pretrain_network(tmp_path / "models" / "model.pt")  # the plain pre-training format, strictly
     seg = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
-    load_pretrained(seg, tmp_path / "models" / "model.pt")
+    transfer_pretrained(seg, tmp_path / "models" / "model.pt")
     torch.testing.assert_close(
         seg.encoder.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
         pre.clip.visual.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 
 from mosmos_components.losses import MosmosSegLoss
 from mosmos_components.networks import MosmosUNETR
-from mosmos_components.transfer import load_pretrained
+from mosmos_components.transfer import transfer_pretrained
 from mosmos_components.transforms import MSDBratsRegionsd
 
 TINY_UNETR = dict(
@@ -51,7 +51,7 @@ def test_brats_pta_branch_can_predict_a_region_absent(pretrained, tmp_path):
     names = ["tumor core", "whole tumor", "enhancing tumor"]
     torch.manual_seed(0)
     net = MosmosUNETR(4, 3, img_size=(32, 32, 32), class_names=names, pta_sigmoid=True, **TINY_UNETR)
-    load_pretrained(net, pretrained["mosmos-tiny-vit"])
+    transfer_pretrained(net, pretrained["mosmos-tiny-vit"])
     loss = MosmosSegLoss(sigmoid=True)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net.train()
@@ -99,7 +99,7 @@ def test_a_checkpoint_pretrained_without_mlr_warns_that_the_decoder_is_untrained
     (tmp_path / "model.json").write_text(json.dumps(dict(side, pretrain_losses={"irc": True, "mlr": False})))
     net = MosmosUNETR(1, 3, img_size=(32, 32, 32), class_names=["background", "liver", "spleen"], **TINY_UNETR)
     with pytest.warns(UserWarning, match="without L_mlr"):
-        load_pretrained(net, tmp_path / "model.pt")
+        transfer_pretrained(net, tmp_path / "model.pt")
 
 
 def test_no_pretraining_with_pta_runs_with_a_warning():
@@ -141,7 +141,7 @@ def test_unetr_with_patch_32_transfers_and_segments(vit32_ckpt):
     seg = MosmosUNETR(
         1, 3, img_size=(96, 96, 32), patch_size=32, class_names=names, radiological_flip=False, **TINY_UNETR
     ).eval()
-    report = load_pretrained(seg, path)
+    report = transfer_pretrained(seg, path)
     assert seg.grid == (3, 3, 1) and "encoder.positional_embedding" in report.inflated
     img = torch.rand(1, 96, 96)
     with torch.no_grad():  # the transferred /32 encoder computes CLIP's function on a one-patch-deep volume
@@ -154,7 +154,7 @@ def test_unetr_with_patch_32_transfers_and_segments(vit32_ckpt):
     assert seg.train()(x).shape == (2, 2, 3, 96, 96, 32)
     # a /32 checkpoint into a /16 network names the fix
     with pytest.raises(ValueError, match="set patch_size=32"):
-        load_pretrained(MosmosUNETR(1, 3, img_size=(96, 96, 32), class_names=names, **TINY_UNETR), path)
+        transfer_pretrained(MosmosUNETR(1, 3, img_size=(96, 96, 32), class_names=names, **TINY_UNETR), path)
 
 
 # ----- AMOS: CT and MRI apart (Fig. 4), and --modality with an existing split -----

@@ -8,9 +8,9 @@ from mosmos_components.networks import MosmosPretrainNet, MosmosUNet2D, MosmosUN
 from mosmos_components.transfer import (
     class_embeddings,
     inflate_patch_kernel,
-    load_pretrained,
     prepare_network,
     resize_position_grid,
+    transfer_pretrained,
 )
 
 TINY_UNETR = dict(
@@ -44,7 +44,7 @@ def rn_ckpt(tmp_path_factory):
 def test_unetr_shapes(use_pta, vit_ckpt):
     net = MosmosUNETR(1, 4, img_size=(64, 64, 32), use_pta=use_pta, class_names=NAMES, **TINY_UNETR)
     if use_pta:
-        load_pretrained(net, vit_ckpt[1])
+        transfer_pretrained(net, vit_ckpt[1])
     x = torch.rand(2, 1, 64, 64, 32)
     out = net.train()(x)
     assert out.shape == ((2, 2, 4, 64, 64, 32) if use_pta else (2, 4, 64, 64, 32))
@@ -57,7 +57,7 @@ def test_unetr_shapes(use_pta, vit_ckpt):
 def test_unet2d_shapes(use_pta, rn_ckpt):
     net = MosmosUNet2D(1, 4, use_pta=use_pta, class_names=NAMES, **TINY_UNET)
     if use_pta:
-        load_pretrained(net, rn_ckpt[1])
+        transfer_pretrained(net, rn_ckpt[1])
     x = torch.rand(3, 1, 64, 96)
     assert net.train()(x).shape == ((3, 2, 4, 64, 96) if use_pta else (3, 4, 64, 96))
     assert net.eval()(x).shape == (3, 4, 64, 96)
@@ -71,7 +71,7 @@ def test_vit_transfer_computes_the_same_function(vit_ckpt):
     """A volume one patch deep, constant along depth, through the 3D encoder = the grey image through CLIP's ViT."""
     pre, path = vit_ckpt
     seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, **TINY_UNETR).eval()
-    report = load_pretrained(seg, path)
+    report = transfer_pretrained(seg, path)
     img = torch.rand(1, 96, 96)
     with torch.no_grad():
         _, s2d, grid = pre.encode_image(img.expand(3, -1, -1).unsqueeze(0))
@@ -94,7 +94,7 @@ def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(vit_c
     decoder's attention maps on the same image (same position layout in plane, depth term zero)."""
     pre, path = vit_ckpt
     seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, radiological_flip=False, **TINY_UNETR).eval()
-    load_pretrained(seg, path)
+    transfer_pretrained(seg, path)
     img = torch.rand(1, 96, 96)
     with torch.no_grad():  # the network standardises its input as CLIP's preprocessing does
         _, s2d, grid = pre.encode_image(((img - seg.input_mean) / seg.input_std).expand(3, -1, -1).unsqueeze(0))
@@ -106,7 +106,7 @@ def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(vit_c
 
 def test_pixel_tag_attention_maps_are_the_same_in_training_and_evaluation(vit_ckpt):
     seg = MosmosUNETR(1, 4, img_size=(64, 64, 32), class_names=NAMES, **TINY_UNETR)
-    load_pretrained(seg, vit_ckpt[1])
+    transfer_pretrained(seg, vit_ckpt[1])
     tokens = torch.randn(2, 4 * 4 * 2, 64)
     train_maps = seg.pta.train()(tokens, seg.grid)
     torch.testing.assert_close(train_maps.flatten(2).sum(-1), torch.ones(2, 4))
@@ -131,7 +131,7 @@ def test_inflation_and_position_resize_rules():
 def test_resnet_transfer_computes_the_same_function(rn_ckpt):
     pre, path = rn_ckpt
     seg = MosmosUNet2D(3, 4, class_names=NAMES, radiological_flip=False, **TINY_UNET).eval()
-    report = load_pretrained(seg, path)
+    report = transfer_pretrained(seg, path)
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
         l4, _ = seg._encode(x)  # standardises with CLIP's mean/std, as CLIP's own preprocessing does
@@ -144,7 +144,7 @@ def test_resnet_transfer_computes_the_same_function(rn_ckpt):
 def test_class_embeddings_are_a_frozen_buffer_computed_once(vit_ckpt):
     pre, path = vit_ckpt
     seg = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
-    load_pretrained(seg, path)
+    transfer_pretrained(seg, path)
     expected = class_embeddings(pre, NAMES)
     torch.testing.assert_close(seg.pta.class_embeddings, expected)
     assert "pta.class_embeddings" in seg.state_dict()  # saved and exported with the model
@@ -157,15 +157,15 @@ def test_class_embeddings_are_a_frozen_buffer_computed_once(vit_ckpt):
 
 def test_transfer_errors(vit_ckpt, rn_ckpt, tmp_path):
     with pytest.raises(ValueError, match="needs a ViT"):
-        load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), rn_ckpt[1])
+        transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), rn_ckpt[1])
     with pytest.raises(ValueError, match="needs a CLIP ResNet"):
-        load_pretrained(MosmosUNet2D(1, 4, class_names=NAMES, **TINY_UNET), vit_ckpt[1])
+        transfer_pretrained(MosmosUNet2D(1, 4, class_names=NAMES, **TINY_UNET), vit_ckpt[1])
     wide = dict(TINY_UNETR, hidden_size=128, num_heads=4)
     with pytest.raises(ValueError, match="width 64"):
-        load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **wide), vit_ckpt[1])
+        transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **wide), vit_ckpt[1])
     gelu = dict(TINY_UNETR, quick_gelu=False)
     with pytest.raises(ValueError, match="quick_gelu=True"):
-        load_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **gelu), vit_ckpt[1])
+        transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **gelu), vit_ckpt[1])
     with pytest.raises(FileNotFoundError, match="not found"):
         prepare_network(
             MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), tmp_path / "missing.pt"

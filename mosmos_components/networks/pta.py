@@ -115,7 +115,7 @@ class PixelTagAttention(nn.Module):
         if not self._ready:
             raise RuntimeError(
                 "pixel-tag attention has no class embeddings: load pre-trained MOSMOS weights "
-                "(mosmos_components.transfer.load_pretrained) or a fine-tuned checkpoint first"
+                "(mosmos_components.transfer.transfer_pretrained) or a fine-tuned checkpoint first"
             )
         if self.decoder is None:  # DenseCLIP: cosine similarity of each pixel with each class (B, K, N)
             attn = F.normalize(features, dim=-1) @ F.normalize(self.class_embeddings, dim=-1).t().to(features.dtype)
@@ -133,13 +133,9 @@ class PixelTagAttention(nn.Module):
         backward scatters every output voxel."""
         key = (tuple(attention.shape[2:]), tuple(int(s) for s in size), attention.device)
         mats = self._resize_cache.get(key)
-        if mats is None:
-            mats = [
-                F.interpolate(torch.eye(n, device=attention.device)[None], size=m, mode="linear", align_corners=False)[
-                    0
-                ]
-                for n, m in zip(key[0], key[1])
-            ]  # (n_in, n_out) each
+        if mats is None:  # per axis (n_in, n_out): where each input position's unit impulse lands
+            eye = [torch.eye(n, device=attention.device)[None] for n in key[0]]
+            mats = [F.interpolate(e, size=m, mode="linear", align_corners=False)[0] for e, m in zip(eye, key[1])]
             self._resize_cache[key] = mats
         axes = "hwd"[: attention.dim() - 2]
         spec = f"bk{axes}," + ",".join(f"{a}{a.upper()}" for a in axes) + f"->bk{axes.upper()}"
