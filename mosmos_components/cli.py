@@ -160,7 +160,7 @@ class MosmosCLI:
         output_type: str = "nifti",
         series_uid: str | None = None,
         overwrite: bool = False,
-        sw_batch_size: int = 2,
+        sw_batch_size: int | None = None,
         overlap: float | None = None,
         amp: bool | None = None,
     ) -> str:
