@@ -240,15 +240,16 @@ def segment_scan(
     grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
     channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage. ``amp``: see :func:`autocast`
     (an ONNX model runs in the precision it was exported in). ``sw_batch_size``: windows per forward pass; by
-    default 4 on a GPU and, on a CPU, 8 slices of a 2D network or 1 window of a 3D one: batching 3D windows gains
-    nothing there and, in bf16, 2 windows of the paper's UNETR took 10x one window's time (PyTorch 2.14's CPU
-    kernels: 7.5 s against 0.79 s; fp32 3.9 s against 1.9 s)."""
+    default 4 on a GPU; on a CPU 8 slices of a 2D network, 2 windows of a 3D one, 1 in bf16: there 2 windows of the
+    paper's UNETR took 10x one window's time (PyTorch 2.14's CPU kernels: 7.5 s against 0.79 s; fp32 3.9 against
+    1.9 s, and small windows gain from pairs: the demo-size scan takes 34 s with 2, 50 s with 1)."""
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
     device = torch.device(device)
-    if sw_batch_size is None:  # 2D networks: slices are small, batch them
-        sw_batch_size = 4 if device.type == "cuda" else (8 if m.slice_inference else 1)
+    if sw_batch_size is None:
+        bf16_cpu = device.type == "cpu" and bool(amp)
+        sw_batch_size = 4 if device.type == "cuda" else 8 if m.slice_inference else 1 if bf16_cpu else 2
     t = {"read": time.perf_counter()}
     pre = pre or preprocessing(m, device=device)
     data = pre(dict(item))
