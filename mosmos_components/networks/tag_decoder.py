@@ -224,13 +224,15 @@ class TagDecoder(nn.Module):
         """The first layer's self-attention block on queries shared by the batch, kept while nothing it depends on
         changes: in inference (no gradients, evaluation mode) the class embeddings of pixel-tag attention are
         constants, so this part of the decoder is too. ``None`` where it must be computed (training, gradients,
-        per-image queries, tracing or export, which must record it, inference tensors, which keep no version)."""
+        per-image queries, tracing, export or compilation, which must record it, inference tensors, which keep no
+        version)."""
         if (
             queries.dim() != 2
             or self.training
             or torch.is_grad_enabled()
             or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()
         ):
             return None
         layer = self.layers[0]
