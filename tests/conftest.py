@@ -9,6 +9,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 warnings.filterwarnings("ignore", message=".*initialised RANDOMLY.*")
 
 
+@pytest.fixture
+def tiny_unetr():
+    """The tiny UNETR of demo.json (the `pretrained` fixture's tiny ViT fits it), one place for every test."""
+    return dict(
+        hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
+    )
+
+
+@pytest.fixture
+def tiny_unet():
+    """The tiny 2D U-Net (the `pretrained` fixture's tiny ResNet fits it)."""
+    return dict(
+        layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, decoder_channels=(64, 32, 16, 16, 8), decoder_heads=4
+    )
+
+
 @pytest.fixture(scope="session")
 def roco_dir(tmp_path_factory):
     from mosmos_components.data.synthetic import write_roco

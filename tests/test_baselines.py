@@ -13,9 +13,6 @@ from mosmos_components.networks.mosmos_clip import register_model_configs
 from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.transfer import fixed_prompt_embeddings, save_clip_checkpoint, transfer_pretrained
 
-TINY_UNETR = dict(
-    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
-)
 NAMES = ["background", "liver", "duodenum"]
 
 
@@ -46,8 +43,8 @@ def test_score_maps_are_pixel_text_cosine_similarities():
         PixelTagAttention(3, 16, mode="densecrf")
 
 
-def test_clip_initialisation_of_the_segmentation_encoder(clip_weights):
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
+def test_clip_initialisation_of_the_segmentation_encoder(tiny_unetr, clip_weights):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr)
     report = transfer_pretrained(net, clip_weights["ckpt"])
     ref = clip_weights["clip"].visual.transformer.state_dict()
     for k, v in net.encoder.transformer.state_dict().items():
@@ -55,8 +52,8 @@ def test_clip_initialisation_of_the_segmentation_encoder(clip_weights):
     assert "encoder.transformer.resblocks.0.attn.in_proj_weight" in report.transferred
 
 
-def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights):
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **TINY_UNETR)
+def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(tiny_unetr, clip_weights):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **tiny_unetr)
     report = transfer_pretrained(net, clip_weights["ckpt"])
     assert not any(k.startswith("pta.decoder") for k in net.state_dict())
     assert "pta.class_embeddings" in report.computed
@@ -77,18 +74,18 @@ def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(clip_weights)
         fixed_prompt_embeddings(pre, NAMES, "a medical image")
 
 
-def test_mosmos_pta_from_plain_clip_weights_warns(clip_weights):
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **dict(TINY_UNETR, decoder_heads=8))
+def test_mosmos_pta_from_plain_clip_weights_warns(tiny_unetr, clip_weights):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **dict(tiny_unetr, decoder_heads=8))
     with pytest.warns(UserWarning, match="without MOSMOS pre-training"):
         transfer_pretrained(net, clip_weights["ckpt"])
 
 
-def test_a_vit_with_other_patches_is_a_clear_error(tmp_path):
+def test_a_vit_with_other_patches_is_a_clear_error(tiny_unetr, tmp_path):
     register_model_configs()
     cfg = open_clip.get_model_config("mosmos-tiny-vit")
     cfg["vision_cfg"] = dict(cfg["vision_cfg"], patch_size=32)  # e.g. PubMedCLIP's ViT-B/32
     save_network(MosmosPretrainNet("mosmos-tiny-vit", model_cfg=cfg, _warn_random=False), tmp_path / "b32.pt")
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr)
     with pytest.raises(ValueError, match="b32.pt: pre-trained ViT has \\(32, 32\\) patches"):
         transfer_pretrained(net, tmp_path / "b32.pt")
 
@@ -107,13 +104,13 @@ def test_clip_checkpoint_command(clip_weights, tmp_path):
     torch.testing.assert_close(net.clip.visual.proj, clip_weights["clip"].visual.proj)
 
 
-def test_a_checkpoint_of_another_configuration_names_the_difference(tmp_path):
+def test_a_checkpoint_of_another_configuration_names_the_difference(tiny_unetr, tmp_path):
     from mosmos_components.checkpoint import load_weights
 
-    score = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **TINY_UNETR)
+    score = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **tiny_unetr)
     score.pta.set_class_embeddings(torch.randn(3, 64))
     save_network(score, tmp_path / "model.pt")
-    decoder = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
+    decoder = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, **tiny_unetr)
     with pytest.raises(RuntimeError, match="model.json differs: pta_mode='score' \\(checkpoint\\) vs 'decoder'"):
         load_weights(decoder, tmp_path / "model.pt")
 
@@ -154,13 +151,13 @@ def _timm_vit(tmp_path, suffix=".safetensors"):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
+def test_imagenet_vit_transfer_computes_the_same_function(tiny_unetr, tmp_path, suffix):
     """A volume one patch deep through the 3D encoder = the grey image through timm's ImageNet ViT."""
     from mosmos_components.transfer import load_imagenet_vit, prepare_network
 
     vit, path = _timm_vit(tmp_path, suffix)
     net = MosmosUNETR(
-        1, 3, img_size=(96, 96, 16), use_pta=False, vit_style="timm", **dict(TINY_UNETR, quick_gelu=False)
+        1, 3, img_size=(96, 96, 16), use_pta=False, vit_style="timm", **dict(tiny_unetr, quick_gelu=False)
     ).eval()
     report = load_imagenet_vit(net, path)
     assert "encoder.transformer.resblocks.3.mlp.c_proj.weight" in report.transferred
@@ -178,14 +175,14 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
     torch.testing.assert_close(seen[0], (vol.flip((2, 3)) - 0.5) / 0.5)
     # through the bundle's entry point, and the clear errors
     prepare_network(
-        MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **dict(TINY_UNETR, quick_gelu=False)),
+        MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **dict(tiny_unetr, quick_gelu=False)),
         path,
         pretrained_kind="imagenet",
     )
     with pytest.raises(ValueError, match="vit_style='timm'"):
-        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path)
+        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr), path)
     with pytest.raises(ValueError, match="no text encoder"):
-        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), vit_style="timm", **TINY_UNETR), path)
+        load_imagenet_vit(MosmosUNETR(1, 3, img_size=(32, 32, 16), vit_style="timm", **tiny_unetr), path)
     from safetensors.torch import load_file, save_file
 
     variant = dict(load_file(str(path)) if suffix == ".safetensors" else torch.load(path)["state_dict"])
@@ -193,16 +190,16 @@ def test_imagenet_vit_transfer_computes_the_same_function(tmp_path, suffix):
     save_file({k: v.contiguous() for k, v in variant.items()}, str(tmp_path / "reg.safetensors"))
     with pytest.raises(ValueError, match="unsupported ViT variant"):
         load_imagenet_vit(
-            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
+            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **tiny_unetr),
             tmp_path / "reg.safetensors",
         )
     with pytest.raises(ValueError, match="pretrained_kind must be"):
         prepare_network(
-            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR), path, pretrained_kind="imagenet21k"
+            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr), path, pretrained_kind="imagenet21k"
         )
 
 
-def test_imagenet_baseline_through_the_bundle(btcv_dir, clip_weights, tmp_path):
+def test_imagenet_baseline_through_the_bundle(tiny_unetr, btcv_dir, clip_weights, tmp_path):
     from monai.bundle import run
     from test_btcv_bundle import _files, _over
 
@@ -229,7 +226,7 @@ def test_imagenet_baseline_through_the_bundle(btcv_dir, clip_weights, tmp_path):
     assert float(moved.abs().max()) < 0.01 < float(vit.blocks[0].attn.qkv.weight.std())  # started from ImageNet
     with pytest.raises(ValueError, match="is not a timm ViT state dict"):  # e.g. CLIP weights given by mistake
         load_imagenet_vit(
-            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **TINY_UNETR),
+            MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, vit_style="timm", **tiny_unetr),
             clip_weights["weights"],
         )
 
@@ -298,7 +295,7 @@ def _deeper_resnet(tmp_path):
     return path
 
 
-def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(roco_dir, tmp_path):
+def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(tiny_unetr, roco_dir, tmp_path):
     """Swin UNETR's proxy tasks on the pre-training images: shapes, deterministic validation views, the loss going
     down, and through the pre-training bundle (ssl.json) a checkpoint the segmentation transfer takes."""
     from monai.bundle import run
@@ -335,7 +332,7 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(roco_dir, tmp_
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["mosmos_pretrained"] is False and "inpainting" in side["pretraining"]
     pre = load_pretrain_network(tmp_path / "models" / "model.pt")  # the plain pre-training format, strictly
-    seg = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **TINY_UNETR)
+    seg = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr)
     transfer_pretrained(seg, tmp_path / "models" / "model.pt")
     torch.testing.assert_close(
         seg.encoder.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],

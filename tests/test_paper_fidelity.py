@@ -17,10 +17,6 @@ from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transfer import transfer_pretrained
 from mosmos_components.transforms import MSDBratsRegionsd
 
-TINY_UNETR = dict(
-    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
-)
-
 
 @pytest.mark.parametrize("bundle", ["btcv_seg", "mmwhs_seg"])
 def test_unet2d_trains_on_96_pixel_crops_by_default(bundle):
@@ -36,7 +32,7 @@ def test_unet2d_trains_on_96_pixel_crops_by_default(bundle):
     assert parser.get_parsed_content("slice_roi") == [224, 224, 1]
 
 
-def test_brats_pta_branch_can_predict_a_region_absent(pretrained, tmp_path):
+def test_brats_pta_branch_can_predict_a_region_absent(tiny_unetr, pretrained, tmp_path):
     """With a sigmoid over overlapping regions, LI(A)/tau_2 >= 0 gives p >= 0.5 everywhere; the branch must be
     able to say 'absent' (here: trained a few steps on a demo BraTS volume, it does so on most tumour-free voxels,
     and still predicts the tumour)."""
@@ -50,7 +46,7 @@ def test_brats_pta_branch_can_predict_a_region_absent(pretrained, tmp_path):
     assert 0 < y[0, 1].mean() < 0.5
     names = ["tumor core", "whole tumor", "enhancing tumor"]
     torch.manual_seed(0)
-    net = MosmosUNETR(4, 3, img_size=(32, 32, 32), class_names=names, pta_sigmoid=True, **TINY_UNETR)
+    net = MosmosUNETR(4, 3, img_size=(32, 32, 32), class_names=names, pta_sigmoid=True, **tiny_unetr)
     transfer_pretrained(net, pretrained["mosmos-tiny-vit"])
     loss = MosmosSegLoss(sigmoid=True)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -90,23 +86,23 @@ def test_pretraining_without_mlr_is_an_override_recorded_in_the_sidecar():
     assert parser.get_parsed_content("validate#best_saver#extra") == {"pretrain_losses": {"irc": True, "mlr": False}}
 
 
-def test_a_checkpoint_pretrained_without_mlr_warns_that_the_decoder_is_untrained(pretrained, tmp_path):
+def test_a_checkpoint_pretrained_without_mlr_warns_that_the_decoder_is_untrained(tiny_unetr, pretrained, tmp_path):
     import shutil
 
     src = pretrained["mosmos-tiny-vit"]
     shutil.copy(src, tmp_path / "model.pt")
     side = json.loads(src.with_suffix(".json").read_text())
     (tmp_path / "model.json").write_text(json.dumps(dict(side, pretrain_losses={"irc": True, "mlr": False})))
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), class_names=["background", "liver", "spleen"], **TINY_UNETR)
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), class_names=["background", "liver", "spleen"], **tiny_unetr)
     with pytest.warns(UserWarning, match="without L_mlr"):
         transfer_pretrained(net, tmp_path / "model.pt")
 
 
-def test_no_pretraining_with_pta_runs_with_a_warning():
+def test_no_pretraining_with_pta_runs_with_a_warning(tiny_unetr):
     from mosmos_components.transfer import prepare_network
 
     torch.manual_seed(0)
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), class_names=["background", "liver", "spleen"], **TINY_UNETR)
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), class_names=["background", "liver", "spleen"], **tiny_unetr)
     with pytest.warns(UserWarning, match="no pre-training"):
         prepare_network(net, None)
     assert bool(net.pta.embeddings_ready) and net.pta.class_embeddings.abs().sum() > 0
@@ -135,11 +131,11 @@ def vit32_ckpt(tmp_path_factory):
     return net.eval(), path
 
 
-def test_unetr_with_patch_32_transfers_and_segments(vit32_ckpt):
+def test_unetr_with_patch_32_transfers_and_segments(tiny_unetr, vit32_ckpt):
     pre, path = vit32_ckpt
     names = ["background", "liver", "spleen"]
     seg = MosmosUNETR(
-        1, 3, img_size=(96, 96, 32), patch_size=32, class_names=names, radiological_flip=False, **TINY_UNETR
+        1, 3, img_size=(96, 96, 32), patch_size=32, class_names=names, radiological_flip=False, **tiny_unetr
     ).eval()
     report = transfer_pretrained(seg, path)
     assert seg.grid == (3, 3, 1) and "encoder.positional_embedding" in report.inflated
@@ -154,7 +150,7 @@ def test_unetr_with_patch_32_transfers_and_segments(vit32_ckpt):
     assert seg.train()(x).shape == (2, 2, 3, 96, 96, 32)
     # a /32 checkpoint into a /16 network names the fix
     with pytest.raises(ValueError, match="set patch_size=32"):
-        transfer_pretrained(MosmosUNETR(1, 3, img_size=(96, 96, 32), class_names=names, **TINY_UNETR), path)
+        transfer_pretrained(MosmosUNETR(1, 3, img_size=(96, 96, 32), class_names=names, **tiny_unetr), path)
 
 
 # ----- AMOS: CT and MRI apart (Fig. 4), and --modality with an existing split -----

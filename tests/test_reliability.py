@@ -35,9 +35,6 @@ TINY = {
     "num_samples": 1,
     "sw_batch_size": 1,
 }
-TINY_UNETR = dict(
-    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
-)
 
 
 def _chain(exc):
@@ -126,9 +123,9 @@ def test_non_finite_weights_are_never_written(tmp_path):
 # ----- 2. a checkpoint with other classes -----
 
 
-def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tmp_path):
+def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tiny_unetr, tmp_path):
     net = MosmosUNETR(
-        1, 14, img_size=(32, 32, 32), use_pta=False, class_names=[f"c{i}" for i in range(14)], **TINY_UNETR
+        1, 14, img_size=(32, 32, 32), use_pta=False, class_names=[f"c{i}" for i in range(14)], **tiny_unetr
     )
     save_network(net, tmp_path / "model.pt", extra={"data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"}})
     parser = ConfigParser()
@@ -147,8 +144,8 @@ def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tmp_path):
         load_segmentation_network(tmp_path / "model.pt", expect=dict(same, data={"pixdim": [1.0, 1.0, 1.0]}))
 
 
-def test_weights_and_sidecar_from_different_saves_are_an_error(tmp_path):
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), use_pta=False, class_names=["a", "b", "c"], **TINY_UNETR)
+def test_weights_and_sidecar_from_different_saves_are_an_error(tiny_unetr, tmp_path):
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 32), use_pta=False, class_names=["a", "b", "c"], **tiny_unetr)
     save_network(net, tmp_path / "model.pt")
     side = (tmp_path / "model.json").read_text()
     with torch.no_grad():

@@ -13,12 +13,6 @@ from mosmos_components.transfer import (
     transfer_pretrained,
 )
 
-TINY_UNETR = dict(
-    hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
-)
-TINY_UNET = dict(
-    layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, decoder_channels=(64, 32, 16, 16, 8), decoder_heads=4
-)
 NAMES = ["background", "spleen", "liver", "duodenum"]  # duodenum is open-set: not a pre-training tag
 
 
@@ -41,8 +35,8 @@ def rn_ckpt(tmp_path_factory):
 
 
 @pytest.mark.parametrize("use_pta", [True, False])
-def test_unetr_shapes(use_pta, vit_ckpt):
-    net = MosmosUNETR(1, 4, img_size=(64, 64, 32), use_pta=use_pta, class_names=NAMES, **TINY_UNETR)
+def test_unetr_shapes(tiny_unetr, use_pta, vit_ckpt):
+    net = MosmosUNETR(1, 4, img_size=(64, 64, 32), use_pta=use_pta, class_names=NAMES, **tiny_unetr)
     if use_pta:
         transfer_pretrained(net, vit_ckpt[1])
     x = torch.rand(2, 1, 64, 64, 32)
@@ -54,8 +48,8 @@ def test_unetr_shapes(use_pta, vit_ckpt):
 
 
 @pytest.mark.parametrize("use_pta", [True, False])
-def test_unet2d_shapes(use_pta, rn_ckpt):
-    net = MosmosUNet2D(1, 4, use_pta=use_pta, class_names=NAMES, **TINY_UNET)
+def test_unet2d_shapes(tiny_unet, use_pta, rn_ckpt):
+    net = MosmosUNet2D(1, 4, use_pta=use_pta, class_names=NAMES, **tiny_unet)
     if use_pta:
         transfer_pretrained(net, rn_ckpt[1])
     x = torch.rand(3, 1, 64, 96)
@@ -67,10 +61,10 @@ def test_unet2d_shapes(use_pta, rn_ckpt):
         net(torch.rand(1, 2, 64, 64))
 
 
-def test_vit_transfer_computes_the_same_function(vit_ckpt):
+def test_vit_transfer_computes_the_same_function(tiny_unetr, vit_ckpt):
     """A volume one patch deep, constant along depth, through the 3D encoder = the grey image through CLIP's ViT."""
     pre, path = vit_ckpt
-    seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, **TINY_UNETR).eval()
+    seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, **tiny_unetr).eval()
     report = transfer_pretrained(seg, path)
     img = torch.rand(1, 96, 96)
     with torch.no_grad():
@@ -89,11 +83,11 @@ def test_vit_transfer_computes_the_same_function(vit_ckpt):
     assert not any("token_embedding" in k for k in seg.state_dict())  # no text encoder in the segmentation net
 
 
-def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(vit_ckpt):
+def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(tiny_unetr, vit_ckpt):
     """With the transferred weights, a one-patch-deep volume through the 3D PTA gives the pre-trained 2D
     decoder's attention maps on the same image (same position layout in plane, depth term zero)."""
     pre, path = vit_ckpt
-    seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, radiological_flip=False, **TINY_UNETR).eval()
+    seg = MosmosUNETR(1, 4, img_size=(96, 96, 16), class_names=NAMES, radiological_flip=False, **tiny_unetr).eval()
     transfer_pretrained(seg, path)
     img = torch.rand(1, 96, 96)
     with torch.no_grad():  # the network standardises its input as CLIP's preprocessing does
@@ -104,8 +98,8 @@ def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(vit_c
     torch.testing.assert_close(attn3d[..., 0].reshape(1, 4, 36), attn2d, rtol=1e-4, atol=1e-5)
 
 
-def test_pixel_tag_attention_maps_are_the_same_in_training_and_evaluation(vit_ckpt):
-    seg = MosmosUNETR(1, 4, img_size=(64, 64, 32), class_names=NAMES, **TINY_UNETR)
+def test_pixel_tag_attention_maps_are_the_same_in_training_and_evaluation(tiny_unetr, vit_ckpt):
+    seg = MosmosUNETR(1, 4, img_size=(64, 64, 32), class_names=NAMES, **tiny_unetr)
     transfer_pretrained(seg, vit_ckpt[1])
     tokens = torch.randn(2, 4 * 4 * 2, 64)
     train_maps = seg.pta.train()(tokens, seg.grid)
@@ -128,9 +122,9 @@ def test_inflation_and_position_resize_rules():
     torch.testing.assert_close(same, pos)  # same grid: unchanged
 
 
-def test_resnet_transfer_computes_the_same_function(rn_ckpt):
+def test_resnet_transfer_computes_the_same_function(tiny_unet, rn_ckpt):
     pre, path = rn_ckpt
-    seg = MosmosUNet2D(3, 4, class_names=NAMES, radiological_flip=False, **TINY_UNET).eval()
+    seg = MosmosUNet2D(3, 4, class_names=NAMES, radiological_flip=False, **tiny_unet).eval()
     report = transfer_pretrained(seg, path)
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
@@ -141,9 +135,9 @@ def test_resnet_transfer_computes_the_same_function(rn_ckpt):
     assert "encoder.layer4.0.conv1.weight" in report.transferred and not report.inflated
 
 
-def test_class_embeddings_are_a_frozen_buffer_computed_once(vit_ckpt):
+def test_class_embeddings_are_a_frozen_buffer_computed_once(tiny_unetr, vit_ckpt):
     pre, path = vit_ckpt
-    seg = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
+    seg = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **tiny_unetr)
     transfer_pretrained(seg, path)
     expected = class_embeddings(pre, NAMES)
     torch.testing.assert_close(seg.pta.class_embeddings, expected)
@@ -155,28 +149,28 @@ def test_class_embeddings_are_a_frozen_buffer_computed_once(vit_ckpt):
     torch.testing.assert_close(seg.pta.class_embeddings, before)
 
 
-def test_transfer_errors(vit_ckpt, rn_ckpt, tmp_path):
+def test_transfer_errors(tiny_unetr, tiny_unet, vit_ckpt, rn_ckpt, tmp_path):
     with pytest.raises(ValueError, match="needs a ViT"):
-        transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), rn_ckpt[1])
+        transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **tiny_unetr), rn_ckpt[1])
     with pytest.raises(ValueError, match="needs a CLIP ResNet"):
-        transfer_pretrained(MosmosUNet2D(1, 4, class_names=NAMES, **TINY_UNET), vit_ckpt[1])
-    wide = dict(TINY_UNETR, hidden_size=128, num_heads=4)
+        transfer_pretrained(MosmosUNet2D(1, 4, class_names=NAMES, **tiny_unet), vit_ckpt[1])
+    wide = dict(tiny_unetr, hidden_size=128, num_heads=4)
     with pytest.raises(ValueError, match="width 64"):
         transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **wide), vit_ckpt[1])
-    gelu = dict(TINY_UNETR, quick_gelu=False)
+    gelu = dict(tiny_unetr, quick_gelu=False)
     with pytest.raises(ValueError, match="quick_gelu=True"):
         transfer_pretrained(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **gelu), vit_ckpt[1])
     with pytest.raises(FileNotFoundError, match="not found"):
         prepare_network(
-            MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), tmp_path / "missing.pt"
+            MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **tiny_unetr), tmp_path / "missing.pt"
         )
     # PTA without pre-trained weights runs with a warning (Table 4's "no pre-training" row; test_paper_fidelity)
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"junk")
     (tmp_path / "model.json").write_text(vit_ckpt[1].with_suffix(".json").read_text())
     with pytest.raises(RuntimeError, match="not a readable"):
-        prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR), bad)
-    net = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **TINY_UNETR)
+        prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **tiny_unetr), bad)
+    net = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=NAMES, **tiny_unetr)
     with pytest.raises(RuntimeError, match="no class embeddings"):
         net(torch.rand(1, 1, 32, 32, 16))
 
