@@ -106,8 +106,7 @@ def load_spec(path: str | Path) -> dict:
 
     configs = bundles_dir() / str(spec["bundle"]) / "configs"
     for name, init in spec["inits"].items():
-        variant = init.get("variant") or []
-        for f in [variant] if isinstance(variant, str) else variant:
+        for f in _variants(init):
             if not (configs / f).is_file():
                 raise ValueError(
                     f"{path}: init '{name}' names the variant {f}, which {configs} does not have "
@@ -146,8 +145,13 @@ def _fraction_overrides(spec: dict, fraction: float) -> dict:
 def cell_configs(spec: dict, cell: Cell) -> list[str]:
     """The bundle configs of a cell: the spec's, then its initialisation's named variant files (``"variant"``: a
     file or a list of files under the bundle's ``configs/``, e.g. ``"baselines/imagenet_vit.json"``)."""
-    variant = spec["inits"][cell.init].get("variant") or []
-    return list(spec["configs"]) + ([variant] if isinstance(variant, str) else list(variant))
+    return list(spec["configs"]) + _variants(spec["inits"][cell.init])
+
+
+def _variants(init: dict) -> list[str]:
+    """An init's ``"variant"`` entry as a list of config files (it may name one or several)."""
+    variant = init.get("variant") or []
+    return [variant] if isinstance(variant, str) else list(variant)
 
 
 def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:

@@ -29,6 +29,7 @@ from monai.networks.nets import UNETR
 
 from mosmos_components.losses import MosmosPretrainLoss
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
+from mosmos_components.segment import autocast  # AMP as mosmos segment uses it: fp16 on a GPU, bf16 on a CPU
 
 SIZES = {
     "tiny": {
@@ -84,11 +85,6 @@ def _networks(size: str, device: torch.device) -> dict[str, torch.nn.Module]:
     return {"mosmos_pta": pta.to(device), "mosmos_no_pta": plain.to(device), "monai_unetr": ref.to(device)}
 
 
-def _autocast(device: torch.device, amp: bool):
-    """AMP as the bundles use it: fp16 on a GPU, bf16 on a CPU."""
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=amp)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -121,7 +117,7 @@ def window_benchmark(size: str, device: torch.device, repeats: int) -> dict:
     out = {}
     for amp in (False, True):
         tag = "_amp" if amp else ""
-        with torch.inference_mode(), _autocast(device, amp):
+        with torch.inference_mode(), autocast(device, amp):
             fns = {k: (lambda n=n: n(x)) for k, n in {**nets, "clip_denseclip_score_maps": score}.items()}
             if not amp:
                 traced = torch.jit.trace(nets["mosmos_pta"], x)  # what `ckpt_export --use_trace True` writes
@@ -151,7 +147,7 @@ def train_step_benchmark(size: str, device: torch.device, repeats: int, batch: i
 
         def step(net, loss, amp=amp):
             net.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 value = loss(net(x), y)
             value.backward()  # timing only: no optimizer step, so no gradient scaler either
 
@@ -257,7 +253,7 @@ def loader_benchmark(size: str, device: torch.device, steps: int = 20, loader: s
                     t1 = time.perf_counter()
                     x, y = batch["image"].to(device), batch["label"].to(device)
                     opt.zero_grad(set_to_none=True)
-                    with _autocast(device, amp):
+                    with autocast(device, amp):
                         value = loss(net(x), y)
                     scaler.scale(value).backward()
                     scaler.step(opt)

@@ -93,7 +93,7 @@ def _cell(res: dict, keys: tuple, fmt: str | None, target) -> str:
     return " / ".join(parts) if parts else "–"
 
 
-def _column(res: dict, name: str) -> str:
+def _column(res: dict) -> str:
     dev = res.get("device_name") or res["device"]
     return (
         f"{res['size']}, {dev} ({res.get('threads', '?')} threads)"
@@ -119,7 +119,7 @@ def render(files: list[str]) -> str:
     ]
     if perf:
         lines += [
-            "| measure | target | " + " | ".join(f"{_column(r, n)} `{n}`" for n, r in perf) + " |",
+            "| measure | target | " + " | ".join(f"{_column(r)} `{n}`" for n, r in perf) + " |",
             "|---|---|" + "---|" * len(perf),
         ]
         for label, keys, fmt, target, text in ROWS:
@@ -140,7 +140,7 @@ def render(files: list[str]) -> str:
         for n, r in fast:
             for mode, v in r["fast_modes"].items():
                 lines.append(
-                    f"| `{n}` ({_column(r, n)}) | {mode} | {v['dice']:.4f} | {v['seconds_per_scan']:.2f} | "
+                    f"| `{n}` ({_column(r)}) | {mode} | {v['dice']:.4f} | {v['seconds_per_scan']:.2f} | "
                     f"{v['label_agreement_vs_default']:.3%} |"
                 )
         lines.append("")
@@ -155,7 +155,7 @@ def render(files: list[str]) -> str:
         for n, r in ddp:
             base = r["ddp_samples_per_s"]["1"]
             for k, v in r["ddp_samples_per_s"].items():
-                lines.append(f"| `{n}` ({_column(r, n)}) | {k} | {v:.2f} | ×{v / base:.2f} |")
+                lines.append(f"| `{n}` ({_column(r)}) | {k} | {v:.2f} | ×{v / base:.2f} |")
         lines.append("")
     notes = [(n, r["provenance"]) for n, r in results if r.get("provenance")]
     if notes:
