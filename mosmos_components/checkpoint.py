@@ -23,6 +23,7 @@ __all__ = [
     "read_sidecar",
     "load_pretrain_network",
     "load_segmentation_network",
+    "is_2d_network",
     "load_weights",
 ]
 
@@ -206,6 +207,12 @@ def load_segmentation_network(path: str | os.PathLike, expect: dict[str, Any] | 
     params = inspect.signature(cls).parameters
     net = cls(**{k: v for k, v in cfg.items() if k in params})
     return load_weights(net, path, "segmentation checkpoint").eval()
+
+
+def is_2d_network(cfg: dict[str, Any]) -> bool:
+    """Whether a segmentation sidecar describes a 2D network (slice-by-slice inference); sidecars written before
+    0.5 say it only by the network's name."""
+    return int(cfg.get("spatial_dims", 2 if cfg.get("network") == "MosmosUNet2D" else 3)) == 2
 
 
 def load_weights(network: torch.nn.Module, path: str | os.PathLike, what: str = "model checkpoint") -> torch.nn.Module:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.checkpoint import atomic_json_save, load_segmentation_network, read_sidecar
+from mosmos_components.checkpoint import atomic_json_save, is_2d_network, load_segmentation_network, read_sidecar
 
 __all__ = ["export_onnx", "OnnxNetwork"]
 
@@ -70,7 +70,7 @@ def export_onnx(
     cfg = read_sidecar(model_pt)
     net = load_segmentation_network(model_pt).eval()
     roi = cfg.get("inference", {}).get("roi_size") or cfg.get("img_size")
-    if cfg.get("network") == "MosmosUNet2D" or cfg.get("inference", {}).get("slice_inference"):
+    if is_2d_network(cfg) or cfg.get("inference", {}).get("slice_inference"):
         roi = list(roi)[:2]
     x = torch.rand(2, int(cfg.get("in_channels", 1)), *[int(v) for v in roi])
     tmp = out.with_name(f".{out.name}.tmp")

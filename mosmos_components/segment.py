@@ -33,6 +33,7 @@ from mosmos_components.checkpoint import (
     _atomic_write,
     atomic_json_save,
     check_expectations,
+    is_2d_network,
     load_segmentation_network,
     read_sidecar,
 )
@@ -130,7 +131,7 @@ def load_model(
             f"{path.with_suffix('.json')}: the sidecar does not say the model's {missing} (written "
             'before MOSMOS 0.3?); retrain, or add them under "data" as the bundle\'s checkpoint_expect'
         )
-    slice_inference = bool(infer.get("slice_inference", cfg.get("network") == "MosmosUNet2D"))
+    slice_inference = bool(infer.get("slice_inference", is_2d_network(cfg)))
     roi = infer.get("roi_size") or cfg.get("img_size")
     if roi is None:
         raise ValueError(f"{path.with_suffix('.json')}: the sidecar gives no window size (inference.roi_size)")

@@ -1,11 +1,12 @@
 """Weight transfer from the ``mosmos_pretrain`` checkpoint into the segmentation networks (docs/method.md §4).
 
-* ResNet (CLIP ``ModifiedResNet``) -> :class:`MosmosUNet2D`: stem and layer1-4 one to one; the attention pool's
-  value/output projections become the PTA projection.
-* ViT (CLIP ``VisionTransformer``) -> :class:`MosmosUNETR`: the transformer blocks, ``ln_pre``, ``ln_post``,
-  ``proj`` and the class token one to one; the 3-channel patch kernel summed over RGB, shared over the input
-  channels and inflated over depth (I3D, divided by the patch depth); the position grid resized to the 3D
-  grid's in-plane size and broadcast over depth.
+* ResNet (CLIP ``ModifiedResNet``) -> :class:`ClipResNetEncoder` (of :class:`MosmosUNet2D`): stem and layer1-4 one
+  to one; the attention pool's value/output projections become the encoder's projection into the text space.
+* ViT (CLIP ``VisionTransformer``) -> :class:`ClipViT3DEncoder` (of :class:`MosmosUNETR`): the transformer
+  blocks, ``ln_pre``, ``ln_post``, ``proj`` and the class token one to one; the 3-channel patch kernel summed over
+  RGB, shared over the input channels and inflated over depth (I3D, divided by the patch depth); the position grid
+  resized to the 3D grid's in-plane size and broadcast over depth.
+* Rules are registered per encoder class (:func:`transfer_rule`), so a new encoder brings its own.
 * The tag decoder without its classifier -> the PTA branch; the class embeddings are computed here, once, by
   the pre-trained prompt + frozen text encoder, and stored as a buffer.
 * Baselines (docs/method.md §5): :func:`save_clip_checkpoint` writes plain CLIP (or PubMedCLIP) weights in the
@@ -33,8 +34,10 @@ from torch import nn
 
 from mosmos_components.checkpoint import load_pretrain_network, load_state_dict, read_sidecar, save_network
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
-from mosmos_components.networks.unet2d import MosmosUNet2D
+from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResNetEncoder
+from mosmos_components.networks.unet import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
+from mosmos_components.networks.vit3d import ClipViT3DEncoder
 
 __all__ = [
     "TransferReport",
@@ -54,17 +57,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# segmentation network class -> how a pre-training network's weights go into it:
+# encoder (or whole network) class -> how a pre-training network's image tower goes into it:
 # rule(pretrain_net, network, report, source) copies tensors with _copy() and records them in the report
 TRANSFER_RULES: dict[type, Callable[..., None]] = {}
 
 
-def transfer_rule(network_cls: type) -> Callable:
-    """Register the function that carries pre-trained image-tower weights into ``network_cls`` (and its
-    subclasses) for :func:`transfer_pretrained`."""
+def transfer_rule(cls: type) -> Callable:
+    """Register the function that carries pre-trained image-tower weights into a segmentation network whose
+    encoder is a ``cls`` (or a subclass), or into a network of class ``cls``, for :func:`transfer_pretrained`."""
 
     def register(fn: Callable) -> Callable:
-        TRANSFER_RULES[network_cls] = fn
+        TRANSFER_RULES[cls] = fn
         return fn
 
     return register
@@ -196,16 +199,16 @@ def _inflate_patches_and_positions(
     enc = seg.encoder
     with torch.no_grad():
         enc.conv1.weight.copy_(inflate_patch_kernel(kernel_2d, enc.conv1.in_channels, enc.conv1.kernel_size[2]))
-        enc.positional_embedding.copy_(resize_position_grid(positions_2d, seg.grid))
+        enc.positional_embedding.copy_(resize_position_grid(positions_2d, enc.grid))
     report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
 
 
-@transfer_rule(MosmosUNETR)
-def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferReport, source: str) -> None:
+@transfer_rule(ClipViT3DEncoder)
+def _vit_into_vit3d(pre: MosmosPretrainNet, seg: nn.Module, report: TransferReport, source: str) -> None:
     vis = pre.clip.visual
     if not isinstance(vis, VisionTransformer):
         raise ValueError(
-            f"{source} holds a {type(vis).__name__} image encoder; MosmosUNETR needs a ViT "
+            f"{source} holds a {type(vis).__name__} image encoder; {type(seg).__name__}'s ViT encoder needs a ViT "
             "(pre-train with a ViT backbone, or use MosmosUNet2D for a ResNet)"
         )
     enc = seg.encoder
@@ -231,20 +234,20 @@ def _vit_into_unetr(pre: MosmosPretrainNet, seg: MosmosUNETR, report: TransferRe
     _inflate_patches_and_positions(seg, vis.conv1.weight, vis.positional_embedding, report)
 
 
-@transfer_rule(MosmosUNet2D)
-def _resnet_into_unet(pre: MosmosPretrainNet, seg: MosmosUNet2D, report: TransferReport, source: str) -> None:
+@transfer_rule(ClipResNetEncoder)
+def _resnet_into_resnet(pre: MosmosPretrainNet, seg: nn.Module, report: TransferReport, source: str) -> None:
     vis = pre.clip.visual
     if not isinstance(vis, ModifiedResNet):
         raise ValueError(
-            f"{source} holds a {type(vis).__name__} image encoder; MosmosUNet2D needs a CLIP ResNet "
-            "(pre-train with an RN backbone, or use MosmosUNETR for a ViT)"
+            f"{source} holds a {type(vis).__name__} image encoder; {type(seg).__name__}'s ResNet encoder needs a "
+            "CLIP ResNet (pre-train with an RN backbone, or use MosmosUNETR for a ViT)"
         )
     state = {k: v for k, v in vis.state_dict().items() if not k.startswith("attnpool.")}
     with torch.no_grad():
         _copy(seg, "encoder.", state, report, source)
-        if seg.pta is not None:
-            _copy(seg, "v_proj.", vis.attnpool.v_proj.state_dict(), report, source)
-            _copy(seg, "c_proj.", vis.attnpool.c_proj.state_dict(), report, source)
+        if seg.encoder.embed_dim is not None:
+            _copy(seg, "encoder.v_proj.", vis.attnpool.v_proj.state_dict(), report, source)
+            _copy(seg, "encoder.c_proj.", vis.attnpool.c_proj.state_dict(), report, source)
 
 
 _TIMM_BLOCK = {
@@ -281,7 +284,7 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
     ``MosmosUNETR(vit_style="timm", use_pta=False)``: blocks one to one, patch kernel and position grid inflated
     as for CLIP, the classifier head dropped. Returns the report (also logged)."""
     source = str(path)
-    if not isinstance(network, MosmosUNETR):
+    if not isinstance(getattr(network, "encoder", None), ClipViT3DEncoder):
         raise TypeError(f"the ImageNet ViT goes into MosmosUNETR, not {type(network).__name__}")
     if network.pta is not None:
         raise ValueError("the ImageNet baseline has no text encoder for class embeddings: set use_pta to false")
@@ -333,7 +336,7 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
     a ``MosmosUNet2D(resnet_style="torchvision", use_pta=False)``, every encoder tensor one to one, the
     classifier ``fc`` dropped. Returns the report (also logged)."""
     source = str(path)
-    if not isinstance(network, MosmosUNet2D) or network.resnet_style != "torchvision":
+    if not isinstance(getattr(network, "encoder", None), TorchvisionResNetEncoder):
         raise ValueError("torchvision ResNet weights need MosmosUNet2D built with resnet_style='torchvision'")
     state = _read_weights(path)
     if "conv1.weight" not in state or "layer4.0.conv1.weight" not in state:
@@ -370,10 +373,12 @@ def transfer_pretrained(
     source = str(ckpt_path)
     pre = pretrain if pretrain is not None else load_pretrain_network(ckpt_path)
     report = TransferReport()
-    rule = next((TRANSFER_RULES[c] for c in type(network).__mro__ if c in TRANSFER_RULES), None)
+    classes = (*type(getattr(network, "encoder", None)).__mro__, *type(network).__mro__)
+    rule = next((TRANSFER_RULES[c] for c in classes if c in TRANSFER_RULES), None)
     if rule is None:
         raise TypeError(
-            f"no transfer rule for {type(network).__name__} (known: "
+            f"no transfer rule for {type(network).__name__} with a {type(getattr(network, 'encoder', None)).__name__} "
+            f"encoder (known: "
             f"{sorted(c.__name__ for c in TRANSFER_RULES)}; register one with @transfer_rule)"
         )
     rule(pre, network, report, source)
@@ -421,7 +426,8 @@ def transfer_pretrained(
 
 
 def _init_imagenet(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:
-    (load_imagenet_resnet if isinstance(network, MosmosUNet2D) else load_imagenet_vit)(network, path)
+    resnet = isinstance(getattr(network, "encoder", None), (ClipResNetEncoder, TorchvisionResNetEncoder))
+    (load_imagenet_resnet if resnet else load_imagenet_vit)(network, path)
 
 
 def _init_mosmos(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:

@@ -9,6 +9,80 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 warnings.filterwarnings("ignore", message=".*initialised RANDOMLY.*")
 
 
+# the settings every bundle run in the tests uses (the btcv_dir fixture's grid; tests override what they need)
+TINY_RUN = {
+    "pixdim": [8.0, 8.0, 9.0],
+    "roi_size": [32, 32, 16],
+    "slice_size": 32,
+    "max_epochs": 1,
+    "val_interval": 1,
+    "warmup_epochs": 1,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "show_progress": False,
+    "num_samples": 1,
+    "sw_batch_size": 1,
+}
+
+
+TINY_PRETRAIN = {"batch_size": 16, "num_workers": 0, "show_progress": False}
+
+
+class BundleRun:
+    """Runs a bundle in the tests: its config files by name, and the overrides that point it at a data set, an
+    output folder and (segmentation bundles) pre-trained weights, with the tiny settings (:data:`TINY_RUN`,
+    :data:`TINY_PRETRAIN`)."""
+
+    def settings(self, bundle: str) -> dict:
+        """The tiny settings for ``bundle`` (a copy, e.g. for an experiment spec's overrides)."""
+        return dict(TINY_PRETRAIN if bundle == "mosmos_pretrain" else TINY_RUN)
+
+    def configs(self, bundle: str) -> Path:
+        return REPO / "bundles" / bundle / "configs"
+
+    def files(self, bundle: str, *names: str) -> list[str]:
+        return [str(self.configs(bundle) / n) for n in names]
+
+    def overrides(self, bundle: str, data, tmp: Path, pretrained_ckpt="unused", **kw) -> dict:
+        """``dataset_dir`` is ``data``, ``ckpt_dir`` and ``output_dir`` go under ``tmp``; ``kw`` wins over
+        everything (``dataset_dir=`` included)."""
+        settings = self.settings(bundle)
+        if bundle != "mosmos_pretrain":
+            settings["pretrained_ckpt"] = str(pretrained_ckpt)
+        return {
+            **settings,
+            "bundle_root": str(REPO / "bundles" / bundle),
+            "dataset_dir": str(data),
+            "ckpt_dir": str(tmp / "models"),
+            "output_dir": str(tmp / "eval"),
+            "logging_file": str(self.configs(bundle) / "logging.conf"),
+            **kw,
+        }
+
+    def __call__(self, bundle: str, configs, data, tmp: Path, pretrained_ckpt="unused", **kw) -> dict:
+        """``monai.bundle.run`` on ``configs`` (names in the bundle's configs/) with :meth:`overrides`; returns them."""
+        return self.rerun(bundle, configs, self.overrides(bundle, data, tmp, pretrained_ckpt, **kw))
+
+    def rerun(self, bundle: str, configs, overrides: dict) -> dict:
+        """``monai.bundle.run`` on ``configs`` with exactly ``overrides`` (those of an earlier run, changed)."""
+        from monai.bundle import run
+
+        run(config_file=self.files(bundle, *configs), **overrides)
+        return overrides
+
+
+@pytest.fixture(scope="session")
+def bundle_run():
+    """:class:`BundleRun`: ``bundle_run("btcv_seg", ["train.json", "demo.json"], data, tmp, ckpt, max_epochs=2)``."""
+    return BundleRun()
+
+
+@pytest.fixture(scope="session")
+def repo():
+    """The repository's root."""
+    return REPO
+
+
 @pytest.fixture
 def tiny_unetr():
     """The tiny UNETR of demo.json (the `pretrained` fixture's tiny ViT fits it), one place for every test."""
@@ -44,6 +118,24 @@ def real_ct():
     folder = SHARED_DATA / "abdomen_ct_crop"
     if not (folder / "image.nii.gz").is_file():
         pytest.skip(f"real CT sample not available at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def medpix():
+    """The MedPix 2.0 sample of ../shared (skips where it is absent)."""
+    folder = SHARED_DATA / "medpix2_sample"
+    if not (folder / "MedPix-2-0" / "Descriptions.json").is_file():
+        pytest.skip(f"MedPix 2.0 sample not available at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def acdc():
+    """The ACDC sample of ../shared, official layout (skips where it is absent)."""
+    folder = SHARED_DATA / "acdc_sample"
+    if not (folder / "database" / "training").is_dir():
+        pytest.skip(f"ACDC sample not available at {folder}")
     return folder
 
 
@@ -89,7 +181,7 @@ def clip_weights(tmp_path_factory):
 GLOO_ABORT = "terminate called without an active exception"
 
 
-def run_torchrun(cmd, **kwargs):
+def _run_torchrun(cmd, **kwargs):
     import subprocess
 
     res = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
@@ -99,6 +191,12 @@ def run_torchrun(cmd, **kwargs):
         )
         res = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     return res
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """``torchrun(cmd, **subprocess_kwargs)``: a torchrun command, run once more after gloo's connection flake."""
+    return _run_torchrun
 
 
 def write_ct_series(

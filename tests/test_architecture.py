@@ -108,62 +108,65 @@ def test_recipe_add_a_baseline(tmp_path, monkeypatch):
 
 
 def test_recipe_add_an_encoder(tmp_path, pretrained):
-    """A new network in its own class, with a transfer rule: registered, saved and rebuilt from its sidecar alone,
-    transferred from a pre-training checkpoint, with pixel-tag attention as a plug-in."""
+    """A new encoder in its own class (registered by its name) and its transfer rule: plugged into the U-Net with
+    pixel-tag attention without touching a network class, transferred from a pre-training checkpoint, trained one
+    step, saved and rebuilt from its sidecar alone."""
     from mosmos_components import transfer
     from mosmos_components.checkpoint import load_segmentation_network, save_network
-    from mosmos_components.networks.base import SEGMENTATION_NETWORKS, SegmentationNetMixin
-    from mosmos_components.networks.pta import PixelTagAttention
+    from mosmos_components.losses import MosmosSegLoss
+    from mosmos_components.networks import MosmosUNet
+    from mosmos_components.networks.encoders import ENCODERS, EncoderFeatures, PTAEncoder, map_to_tokens
 
-    class ToyConvNet(SegmentationNetMixin, nn.Module):
-        def __init__(
-            self,
-            in_channels: int = 1,
-            out_channels: int = 3,
-            embed_dim: int = 64,
-            class_names=("a", "b", "c"),
-            use_pta: bool = True,
-        ) -> None:
+    class ToyEncoder3D(PTAEncoder, name="toy3d"):  # a two-level conv pyramid, tokens at 1/4
+        def __init__(self, in_channels=1, img_size=(16, 16, 8), width=8, embed_dim=64):
             super().__init__()
-            self.flip_dims = ()
-            self.stem = nn.Conv2d(in_channels, embed_dim, 4, stride=4)
-            self.pta = (
-                PixelTagAttention(out_channels, embed_dim, decoder_heads=4, class_names=class_names)
-                if use_pta
-                else None
-            )
-            self.head = nn.Conv2d(embed_dim + (out_channels if use_pta else 0), out_channels, 1)
+            self.spatial_dims, self.in_channels, self.token_channels = 3, in_channels, 2 * width
+            self.skip_channels, self.skip_strides, self.reduction = (width, in_channels), (2, 1), 4
+            self.embed_dim, self.grid = embed_dim, tuple(s // 4 for s in img_size)
+            self.down1 = nn.Conv3d(in_channels, width, 2, stride=2)
+            self.down2 = nn.Conv3d(width, 2 * width, 2, stride=2)
+            self.proj = nn.Linear(2 * width, embed_dim)
 
         def forward(self, x):
-            f = self.stem(x)
-            grid = tuple(f.shape[2:])
-            if self.pta is not None:
-                f = torch.cat([f, self.pta(f.flatten(2).transpose(1, 2), grid)], dim=1)
-            return nn.functional.interpolate(self.head(f), size=x.shape[2:])
+            z = x - 0.5
+            s2 = self.down1(z)
+            tokens, grid = map_to_tokens(self.down2(s2))
+            return EncoderFeatures(tokens, [s2, z], grid)
+
+        def project(self, tokens):
+            return self.proj(tokens)
 
     calls = []
 
-    @transfer.transfer_rule(ToyConvNet)
+    @transfer.transfer_rule(ToyEncoder3D)
     def _into_toy(pre, seg, report, source):
         calls.append(source)
         with torch.no_grad():
-            seg.stem.bias.fill_(0.5)  # a real rule copies tensors of ``pre`` with transfer._copy
-        report.transferred.append("stem.bias")
+            seg.encoder.down1.bias.fill_(0.5)  # a real rule copies tensors of ``pre`` with transfer._copy
+        report.transferred.append("encoder.down1.bias")
 
     try:
-        assert SEGMENTATION_NETWORKS["ToyConvNet"] is ToyConvNet
-        net = ToyConvNet()
+        kw = dict(encoder="toy3d", encoder_args={"img_size": [16, 16, 8]}, decoder_channels=(16, 8), decoder_heads=4)
+        net = MosmosUNet(1, 3, class_names=["background", "liver", "spleen"], **kw)
         transfer.transfer_pretrained(net, pretrained["mosmos-tiny-vit"])  # the rule, then the tag decoder + embeddings
-        assert calls and bool(net.pta.embeddings_ready) and torch.all(net.stem.bias == 0.5)
+        assert calls and bool(net.pta.embeddings_ready) and torch.all(net.encoder.down1.bias == 0.5)
+        x, y = torch.rand(2, 1, 16, 16, 8), torch.randint(0, 3, (2, 1, 16, 16, 8))
+        out = net.train()(x)
+        assert out.shape == (2, 2, 3, 16, 16, 8)  # segmentation and PTA logits
+        MosmosSegLoss()(out, y).backward()
+        assert net.pta.decoder.layers[-1].cross_attn.in_proj_weight.grad.abs().sum() > 0
+        assert net.attention_maps(x).shape == (2, 3, 4, 4, 2)
         save_network(net, tmp_path / "model.pt")
-        assert json.loads((tmp_path / "model.json").read_text())["embed_dim"] == 64
+        side = json.loads((tmp_path / "model.json").read_text())
+        assert side["encoder"] == "toy3d" and side["spatial_dims"] == 3
         again = load_segmentation_network(tmp_path / "model.pt")
-        assert type(again) is ToyConvNet
-        x = torch.rand(1, 1, 16, 16)
+        assert type(again.encoder) is ToyEncoder3D
         torch.testing.assert_close(again(x), net.eval()(x))
+        with pytest.raises(ValueError, match="token encoder such as 'clip_vit3d' goes with MosmosUNETR"):
+            MosmosUNet(1, 3, encoder="clip_vit3d", encoder_args={"img_size": [32, 32, 32], "width": 32, "heads": 2})
     finally:
-        SEGMENTATION_NETWORKS.pop("ToyConvNet", None)
-        transfer.TRANSFER_RULES.pop(ToyConvNet, None)
+        ENCODERS.pop("toy3d", None)
+        transfer.TRANSFER_RULES.pop(ToyEncoder3D, None)
 
 
 def _module_imports() -> dict[str, set[str]]:

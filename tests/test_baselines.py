@@ -130,7 +130,7 @@ def test_denseclip_score_maps_in_the_2d_unet(pretrained):
         pta_mode="score",
     )
     report = transfer_pretrained(net, pretrained["mosmos-tiny-rn"])
-    assert "v_proj.weight" in report.transferred and "pta.class_embeddings" in report.computed
+    assert "encoder.v_proj.weight" in report.transferred and "pta.class_embeddings" in report.computed
     assert net.train()(torch.rand(2, 1, 64, 64)).shape == (2, 2, 3, 64, 64)
     maps = net.attention_maps(torch.rand(1, 1, 64, 64))
     assert maps.shape == (1, 3, 2, 2) and float(maps.abs().max()) <= 1.0 + 1e-5
@@ -164,11 +164,11 @@ def test_imagenet_vit_transfer_computes_the_same_function(tiny_unetr, tmp_path, 
     assert not any(k.startswith("head") for k in net.state_dict())
     img = torch.rand(1, 96, 96)
     with torch.no_grad():
-        ref = vit.forward_features(img.expand(3, -1, -1).unsqueeze(0))[:, 1:]  # tokens after the final norm
-        tokens, _ = net.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
+        ref = vit.forward_features((img.expand(3, -1, -1).unsqueeze(0) - 0.5) / 0.5)[:, 1:]  # after the final norm
+        tokens = net.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0)).tokens
     torch.testing.assert_close(tokens, ref, rtol=1e-4, atol=1e-4)
-    seen = []  # the network standardises its [0, 1] input as timm's ViTs expect: (x - 0.5) / 0.5
-    net.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    seen = []  # the encoder standardises its [0, 1] input as timm's ViTs expect: (x - 0.5) / 0.5
+    net.encoder.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     vol = torch.rand(1, 1, 96, 96, 16)
     with torch.no_grad():
         net(vol)
@@ -199,26 +199,23 @@ def test_imagenet_vit_transfer_computes_the_same_function(tiny_unetr, tmp_path, 
         )
 
 
-def test_imagenet_baseline_through_the_bundle(tiny_unetr, btcv_dir, clip_weights, tmp_path):
-    from monai.bundle import run
-    from test_btcv_bundle import _files, _over
+def test_imagenet_baseline_through_the_bundle(tiny_unetr, btcv_dir, clip_weights, tmp_path, bundle_run):
 
     from mosmos_components.checkpoint import load_segmentation_network
     from mosmos_components.transfer import load_imagenet_vit
 
     vit, path = _timm_vit(tmp_path)
-    run(
-        config_file=_files("train.json", "demo.json"),
-        **_over(
-            btcv_dir,
-            tmp_path,
-            path,
-            pretrained_kind="imagenet",
-            vit_style="timm",
-            use_pta=False,
-            quick_gelu=False,
-            max_epochs=1,
-        ),
+    bundle_run(
+        "btcv_seg",
+        ["train.json", "demo.json"],
+        btcv_dir,
+        tmp_path,
+        path,
+        pretrained_kind="imagenet",
+        vit_style="timm",
+        use_pta=False,
+        quick_gelu=False,
+        max_epochs=1,
     )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
     assert net.config()["vit_style"] == "timm" and net.pta is None
@@ -231,9 +228,7 @@ def test_imagenet_baseline_through_the_bundle(tiny_unetr, btcv_dir, clip_weights
         )
 
 
-def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir):
-    from monai.bundle import run
-    from test_btcv_bundle import _files, _over
+def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir, bundle_run):
     from torchvision.models.resnet import Bottleneck, ResNet
 
     from mosmos_components.checkpoint import load_segmentation_network
@@ -255,12 +250,12 @@ def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir):
     assert "encoder.layer4.0.bn3.running_var" in report.transferred and not any("fc" in k for k in net.state_dict())
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        l4, _ = net._encode(x)
+        l4 = net.encoder(x.flip((2, 3))).tokens  # the network flips, the encoder standardises
         z = (x.flip((2, 3)).repeat(1, 3, 1, 1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
             [0.229, 0.224, 0.225]
         ).view(1, 3, 1, 1)
         expected = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(z))))))))
-    torch.testing.assert_close(l4, expected)
+    torch.testing.assert_close(l4, expected.flatten(2).transpose(1, 2))
     with pytest.raises(ValueError, match="width=64"):
         MosmosUNet2D(1, 3, **dict(kw, use_pta=True))
     with pytest.raises(ValueError, match="set layers"):  # a deeper ResNet than the network
@@ -268,20 +263,19 @@ def test_imagenet_resnet_into_the_2d_unet(tmp_path, btcv_dir):
             MosmosUNet2D(1, 3, **dict(kw, layers=(1, 1, 1, 1))), _deeper_resnet(tmp_path), pretrained_kind="imagenet"
         )
     # through the bundle's 2D variant
-    run(
-        config_file=_files("train.json", "unet2d.json", "demo.json"),
-        **_over(
-            btcv_dir,
-            tmp_path,
-            path,
-            pretrained_kind="imagenet",
-            resnet_style="torchvision",
-            use_pta=False,
-            resnet_width=64,
-            max_epochs=1,
-            batch_size=2,
-            num_samples=2,
-        ),
+    bundle_run(
+        "btcv_seg",
+        ["train.json", "unet2d.json", "demo.json"],
+        btcv_dir,
+        tmp_path,
+        path,
+        pretrained_kind="imagenet",
+        resnet_style="torchvision",
+        use_pta=False,
+        resnet_width=64,
+        max_epochs=1,
+        batch_size=2,
+        num_samples=2,
     )
     trained = load_segmentation_network(tmp_path / "models" / "model.pt")
     assert trained.config()["resnet_style"] == "torchvision"
@@ -295,12 +289,9 @@ def _deeper_resnet(tmp_path):
     return path
 
 
-def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(tiny_unetr, roco_dir, tmp_path):
+def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(tiny_unetr, roco_dir, tmp_path, bundle_run):
     """Swin UNETR's proxy tasks on the pre-training images: shapes, deterministic validation views, the loss going
     down, and through the pre-training bundle (ssl.json) a checkpoint the segmentation transfer takes."""
-    from monai.bundle import run
-    from test_pretrain_bundle import BUNDLE, _overrides
-
     from mosmos_components.losses import SSLProxyLoss
     from mosmos_components.networks import SSLPretrainNet
     from mosmos_components.networks.ssl import mask_patches
@@ -327,8 +318,7 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(tiny_unetr, ro
         losses.append(float(loss))
     assert sum(losses[-5:]) < sum(losses[:5])
 
-    configs = [str(BUNDLE / "configs" / c) for c in ("train.json", "demo.json", "ssl.json")]
-    run(config_file=configs, **_overrides(roco_dir, tmp_path, max_epochs=1))
+    bundle_run("mosmos_pretrain", ["train.json", "demo.json", "ssl.json"], roco_dir, tmp_path, max_epochs=1)
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["mosmos_pretrained"] is False and "inpainting" in side["pretraining"]
     pre = load_pretrain_network(tmp_path / "models" / "model.pt")  # the plain pre-training format, strictly

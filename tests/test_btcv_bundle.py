@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_torchrun
 from monai.bundle import ConfigParser, ckpt_export, run, verify_net_in_out
 
 from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
@@ -24,45 +23,13 @@ from mosmos_components.data.datalist import (
 from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transforms import ValidateSegmentationPaird
 
-BUNDLE = REPO / "bundles" / "btcv_seg"
-CFG = BUNDLE / "configs"
-TINY = {
-    "pixdim": [8.0, 8.0, 9.0],
-    "roi_size": [32, 32, 16],
-    "slice_size": 32,
-    "max_epochs": 2,
-    "val_interval": 1,
-    "warmup_epochs": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "show_progress": False,
-    "num_samples": 1,
-    "sw_batch_size": 1,
-}
-
-
-def _files(*names):
-    return [str(CFG / n) for n in names]
-
-
-def _over(btcv_dir, tmp, ckpt, **kw):
-    over = dict(
-        TINY,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(btcv_dir),
-        ckpt_dir=str(tmp / "models"),
-        output_dir=str(tmp / "eval"),
-        pretrained_ckpt=str(ckpt),
-        logging_file=str(CFG / "logging.conf"),
-    )
-    over.update(kw)
-    return over
+BTCV = "btcv_seg"
 
 
 @pytest.fixture(scope="module")
-def trained(btcv_dir, pretrained, tmp_path_factory):
+def trained(btcv_dir, pretrained, tmp_path_factory, bundle_run):
     tmp = tmp_path_factory.mktemp("btcv_run")
-    run(config_file=_files("train.json", "demo.json"), **_over(btcv_dir, tmp, pretrained["mosmos-tiny-vit"]))
+    bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp, pretrained["mosmos-tiny-vit"], max_epochs=2)
     return tmp
 
 
@@ -81,11 +48,8 @@ def test_train_writes_split_history_and_checkpoint(trained, btcv_dir, pretrained
         load_segmentation_network(pretrained["mosmos-tiny-vit"])  # a pre-training checkpoint
 
 
-def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained):
-    run(
-        config_file=_files("train.json", "demo.json", "evaluate.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"]),
-    )
+def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained, bundle_run):
+    bundle_run(BTCV, ["train.json", "demo.json", "evaluate.json"], btcv_dir, trained, pretrained["mosmos-tiny-vit"])
     rows = list(csv.DictReader(open(trained / "eval" / "report" / "per_case.csv")))
     assert rows and {"case", "class", "dice", "hd95"} <= set(rows[0])
     assert len({r["class"] for r in rows}) == 13
@@ -96,11 +60,16 @@ def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained):
     assert (trained / "eval" / "metrics.csv").is_file()
 
 
-def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained, tmp_path):
+def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained, tmp_path, bundle_run):
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
-    run(
-        config_file=_files("train.json", "demo.json", "inference.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src), output_dir=str(tmp_path)),
+    bundle_run(
+        BTCV,
+        ["train.json", "demo.json", "inference.json"],
+        btcv_dir,
+        trained,
+        pretrained["mosmos-tiny-vit"],
+        dataset_dir=str(src),
+        output_dir=str(tmp_path),
     )
     out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
     assert len(out) == 1
@@ -110,38 +79,38 @@ def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained
     assert set(np.unique(np.asarray(b.dataobj))) <= set(range(14))
 
 
-def test_inference_json_runs_alone_from_the_models_sidecar(trained, btcv_dir, tmp_path):
+def test_inference_json_runs_alone_from_the_models_sidecar(trained, btcv_dir, tmp_path, bundle_run):
     """The model zoo loads ``inference.json`` on its own: spacing, intensities and window come from the model."""
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
     run(
-        config_file=[str(CFG / "inference.json")],
-        bundle_root=str(BUNDLE),
+        config_file=[str(bundle_run.configs(BTCV) / "inference.json")],
+        bundle_root=str(bundle_run.configs(BTCV).parent),
         ckpt_dir=str(trained / "models"),
         dataset_dir=str(src),
         output_dir=str(tmp_path),
         show_progress=False,
-        logging_file=str(CFG / "logging.conf"),
+        logging_file=str(bundle_run.configs(BTCV) / "logging.conf"),
     )
     out = next((tmp_path / "predictions").glob("*_seg.nii.gz"))
     assert nib.load(out).shape[:3] == nib.load(src).shape[:3]
-    meta = json.loads((CFG / "metadata.json").read_text())
-    alone = json.loads((CFG / "inference.json").read_text())
+    meta = json.loads((bundle_run.configs(BTCV) / "metadata.json").read_text())
+    alone = json.loads((bundle_run.configs(BTCV) / "inference.json").read_text())
     channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert alone["checkpoint_expect"]["class_names"] == list(channels.values())  # what a model must segment
 
 
-def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretrained, tmp_path):
+def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretrained, tmp_path, bundle_run):
     """The zoo's checks: ``ckpt_export`` (traced: the encoder is open_clip's Transformer) and
     ``verify_net_in_out`` on the trained network; the exported model needs neither the text encoder nor
     mosmos_components, and computes what the bundle's own network computes, at any batch size."""
-    over = _over(btcv_dir, trained, pretrained["mosmos-tiny-vit"])
-    files = _files("inference.json")  # standalone, as the zoo's tools load it
+    over = bundle_run.overrides(BTCV, btcv_dir, trained, pretrained["mosmos-tiny-vit"])
+    files = bundle_run.files(BTCV, "inference.json")  # standalone, as the zoo's tools load it
     ts = tmp_path / "model.ts"
     ckpt_export(
         net_id="network_def",
         filepath=str(ts),
         ckpt_file=str(trained / "models" / "model.pt"),
-        meta_file=str(CFG / "metadata.json"),
+        meta_file=str(bundle_run.configs(BTCV) / "metadata.json"),
         config_file=files,
         key_in_ckpt="",
         use_trace=True,
@@ -167,7 +136,7 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
     shape = {"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 16]}  # the tiny network's crop
     verify_net_in_out(
         net_id="network",
-        meta_file=str(CFG / "metadata.json"),
+        meta_file=str(bundle_run.configs(BTCV) / "metadata.json"),
         config_file=files,
         n=1,
         **dict(over, device="cpu", **shape),
@@ -192,22 +161,21 @@ def test_onnx_export_runs_in_mosmos_segment(trained, btcv_dir, tmp_path):
     assert (a == b).mean() > 0.999  # logits agree to ~1e-5; only exact ties could flip
 
 
-def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path):
+def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path, bundle_run):
     from mosmos_components.segment import segment
 
     res = segment(
         real_ct / "image.nii.gz", tmp_path / "seg", trained, device="cpu", statistics=True, preview=True, progress=False
     )
     assert not res["failed"] and nib.load(tmp_path / "seg" / "image.nii.gz").shape == (122, 101, 30)
-    run(
-        config_file=_files("train.json", "demo.json", "inference.json"),
-        **_over(
-            btcv_dir,
-            trained,
-            pretrained["mosmos-tiny-vit"],
-            dataset_dir=str(real_ct / "image.nii.gz"),
-            output_dir=str(tmp_path),
-        ),
+    bundle_run(
+        BTCV,
+        ["train.json", "demo.json", "inference.json"],
+        btcv_dir,
+        trained,
+        pretrained["mosmos-tiny-vit"],
+        dataset_dir=str(real_ct / "image.nii.gz"),
+        output_dir=str(tmp_path),
     )
     out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
     a, b = nib.load(real_ct / "image.nii.gz"), nib.load(out[0])
@@ -215,7 +183,7 @@ def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_p
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
 
 
-def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv_dir, pretrained, tmp_path):
+def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv_dir, pretrained, tmp_path, bundle_run):
     """``mosmos segment`` takes everything from the trained model's sidecar and agrees with ``inference.json``."""
     from mosmos_components.segment import load_model, segment
 
@@ -227,9 +195,14 @@ def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv
     assert (m.pixdim, m.roi_size, m.axcodes, m.modality) == ([8.0, 8.0, 9.0], [32, 32, 16], "RAS", "ct")
     res = segment(src, tmp_path / "seg", trained, device="cpu", progress=False)
     assert not res["failed"]
-    run(
-        config_file=_files("train.json", "demo.json", "inference.json"),
-        **_over(btcv_dir, trained, pretrained["mosmos-tiny-vit"], dataset_dir=str(src), output_dir=str(tmp_path)),
+    bundle_run(
+        BTCV,
+        ["train.json", "demo.json", "inference.json"],
+        btcv_dir,
+        trained,
+        pretrained["mosmos-tiny-vit"],
+        dataset_dir=str(src),
+        output_dir=str(tmp_path),
     )
     bundle = np.asarray(nib.load(next((tmp_path / "predictions").glob("*_seg.nii.gz"))).dataobj)
     ours = nib.load(tmp_path / "seg" / src.name)
@@ -237,10 +210,16 @@ def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv
     np.testing.assert_array_equal(np.asarray(ours.dataobj), bundle.reshape(ours.shape))
 
 
-def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
-    run(
-        config_file=_files("train.json", "unet2d.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"], max_epochs=1, batch_size=2, num_samples=2),
+def test_unet2d_variant(btcv_dir, pretrained, tmp_path, bundle_run):
+    bundle_run(
+        BTCV,
+        ["train.json", "unet2d.json", "demo.json"],
+        btcv_dir,
+        tmp_path,
+        pretrained["mosmos-tiny-rn"],
+        max_epochs=1,
+        batch_size=2,
+        num_samples=2,
     )
     assert read_sidecar(tmp_path / "models" / "model.pt")["network"] == "MosmosUNet2D"
     # TorchScript export of the 2D network: PyTorch's trace self-check trips over nn.MultiheadAttention's
@@ -250,12 +229,12 @@ def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
         net_id="network_def",
         filepath=str(ts),
         ckpt_file=str(tmp_path / "models" / "model.pt"),
-        config_file=_files("train.json", "unet2d.json", "demo.json"),
+        config_file=bundle_run.files(BTCV, "train.json", "unet2d.json", "demo.json"),
         key_in_ckpt="",
         use_trace=True,
         input_shape=[1, 1, 32, 32],
         converter_kwargs={"check_trace": False},
-        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"]),
+        **bundle_run.overrides(BTCV, btcv_dir, tmp_path, pretrained["mosmos-tiny-rn"]),
     )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
     x = torch.rand(4, 1, 32, 32)
@@ -269,24 +248,27 @@ def test_unet2d_variant(btcv_dir, pretrained, tmp_path):
     assert nib.load(tmp_path / "seg" / src.name).shape == nib.load(src).shape
 
 
-def test_random_init_baseline(btcv_dir, tmp_path):
-    run(
-        config_file=_files("train.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, "unused", use_pretrained=False, max_epochs=1),
-    )
+def test_random_init_baseline(btcv_dir, tmp_path, bundle_run):
+    bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp_path, "unused", use_pretrained=False, max_epochs=1)
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["use_pta"] is False
     # evaluation rebuilds the network from model.json: no need to repeat --use_pretrained False
-    run(config_file=_files("train.json", "demo.json", "evaluate.json"), **_over(btcv_dir, tmp_path, "unused"))
+    bundle_run(BTCV, ["train.json", "demo.json", "evaluate.json"], btcv_dir, tmp_path, "unused")
     assert (tmp_path / "eval" / "report" / "per_case.csv").is_file()
 
 
 @pytest.mark.parametrize("use_pta", [False, True])
-def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use_pta):
+def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use_pta, bundle_run):
     """CLIP (no PTA) and CLIP+DenseCLIP (score maps from fixed prompts) from a CLIP-only checkpoint."""
-    run(
-        config_file=_files("train.json", "demo.json"),
-        **_over(btcv_dir, tmp_path, clip_weights["ckpt"], use_pta=use_pta, pta_mode="score", max_epochs=1),
+    bundle_run(
+        BTCV,
+        ["train.json", "demo.json"],
+        btcv_dir,
+        tmp_path,
+        clip_weights["ckpt"],
+        use_pta=use_pta,
+        pta_mode="score",
+        max_epochs=1,
     )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
     assert (net.pta is not None) == use_pta and (not use_pta or net.pta.mode == "score")
@@ -295,7 +277,7 @@ def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use
     assert float((trained - clip).abs().max()) < 0.01 < float(clip.std())
 
 
-def test_label_fraction_keeps_nested_training_subsets(btcv_dir, tmp_path):
+def test_label_fraction_keeps_nested_training_subsets(btcv_dir, tmp_path, bundle_run):
     dl = {
         "training": [{"image": f"i{k}", "label": f"l{k}.nii.gz"} for k in range(8)],
         "validation": [{"v": 1}],
@@ -310,17 +292,17 @@ def test_label_fraction_keeps_nested_training_subsets(btcv_dir, tmp_path):
         label_fraction(dl, 0.0)
     # through the bundle config: the split file keeps every case, training uses the fraction
     parser = ConfigParser()
-    parser.read_config(_files("train.json", "demo.json"))
-    parser.update(_over(btcv_dir, tmp_path, "unused", label_fraction=0.34))
+    parser.read_config(bundle_run.files(BTCV, "train.json", "demo.json"))
+    parser.update(bundle_run.overrides(BTCV, btcv_dir, tmp_path, "unused", label_fraction=0.34))
     parser.get_parsed_content("imports")
     used = parser.get_parsed_content("datalist")
     saved = json.loads((tmp_path / "eval" / "datalist.json").read_text())
     assert len(saved["training"]) == 3 and len(used["training"]) == 1 and used["test"] == saved["test"]
 
 
-def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path):
+def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path, bundle_run):
     with pytest.raises(Exception) as info:
-        run(config_file=_files("train.json", "demo.json"), **_over(btcv_dir, tmp_path, tmp_path / "none.pt"))
+        bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp_path, tmp_path / "none.pt")
     chain, e = [], info.value
     while e is not None:
         chain.append(str(e))
@@ -328,10 +310,12 @@ def test_missing_pretrained_file_is_a_clear_error(btcv_dir, tmp_path):
     assert any("pre-trained checkpoint not found" in c and "none.pt" in c for c in chain)
 
 
-def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path):
+def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path, bundle_run, repo, torchrun):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     # two validation cases, one per rank (MONAI's DistributedSampler refuses a rank without data)
-    over = _over(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, split_fractions=[0.4, 0.4, 0.2])
+    over = bundle_run.overrides(
+        BTCV, btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, split_fractions=[0.4, 0.4, 0.2]
+    )
     args = []
     for k, v in over.items():
         if k != "logging_file":
@@ -346,10 +330,10 @@ def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path):
         "monai.bundle",
         "run",
         "--config_file",
-        str(_files("train.json", "demo.json", "multi_gpu_train.json")),
+        str(bundle_run.files(BTCV, "train.json", "demo.json", "multi_gpu_train.json")),
         *args,
     ]
-    res = run_torchrun(cmd, env=env, timeout=400, cwd=REPO)
+    res = torchrun(cmd, env=env, timeout=400, cwd=repo)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "checkpoint.pt").is_file()
 
@@ -394,14 +378,14 @@ def test_bad_inputs(tmp_path):
         btcv_pairs(tmp_path)
 
 
-def test_mlflow_records_losses_and_per_organ_dice(btcv_dir, pretrained, tmp_path):
+def test_mlflow_records_losses_and_per_organ_dice(btcv_dir, pretrained, tmp_path, bundle_run):
     import mlflow
 
     run(
-        config_file=_files("train.json", "demo.json"),
+        config_file=bundle_run.files(BTCV, "train.json", "demo.json"),
         tracking="mlflow",
         experiment_name="btcv_test",
-        **_over(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1),
+        **bundle_run.overrides(BTCV, btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1),
     )
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
     runs = client.search_runs([client.get_experiment_by_name("btcv_test").experiment_id])

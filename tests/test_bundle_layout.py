@@ -1,12 +1,13 @@
 """The model zoo's static checks on every bundle: required files, metadata schema, version in changelog, JSON style."""
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import REPO
 
-BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+ROOT = Path(__file__).resolve().parents[1]  # at collection time, for the parameter list
+BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 REQUIRED = [
     "LICENSE",
     "configs/metadata.json",
@@ -36,7 +37,7 @@ def test_large_files_say_where_the_trained_weights_go(bundle):
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_metadata_schema_and_changelog(bundle):
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    jsonschema.validate(meta, json.loads((REPO / "bundles" / "metadata_schema.json").read_text()))
+    jsonschema.validate(meta, json.loads((ROOT / "bundles" / "metadata_schema.json").read_text()))
     assert meta["version"] in meta["changelog"]
 
 

@@ -1,10 +1,8 @@
 import subprocess
 import sys
 
-from conftest import REPO
 
-
-def test_demo_data_cli(tmp_path):
+def test_demo_data_cli(tmp_path, repo):
     out = subprocess.run(
         [
             sys.executable,
@@ -21,7 +19,7 @@ def test_demo_data_cli(tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=repo,
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r" / "data" / "train" / "radiology" / "captions.txt").is_file()
@@ -29,7 +27,7 @@ def test_demo_data_cli(tmp_path):
         [sys.executable, "-m", "mosmos_components.cli", "demo-data", str(tmp_path / "x"), "--kind", "mnist"],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=repo,
     )
     assert bad.returncode != 0 and "--kind must be one of" in bad.stderr
 
@@ -48,7 +46,7 @@ def test_demo_end_to_end_quick(tmp_path):
     assert (tmp_path / "summary.txt").read_text().strip() == summary.strip()
 
 
-def test_bundle_demo_cli(tmp_path, pretrained):
+def test_bundle_demo_cli(tmp_path, pretrained, repo):
     out = subprocess.run(
         [
             sys.executable,
@@ -67,7 +65,7 @@ def test_bundle_demo_cli(tmp_path, pretrained):
         ],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=repo,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tumor core" in out.stdout and "enhancing tumor" in out.stdout and "_seg.nii.gz" in out.stdout

@@ -11,21 +11,9 @@ import pytest
 
 from mosmos_components.experiment import aggregate, cells_of, load_spec, run_experiment
 
-TINY = {
-    "pixdim": [8.0, 8.0, 9.0],
-    "roi_size": [32, 32, 16],
-    "max_epochs": 1,
-    "val_interval": 1,
-    "warmup_epochs": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "num_samples": 1,
-    "sw_batch_size": 1,
-}
-
 
 @pytest.fixture(scope="module")
-def spec_file(btcv_dir, pretrained, tmp_path_factory):
+def spec_file(btcv_dir, pretrained, tmp_path_factory, bundle_run):
     folder = tmp_path_factory.mktemp("experiment")
     spec = {
         "name": "tiny",
@@ -33,7 +21,7 @@ def spec_file(btcv_dir, pretrained, tmp_path_factory):
         "configs": ["train.json", "demo.json"],
         "dataset_dir": str(btcv_dir),
         "output_dir": str(folder / "out"),
-        "overrides": TINY,
+        "overrides": bundle_run.settings("btcv_seg"),
         "reference": "random",
         "inits": {
             "random": {"use_pretrained": False, "use_pta": False},
@@ -43,7 +31,7 @@ def spec_file(btcv_dir, pretrained, tmp_path_factory):
         "seeds": [0, 1],
         "lambdas": [None],
         "fraction_overrides": {"1.0": {"max_epochs": 2}},
-    }  # (TINY says 1 epoch: this fraction's own wins)
+    }  # (the tiny settings say 1 epoch: this fraction's own wins)
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -257,15 +245,17 @@ def test_a_spec_names_what_is_wrong(tmp_path):
         load_spec(bad)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (__import__("conftest").REPO / "experiments").glob("*.json")))
-def test_shipped_specs_name_real_bundle_keys(name):
+SPECS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_shipped_specs_name_real_bundle_keys(name, repo):
     """Every override of every shipped spec is a key of its bundle's config (a typo would be silently added)."""
-    from conftest import REPO
     from monai.bundle import ConfigParser
 
-    spec = load_spec(REPO / "experiments" / name)
+    spec = load_spec(repo / "experiments" / name)
     parser = ConfigParser()
-    parser.read_config([str(REPO / "bundles" / spec["bundle"] / "configs" / c) for c in spec["configs"]])
+    parser.read_config([str(repo / "bundles" / spec["bundle"] / "configs" / c) for c in spec["configs"]])
     keys = set(parser.get())
     inits = [{k: v for k, v in i.items() if k != "variant"} for i in spec["inits"].values()]
     for overrides in [spec["overrides"], *inits, *spec.get("fraction_overrides", {}).values()]:
@@ -273,16 +263,15 @@ def test_shipped_specs_name_real_bundle_keys(name):
     assert cells_of(spec)
 
 
-def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path):
+def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path, repo):
     """Named variants (configs/baselines, configs/ablations) hold bundle keys only; a spec's init names one and its
     cells run with it; a variant the bundle lacks is refused naming the spec."""
-    from conftest import REPO
     from monai.bundle import ConfigParser
 
     from mosmos_components.experiment import cell_configs
 
     for bundle in ("btcv_seg", "acdc_seg", "brats_seg", "mosmos_pretrain"):
-        configs = REPO / "bundles" / bundle / "configs"
+        configs = repo / "bundles" / bundle / "configs"
         files = [configs / f for f in ("train.json", "unet2d.json") if (configs / f).is_file()]
         keys = set(ConfigParser.load_config_files([str(f) for f in files]))
         variants = sorted(configs.glob("*/*.json"))
@@ -290,10 +279,10 @@ def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path):
         for v in variants:
             extra = set(json.loads(v.read_text())) - keys - {"_description", "_generated_"}
             assert not extra, (v, extra)
-    spec = load_spec(REPO / "experiments" / "acdc_real.json")
+    spec = load_spec(repo / "experiments" / "acdc_real.json")
     random = next(c for c in cells_of(spec) if c.init == "random")
     assert cell_configs(spec, random) == ["train.json", "demo.json", "baselines/random.json"]
-    bad = dict(json.loads((REPO / "experiments" / "acdc_real.json").read_text()))
+    bad = dict(json.loads((repo / "experiments" / "acdc_real.json").read_text()))
     bad["inits"]["random"] = {"variant": "baselines/no_such.json"}
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="bad.json: init .random. names the variant baselines/no_such.json"):

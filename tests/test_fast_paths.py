@@ -3,7 +3,6 @@
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,6 @@ from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
 from mosmos_components.networks.mosmos_clip import encode_text_embeddings
 from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.networks.tag_decoder import TagDecoder, TagDecoderLayer
-
-TINY = dict(
-    img_size=(32, 32, 16), hidden_size=32, num_layers=4, num_heads=2, embed_dim=32, feature_size=4, decoder_heads=4
-)
 
 
 def test_written_out_attention_is_multihead_attention():
@@ -104,16 +99,15 @@ def test_flipping_before_upsampling_is_flipping_after():
     torch.testing.assert_close(a, b)
 
 
-def test_unetr_training_output_is_unchanged_by_the_fast_paths():
+def test_unetr_training_output_is_unchanged_by_the_fast_paths(tiny_unetr):
     """The training output (segmentation and PTA logits) equals the same network computed the plain way."""
     torch.manual_seed(0)
-    net = MosmosUNETR(1, 4, class_names=list("abcd"), **TINY).train()
-    net.pta.set_class_embeddings(torch.randn(4, 32))
+    net = MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=list("abcd"), **tiny_unetr).train()
+    net.pta.set_class_embeddings(torch.randn(4, tiny_unetr["embed_dim"]))
     x = torch.rand(2, 1, 32, 32, 16)
     out = net(x)
     # the plain way: the decoder's attention through nn.MultiheadAttention-style weights, F.interpolate, flips after
-    tokens, _ = net.encoder((net._flip(x) - net.input_mean) / net.input_std)
-    feats = tokens @ net.encoder.proj
+    feats = net.encoder(net._flip(x)).tokens @ net.encoder.proj
     dec = net.pta.decoder
     q = net.pta.class_embeddings.unsqueeze(0).expand(2, -1, -1)
     pos = dec.position(net.grid, x.device)
@@ -160,12 +154,12 @@ def test_stitched_output_stays_on_the_cpu_without_a_gpu():
     assert stitch_device("cpu", 14, (512, 512, 100)) == torch.device("cpu")
 
 
-def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch):
+def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch, tiny_unetr, repo):
     """`scripts/benchmark.py --json` writes its ratios (the values are measured, not asserted)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
+    monkeypatch.syspath_prepend(str(repo / "scripts"))
     import benchmark
 
-    monkeypatch.setitem(benchmark.SIZES["tiny"], "unetr", TINY)
+    monkeypatch.setitem(benchmark.SIZES["tiny"], "unetr", dict(tiny_unetr, img_size=(32, 32, 16)))
     out = tmp_path / "bench.json"
     benchmark.main(size="tiny", only="window,train", repeats=1, json=str(out))
     res = json.loads(out.read_text())

@@ -8,23 +8,10 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO
-from monai.bundle import run
 
 from mosmos_components.checkpoint import read_sidecar
 from mosmos_components.data.synthetic import write_amos, write_brats, write_mmwhs
 
-TINY = {
-    "max_epochs": 1,
-    "val_interval": 1,
-    "warmup_epochs": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "show_progress": False,
-    "num_samples": 1,
-    "sw_batch_size": 1,
-    "roi_size": [32, 32, 32],
-}
 CASES = {
     "amos_seg": (
         lambda d: write_amos(d, n=6, seed=0, shape=(40, 40, 32), spacing=(9.0, 9.0, 10.0)),
@@ -44,33 +31,23 @@ CASES = {
 }
 
 
-def test_generated_configs_are_in_sync():
+def test_generated_configs_are_in_sync(repo):
     res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "build_bundles.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(repo / "scripts" / "build_bundles.py"), "--check"], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout
 
 
 @pytest.mark.parametrize("bundle", sorted(CASES))
-def test_train_evaluate_inference(bundle, pretrained, tmp_path):
+def test_train_evaluate_inference(bundle, pretrained, tmp_path, bundle_run):
     make, extra, n_scored = CASES[bundle]
     data = make(tmp_path / "data")
-    root = REPO / "bundles" / bundle
-    cfg = [str(root / "configs" / c) for c in ("train.json", "demo.json")]
-    over = dict(
-        TINY,
-        **extra,
-        bundle_root=str(root),
-        dataset_dir=str(data),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-        logging_file=str(root / "configs" / "logging.conf"),
-    )
-    run(config_file=cfg, **over)
+    cfg = ["train.json", "demo.json"]
+    ckpt = pretrained["mosmos-tiny-vit"]
+    over = bundle_run(bundle, cfg, data, tmp_path, ckpt, roi_size=[32, 32, 32], **extra)
     side = read_sidecar(tmp_path / "models" / "model.pt")
     assert side["out_channels"] == n_scored + (0 if bundle == "brats_seg" else 1)
-    run(config_file=cfg + [str(root / "configs" / "evaluate.json")], **over)
+    bundle_run.rerun(bundle, [*cfg, "evaluate.json"], over)
     rows = list(csv.DictReader(open(tmp_path / "eval" / "report" / "per_case.csv")))
     assert len({r["class"] for r in rows}) == n_scored
     if bundle == "amos_seg":  # CT and MRI reported apart (the paper's Fig. 4), next to the pooled summary
@@ -79,7 +56,7 @@ def test_train_evaluate_inference(bundle, pretrained, tmp_path):
         assert all((tmp_path / "eval" / "report" / f"summary_{g}.csv").is_file() for g in groups)
     items = sorted((data).rglob("*.nii.gz"))
     src = next(p for p in items if "label" not in str(p))
-    run(config_file=cfg + [str(root / "configs" / "inference.json")], **dict(over, dataset_dir=str(src)))
+    bundle_run.rerun(bundle, [*cfg, "inference.json"], dict(over, dataset_dir=str(src)))
     pred = next((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
     a, b = nib.load(src), nib.load(pred)
     assert b.shape[:3] == a.shape[:3]
@@ -101,7 +78,7 @@ def _chain(exc):
         exc = exc.__cause__ or exc.__context__
 
 
-def test_bad_inputs(tmp_path, pretrained):
+def test_bad_inputs(tmp_path, pretrained, bundle_run):
     import json
 
     from mosmos_components.data.datalist import amos_pairs
@@ -117,17 +94,6 @@ def test_bad_inputs(tmp_path, pretrained):
     first = brats / "imagesTr" / "BRATS_001.nii.gz"
     img = nib.load(first)
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), first)
-    root = REPO / "bundles" / "brats_seg"
     with pytest.raises(Exception) as info:
-        run(
-            config_file=[str(root / "configs" / "train.json"), str(root / "configs" / "demo.json")],
-            **dict(
-                TINY,
-                bundle_root=str(root),
-                dataset_dir=str(brats),
-                output_dir=str(tmp_path / "eval"),
-                ckpt_dir=str(tmp_path / "models"),
-                pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-            ),
-        )
+        bundle_run("brats_seg", ["train.json", "demo.json"], brats, tmp_path, pretrained["mosmos-tiny-vit"])
     assert any("BRATS_001.nii.gz: 3 channel(s), expected 4" in m for m in _chain(info.value))

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from monai.bundle import ConfigParser
 
 from mosmos_components.losses import MosmosSegLoss
@@ -19,9 +18,9 @@ from mosmos_components.transforms import MSDBratsRegionsd
 
 
 @pytest.mark.parametrize("bundle", ["btcv_seg", "mmwhs_seg"])
-def test_unet2d_trains_on_96_pixel_crops_by_default(bundle):
+def test_unet2d_trains_on_96_pixel_crops_by_default(bundle, repo):
     """ "For 2D images the D is omitted": 96x96 training crops (layer4 grid 3x3), 224 only as an override."""
-    root = REPO / "bundles" / bundle / "configs"
+    root = repo / "bundles" / bundle / "configs"
     parser = ConfigParser()
     parser.read_config([str(root / "train.json"), str(root / "unet2d.json")])
     assert parser.get_parsed_content("slice_roi") == [96, 96, 1]
@@ -64,20 +63,20 @@ def test_brats_pta_branch_can_predict_a_region_absent(tiny_unetr, pretrained, tm
     assert net.config()["pta_sigmoid"] is True and net.pta.aux_offset.shape == (3,)
 
 
-def test_brats_bundle_builds_the_sigmoid_pta_branch():
-    root = REPO / "bundles" / "brats_seg" / "configs"
+def test_brats_bundle_builds_the_sigmoid_pta_branch(repo):
+    root = repo / "bundles" / "brats_seg" / "configs"
     parser = ConfigParser()
     parser.read_config([str(root / "train.json"), str(root / "demo.json")])
     assert parser.get_parsed_content("network_def#pta_sigmoid") is True
-    btcv = json.loads((REPO / "bundles" / "btcv_seg" / "configs" / "train.json").read_text())
+    btcv = json.loads((repo / "bundles" / "btcv_seg" / "configs" / "train.json").read_text())
     assert btcv["sigmoid"] is False and btcv["network_def"]["pta_sigmoid"] == "@sigmoid"
 
 
 # ----- Table 4: without L_mlr, and the full framework without pre-training -----
 
 
-def test_pretraining_without_mlr_is_an_override_recorded_in_the_sidecar():
-    root = REPO / "bundles" / "mosmos_pretrain" / "configs"
+def test_pretraining_without_mlr_is_an_override_recorded_in_the_sidecar(repo):
+    root = repo / "bundles" / "mosmos_pretrain" / "configs"
     parser = ConfigParser()
     parser.read_config([str(root / "train.json"), str(root / "demo.json")])
     parser["use_mlr"] = False
@@ -141,10 +140,10 @@ def test_unetr_with_patch_32_transfers_and_segments(tiny_unetr, vit32_ckpt):
     assert seg.grid == (3, 3, 1) and "encoder.positional_embedding" in report.inflated
     img = torch.rand(1, 96, 96)
     with torch.no_grad():  # the transferred /32 encoder computes CLIP's function on a one-patch-deep volume
-        _, s2d, grid = pre.encode_image(((img - seg.input_mean) / seg.input_std).expand(3, -1, -1).unsqueeze(0))
-        tokens, _ = seg.encoder((img[..., None].expand(-1, -1, -1, 32).unsqueeze(0) - seg.input_mean) / seg.input_std)
+        _, s2d, grid = pre.encode_image(seg.encoder.standardise(img).expand(3, -1, -1).unsqueeze(0))
+        tokens = seg.encoder(img[..., None].expand(-1, -1, -1, 32).unsqueeze(0)).tokens
     assert grid == (3, 3)
-    torch.testing.assert_close(tokens @ seg.encoder.proj, s2d, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(seg.encoder.project(tokens), s2d, rtol=1e-4, atol=1e-4)
     x = torch.rand(2, 1, 96, 96, 32)
     assert seg(x).shape == (2, 3, 96, 96, 32)
     assert seg.train()(x).shape == (2, 2, 3, 96, 96, 32)

@@ -7,28 +7,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_torchrun
 from monai.bundle import run
 
 from mosmos_components.checkpoint import load_pretrain_network
 
-BUNDLE = REPO / "bundles" / "mosmos_pretrain"
-CONFIGS = [str(BUNDLE / "configs" / c) for c in ("train.json", "demo.json")]
-
-
-def _overrides(roco_dir, tmp_path, **kw):
-    over = dict(
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(roco_dir),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        batch_size=16,
-        num_workers=0,
-        show_progress=False,
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-    )
-    over.update(kw)
-    return over
+PRETRAIN = "mosmos_pretrain"
+CONFIGS = ("train.json", "demo.json")
 
 
 def _history(path):
@@ -37,9 +21,9 @@ def _history(path):
 
 
 @pytest.fixture(scope="module")
-def trained(roco_dir, tmp_path_factory):
+def trained(roco_dir, tmp_path_factory, bundle_run):
     tmp = tmp_path_factory.mktemp("pretrain")
-    run(config_file=CONFIGS, **_overrides(roco_dir, tmp, max_epochs=4))
+    bundle_run(PRETRAIN, CONFIGS, roco_dir, tmp, max_epochs=4)
     return tmp
 
 
@@ -70,12 +54,12 @@ def test_loss_goes_down_and_checkpoint_is_written(trained):
     assert side["metric"]["val_loss"] == pytest.approx(best, rel=1e-4)  # the lowest validation loss is kept
 
 
-def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir):
+def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir, bundle_run):
     """A fresh network rebuilt from model.pt + sidecar gives the very validation loss recorded at saving."""
     out = trained / "reeval"
     run(
-        config_file=CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")],
-        **_overrides(roco_dir, trained, output_dir=str(out), **{"validate#split": "validation"}),
+        config_file=bundle_run.files(PRETRAIN, *CONFIGS, "evaluate.json"),
+        **bundle_run.overrides(PRETRAIN, roco_dir, trained, output_dir=str(out), **{"validate#split": "validation"}),
     )
     metrics = dict(row for row in csv.reader(open(out / "metrics.csv")) if len(row) == 2)
     side = json.loads((trained / "models" / "model.json").read_text())
@@ -84,21 +68,21 @@ def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir):
     assert load_pretrain_network(trained / "models" / "model.pt").tags == side["tags"]
 
 
-def test_resume_continues_from_the_checkpoint(trained, roco_dir):
-    run(config_file=CONFIGS, **_overrides(roco_dir, trained, max_epochs=5))
+def test_resume_continues_from_the_checkpoint(trained, roco_dir, bundle_run):
+    bundle_run(PRETRAIN, CONFIGS, roco_dir, trained, max_epochs=5)
     hist = _history(trained / "eval" / "train_history.csv")
     assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4, 5]  # epoch 5 only: not a restart
     assert json.loads((trained / "models" / "checkpoint.json").read_text())["epoch"] == 5
 
 
-def test_mlflow_tracking(roco_dir, tmp_path):
+def test_mlflow_tracking(roco_dir, tmp_path, bundle_run):
     import mlflow
 
     run(
-        config_file=CONFIGS,
+        config_file=bundle_run.files(PRETRAIN, *CONFIGS),
         tracking="mlflow",
         experiment_name="mosmos_test",
-        **_overrides(roco_dir, tmp_path, max_epochs=1),
+        **bundle_run.overrides(PRETRAIN, roco_dir, tmp_path, max_epochs=1),
     )
     db = tmp_path / "eval" / "mlruns.db"
     assert db.is_file()
@@ -116,15 +100,15 @@ def _chain(exc):
         exc = exc.__cause__ or exc.__context__
 
 
-def test_missing_dataset_dir_is_a_clear_error(tmp_path):
+def test_missing_dataset_dir_is_a_clear_error(tmp_path, bundle_run):
     with pytest.raises(Exception) as info:
-        run(config_file=CONFIGS, **_overrides(tmp_path / "nowhere", tmp_path, max_epochs=1))
+        bundle_run(PRETRAIN, CONFIGS, tmp_path / "nowhere", tmp_path, max_epochs=1)
     # MONAI wraps config errors; the cause the user reads names the folder
     assert any(isinstance(e, FileNotFoundError) and "nowhere" in str(e) for e in _chain(info.value))
 
 
 @pytest.mark.parametrize("extra", [[], ["ssl.json"]])  # MOSMOS, and the self-supervised baseline
-def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
+def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra, repo, torchrun, bundle_run):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     port = 29533 + len(extra)
     cmd = [
@@ -137,9 +121,9 @@ def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
         "monai.bundle",
         "run",
         "--config_file",
-        str(CONFIGS + [str(BUNDLE / "configs" / c) for c in ["multi_gpu_train.json"] + extra]),
+        str(bundle_run.files(PRETRAIN, *CONFIGS, "multi_gpu_train.json", *extra)),
         "--bundle_root",
-        str(BUNDLE),
+        str(bundle_run.configs(PRETRAIN).parent),
         "--dataset_dir",
         str(roco_dir),
         "--ckpt_dir",
@@ -155,7 +139,7 @@ def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra):
         "--show_progress",
         "False",
     ]
-    res = run_torchrun(cmd, env=env, timeout=300, cwd=REPO)
+    res = torchrun(cmd, env=env, timeout=300, cwd=repo)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     if extra:  # the image tower alone, saved in the pre-training format
@@ -186,7 +170,7 @@ def test_tag_map_correlation_tells_shared_maps_from_tag_specific_ones():
     assert tag_map_correlation(eye) < 0
 
 
-def test_evaluate_runs_in_a_fresh_process(trained, roco_dir):
+def test_evaluate_runs_in_a_fresh_process(trained, roco_dir, repo, bundle_run):
     """`python -m monai.bundle run` with evaluate.json in a new process (it failed there: the configs used
     mosmos_components.checkpoint without importing it, which only in-process runs had done before)."""
     import subprocess
@@ -198,9 +182,9 @@ def test_evaluate_runs_in_a_fresh_process(trained, roco_dir):
         "monai.bundle",
         "run",
         "--config_file",
-        str(CONFIGS + [str(BUNDLE / "configs" / "evaluate.json")]),
+        str(bundle_run.files(PRETRAIN, *CONFIGS, "evaluate.json")),
         "--bundle_root",
-        str(BUNDLE),
+        str(bundle_run.configs(PRETRAIN).parent),
         "--dataset_dir",
         str(roco_dir),
         "--ckpt_dir",
@@ -212,6 +196,6 @@ def test_evaluate_runs_in_a_fresh_process(trained, roco_dir):
         "--num_workers",
         "0",
     ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (trained / "fresh_eval" / "metrics.csv").is_file()

@@ -9,27 +9,9 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO, SHARED_DATA
 
 from mosmos_components.data.datalist import acdc_pairs, split_pairs
 from mosmos_components.data.medpix import detect_layout, load_medpix, load_pairs
-
-MEDPIX = SHARED_DATA / "medpix2_sample"
-ACDC = SHARED_DATA / "acdc_sample"
-
-
-@pytest.fixture(scope="module")
-def medpix():
-    if not (MEDPIX / "MedPix-2-0" / "Descriptions.json").is_file():
-        pytest.skip(f"MedPix 2.0 sample not available at {MEDPIX}")
-    return MEDPIX
-
-
-@pytest.fixture(scope="module")
-def acdc():
-    if not (ACDC / "database" / "training").is_dir():
-        pytest.skip(f"ACDC sample not available at {ACDC}")
-    return ACDC
 
 
 def test_medpix_pairs_are_split_by_case_with_captions_and_tags(medpix):
@@ -73,22 +55,8 @@ def test_tag_statistics_of_a_corpus(medpix, tmp_path):
     assert int(liver.split(",")[1]) == sum(it["tags"][5] for it in items)
 
 
-def test_pretraining_reads_medpix_through_the_bundle(medpix, tmp_path):
-    from monai.bundle import run
-
-    bundle = REPO / "bundles" / "mosmos_pretrain"
-    run(
-        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "demo.json")],
-        bundle_root=str(bundle),
-        dataset_dir=str(medpix),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        max_epochs=1,
-        batch_size=8,
-        num_workers=0,
-        show_progress=False,
-        logging_file=str(bundle / "configs" / "logging.conf"),
-    )
+def test_pretraining_reads_medpix_through_the_bundle(medpix, tmp_path, bundle_run):
+    bundle_run("mosmos_pretrain", ["train.json", "demo.json"], medpix, tmp_path, max_epochs=1, batch_size=8)
     assert (tmp_path / "models" / "model.pt").is_file()
     hist = (tmp_path / "eval" / "val_history.csv").read_text().splitlines()
     assert "recall_at_1" in hist[0] and "pointing_acc" not in hist[0]  # real images: no organ masks
@@ -118,7 +86,7 @@ def test_patient_split_is_stratified_by_group():
         assert len(split[name]) == n and set(Counter(it["group"] for it in split[name]).values()) == {n // 5}
 
 
-def test_acdc_from_wsl4mis_h5(tmp_path):
+def test_acdc_from_wsl4mis_h5(tmp_path, repo):
     h5py = pytest.importorskip("h5py")
     import subprocess
     import sys
@@ -132,7 +100,7 @@ def test_acdc_from_wsl4mis_h5(tmp_path):
                 h5["image"] = rng.random((6, 20, 24)).astype(np.float32)  # (z, y, x)
                 h5["label"] = rng.integers(0, 4, (6, 20, 24)).astype(np.uint8)
     res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "acdc_from_h5.py"), str(src), str(tmp_path / "out")],
+        [sys.executable, str(repo / "scripts" / "acdc_from_h5.py"), str(src), str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -153,32 +121,11 @@ def test_acdc_from_wsl4mis_h5(tmp_path):
     assert "nominal" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_acdc_bundle_trains_evaluates_and_infers_on_the_real_sample(acdc, pretrained, tmp_path):
-    from monai.bundle import run
-
+def test_acdc_bundle_trains_evaluates_and_infers_on_the_real_sample(acdc, pretrained, tmp_path, bundle_run):
     from mosmos_components.checkpoint import read_sidecar
 
-    root = REPO / "bundles" / "acdc_seg"
-    cfg = [str(root / "configs" / c) for c in ("train.json", "demo.json")]
-    over = dict(
-        bundle_root=str(root),
-        dataset_dir=str(acdc),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-        logging_file=str(root / "configs" / "logging.conf"),
-        pixdim=[6.25, 6.25, 10.0],
-        roi_size=[32, 32, 16],
-        max_epochs=1,
-        val_interval=1,
-        warmup_epochs=1,
-        num_workers=0,
-        cache_rate=0.0,
-        show_progress=False,
-        num_samples=1,
-        sw_batch_size=1,
-    )
-    run(config_file=cfg, **over)
+    cfg = ["train.json", "demo.json"]
+    over = bundle_run("acdc_seg", cfg, acdc, tmp_path, pretrained["mosmos-tiny-vit"], pixdim=[6.25, 6.25, 10.0])
     dl = json.loads((tmp_path / "eval" / "datalist.json").read_text())
     by_split = {k: {it["patient"] for it in v} for k, v in dl.items()}
     assert [len(by_split[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
@@ -189,10 +136,10 @@ def test_acdc_bundle_trains_evaluates_and_infers_on_the_real_sample(acdc, pretra
         "myocardium",
         "left ventricle",
     ]
-    run(config_file=cfg + [str(root / "configs" / "evaluate.json")], **over)
+    bundle_run.rerun("acdc_seg", [*cfg, "evaluate.json"], over)
     rows = (tmp_path / "eval" / "report" / "per_case.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3  # the test patient's two frames x three structures
     src = acdc / "database" / "training" / "patient001" / "patient001_frame01.nii.gz"
-    run(config_file=cfg + [str(root / "configs" / "inference.json")], **dict(over, dataset_dir=str(src)))
+    bundle_run.rerun("acdc_seg", [*cfg, "inference.json"], dict(over, dataset_dir=str(src)))
     pred = nib.load(next((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz")))
     assert pred.shape[:3] == nib.load(src).shape and np.allclose(pred.affine, nib.load(src).affine, atol=1e-4)

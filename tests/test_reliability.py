@@ -11,9 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from ignite.engine import Engine
-from monai.bundle import ConfigParser, run
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from mosmos_components.checkpoint import load_segmentation_network, save_network
@@ -21,40 +20,13 @@ from mosmos_components.handlers import RunGuard
 from mosmos_components.networks import MosmosUNETR
 from mosmos_components.transforms import ValidateSegmentationPaird
 
-BUNDLE = REPO / "bundles" / "btcv_seg"
-CFG = BUNDLE / "configs"
-TINY = {
-    "pixdim": [8.0, 8.0, 9.0],
-    "roi_size": [32, 32, 16],
-    "max_epochs": 1,
-    "val_interval": 1,
-    "warmup_epochs": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "show_progress": False,
-    "num_samples": 1,
-    "sw_batch_size": 1,
-}
+BTCV = "btcv_seg"
 
 
 def _chain(exc):
     while exc is not None:
         yield str(exc)
         exc = exc.__cause__ or exc.__context__
-
-
-def _train(btcv_dir, tmp, ckpt, **kw):
-    over = dict(
-        TINY,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(btcv_dir),
-        ckpt_dir=str(tmp / "models"),
-        output_dir=str(tmp / "eval"),
-        pretrained_ckpt=str(ckpt),
-        logging_file=str(CFG / "logging.conf"),
-    )
-    over.update(kw)
-    run(config_file=[str(CFG / "train.json"), str(CFG / "demo.json")], **over)
 
 
 def _copy_btcv(src, dst):
@@ -85,7 +57,7 @@ def test_nan_voxels_are_refused_naming_the_file_or_replaced_on_request():
     assert torch.isfinite(out["image"]).all() and float(out["image"].abs().sum()) == 0.0
 
 
-def test_a_nan_volume_stops_training_before_any_model_is_written(btcv_dir, pretrained, tmp_path):
+def test_a_nan_volume_stops_training_before_any_model_is_written(btcv_dir, pretrained, tmp_path, bundle_run):
     data = _copy_btcv(btcv_dir, tmp_path / "btcv")
     first = sorted((data / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
     nii = nib.load(first)
@@ -93,7 +65,7 @@ def test_a_nan_volume_stops_training_before_any_model_is_written(btcv_dir, pretr
     arr[:4, :4, :4] = np.nan
     nib.save(nib.Nifti1Image(arr, nii.affine), first)
     with pytest.raises(Exception) as info:
-        _train(data, tmp_path, pretrained["mosmos-tiny-vit"])
+        bundle_run(BTCV, ["train.json", "demo.json"], data, tmp_path, pretrained["mosmos-tiny-vit"])
     assert any(first.name in m and "NaN/Inf" in m for m in _chain(info.value))
     assert not (tmp_path / "models" / "model.pt").exists()
 
@@ -123,13 +95,13 @@ def test_non_finite_weights_are_never_written(tmp_path):
 # ----- 2. a checkpoint with other classes -----
 
 
-def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tiny_unetr, tmp_path):
+def test_a_checkpoint_of_other_classes_is_refused_by_another_bundle(tiny_unetr, tmp_path, bundle_run):
     net = MosmosUNETR(
         1, 14, img_size=(32, 32, 32), use_pta=False, class_names=[f"c{i}" for i in range(14)], **tiny_unetr
     )
     save_network(net, tmp_path / "model.pt", extra={"data": {"pixdim": [1.5, 1.5, 2.0], "modality": "ct"}})
     parser = ConfigParser()
-    parser.read_config([str(REPO / "bundles" / "amos_seg" / "configs" / f) for f in ("train.json", "evaluate.json")])
+    parser.read_config(bundle_run.files("amos_seg", "train.json", "evaluate.json"))
     expect = parser.get_parsed_content("checkpoint_expect")
     with pytest.raises(ValueError, match=r"trained for other data.*out_channels: checkpoint 14, bundle 16"):
         load_segmentation_network(tmp_path / "model.pt", expect=expect)
@@ -159,17 +131,17 @@ def test_weights_and_sidecar_from_different_saves_are_an_error(tiny_unetr, tmp_p
 # ----- 3. an earlier model is never silently overwritten; 4. concurrent runs -----
 
 
-def test_a_fresh_run_never_replaces_an_earlier_model_unless_told(btcv_dir, pretrained, tmp_path):
+def test_a_fresh_run_never_replaces_an_earlier_model_unless_told(btcv_dir, pretrained, tmp_path, bundle_run):
     ckpt = pretrained["mosmos-tiny-vit"]
-    _train(btcv_dir, tmp_path, ckpt)
+    bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp_path, ckpt)
     model = tmp_path / "models" / "model.pt"
     first = model.read_bytes()
     with pytest.raises(Exception) as info:
-        _train(btcv_dir, tmp_path, ckpt, resume=False)
+        bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp_path, ckpt, resume=False)
     assert any("holds the model of an earlier run" in m for m in _chain(info.value))
     assert model.read_bytes() == first
     (tmp_path / "models" / ".model.pt.x1y2.tmp").write_bytes(b"half a file")  # a killed writer's leftover
-    _train(btcv_dir, tmp_path, ckpt, resume=False, overwrite=True)
+    bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp_path, ckpt, resume=False, overwrite=True)
     aside = list((tmp_path / "models").glob("previous-*/model.pt"))
     assert len(aside) == 1 and aside[0].read_bytes() == first  # moved aside, not lost
     assert model.is_file() and not list((tmp_path / "models").glob(".*.tmp"))
@@ -225,8 +197,16 @@ def test_a_split_of_other_data_is_refused(btcv_dir, tmp_path):
 # ----- 11. a run shorter than val_interval still ends with a model -----
 
 
-def test_max_epochs_below_val_interval_still_validates_and_saves(btcv_dir, pretrained, tmp_path):
-    _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, val_interval=5)
+def test_max_epochs_below_val_interval_still_validates_and_saves(btcv_dir, pretrained, tmp_path, bundle_run):
+    bundle_run(
+        BTCV,
+        ["train.json", "demo.json"],
+        btcv_dir,
+        tmp_path,
+        pretrained["mosmos-tiny-vit"],
+        max_epochs=1,
+        val_interval=5,
+    )
     assert (tmp_path / "models" / "model.pt").is_file()
     assert json.loads((tmp_path / "models" / "model.json").read_text())["epoch"] == 1
 
@@ -259,13 +239,13 @@ def _write_png(path, kind):
 
 
 @pytest.mark.parametrize("kind", ["grey8", "grey16", "palette", "rgba"])
-def test_pretraining_images_are_scaled_by_their_own_bit_depth(tmp_path, kind):
+def test_pretraining_images_are_scaled_by_their_own_bit_depth(tmp_path, kind, repo):
     from monai.transforms import Compose
 
     path = tmp_path / f"{kind}.png"
     top = _write_png(path, kind)
     parser = ConfigParser()
-    root = REPO / "bundles" / "mosmos_pretrain" / "configs"
+    root = repo / "bundles" / "mosmos_pretrain" / "configs"
     parser.read_config([str(root / "train.json"), str(root / "demo.json")])
     steps = parser.get_parsed_content("train#deterministic_transforms")
     until_scaled = Compose(
@@ -279,30 +259,24 @@ def test_pretraining_images_are_scaled_by_their_own_bit_depth(tmp_path, kind):
 # ----- 9. read errors name the file, and the last line says so -----
 
 
-def test_a_truncated_volume_is_named_and_summarised_on_the_last_line(btcv_dir, pretrained, tmp_path):
+def test_a_truncated_volume_is_named_and_summarised_on_the_last_line(btcv_dir, pretrained, tmp_path, bundle_run, repo):
     data = _copy_btcv(btcv_dir, tmp_path / "btcv")
     first = sorted((data / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
     raw = first.read_bytes()
     first.write_bytes(raw[: len(raw) * 2 // 3])  # header intact, data cut
-    over = dict(
-        TINY,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(data),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-    )
+    over = bundle_run.overrides(BTCV, data, tmp_path, pretrained["mosmos-tiny-vit"])
+    del over["logging_file"]  # MONAI's default logging: the summary line as a user without one sees it
     cmd = [
         sys.executable,
         "-m",
         "monai.bundle",
         "run",
         "--config_file",
-        str([str(CFG / "train.json"), str(CFG / "demo.json")]),
+        str(bundle_run.files(BTCV, "train.json", "demo.json")),
     ]
     for k, v in over.items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("MOSMOS error: OSError:") and first.name in last and "cannot be read" in last
@@ -390,18 +364,10 @@ def test_several_series_in_one_folder_are_listed_unless_one_is_chosen(tmp_path, 
         inference_inputs(tmp_path / "scan", series_uid="1.2.3")
 
 
-def test_inference_on_a_scanner_written_dicom_folder(btcv_dir, pretrained, tmp_path, ct_series):
+def test_inference_on_a_scanner_written_dicom_folder(btcv_dir, pretrained, tmp_path, ct_series, bundle_run):
     ct_series(tmp_path / "dicom" / "scan", n=8)
-    _train(btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"])
-    over = dict(
-        TINY,
-        bundle_root=str(BUNDLE),
-        dataset_dir=str(tmp_path / "dicom"),
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        pretrained_ckpt=str(pretrained["mosmos-tiny-vit"]),
-        logging_file=str(CFG / "logging.conf"),
-    )
-    run(config_file=[str(CFG / f) for f in ("train.json", "demo.json", "inference.json")], **over)
+    bundle_run(BTCV, ["train.json", "demo.json"], btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"])
+    over = bundle_run.overrides(BTCV, tmp_path / "dicom", tmp_path, pretrained["mosmos-tiny-vit"])
+    bundle_run.rerun(BTCV, ["train.json", "demo.json", "inference.json"], over)
     pred = list((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
     assert len(pred) == 1 and nib.load(pred[0]).shape[:3] == (20, 16, 8)

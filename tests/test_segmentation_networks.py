@@ -68,9 +68,8 @@ def test_vit_transfer_computes_the_same_function(tiny_unetr, vit_ckpt):
     report = transfer_pretrained(seg, path)
     img = torch.rand(1, 96, 96)
     with torch.no_grad():
-        _, s2d, grid = pre.encode_image(img.expand(3, -1, -1).unsqueeze(0))
-        tokens, _ = seg.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
-        s3d = tokens @ seg.encoder.proj
+        _, s2d, grid = pre.encode_image(seg.encoder.standardise(img).expand(3, -1, -1).unsqueeze(0))
+        s3d = seg.encoder.project(seg.encoder(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0)).tokens)
         # same token sequence through both transformers: the very same function (QuickGELU, ln_pre, ...)
         seq = torch.randn(2, 37, 64)
         torch.testing.assert_close(seg.encoder.transformer(seq), pre.clip.visual.transformer(seq))
@@ -91,7 +90,7 @@ def test_3d_pixel_tag_attention_of_one_slice_is_the_2d_pretrained_decoders(tiny_
     transfer_pretrained(seg, path)
     img = torch.rand(1, 96, 96)
     with torch.no_grad():  # the network standardises its input as CLIP's preprocessing does
-        _, s2d, grid = pre.encode_image(((img - seg.input_mean) / seg.input_std).expand(3, -1, -1).unsqueeze(0))
+        _, s2d, grid = pre.encode_image(seg.encoder.standardise(img).expand(3, -1, -1).unsqueeze(0))
         _, attn2d = pre.decoder(class_embeddings(pre, NAMES), s2d, grid)
         attn3d = seg.attention_maps(img[..., None].expand(-1, -1, -1, 16).unsqueeze(0))
     assert attn3d.shape == (1, 4, 6, 6, 1)
@@ -128,9 +127,9 @@ def test_resnet_transfer_computes_the_same_function(tiny_unet, rn_ckpt):
     report = transfer_pretrained(seg, path)
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
-        l4, _ = seg._encode(x)  # standardises with CLIP's mean/std, as CLIP's own preprocessing does
-        _, s_pre, _ = pre.encode_image((x - seg.mean) / seg.std)
-        s_seg = seg.c_proj(seg.v_proj(l4.flatten(2).transpose(1, 2)))
+        tokens = seg.encoder(x).tokens  # standardises with CLIP's mean/std, as CLIP's own preprocessing does
+        _, s_pre, _ = pre.encode_image(seg.encoder.standardise(x))
+        s_seg = seg.encoder.project(tokens)
     torch.testing.assert_close(s_seg, s_pre, rtol=1e-4, atol=1e-4)
     assert "encoder.layer4.0.conv1.weight" in report.transferred and not report.inflated
 
@@ -183,3 +182,16 @@ def test_seg_loss_is_dicece_plus_lambda_pta():
     total = MosmosSegLoss(lambda_pta=0.8)(torch.stack([pred, aux], 1), y)
     torch.testing.assert_close(total, ref(pred, y) + 0.8 * ref(aux, y))
     torch.testing.assert_close(MosmosSegLoss()(pred, y), ref(pred, y))
+
+
+def test_unet2d_checkpoints_written_before_the_encoder_held_its_projection_still_load(tiny_unet):
+    """Before 0.5 the PTA projection was ``v_proj``/``c_proj`` on the network; such a state_dict loads (strictly)."""
+    net = MosmosUNet2D(1, 3, **tiny_unet)
+    old = {
+        k.replace("encoder.v_proj.", "v_proj.").replace("encoder.c_proj.", "c_proj."): v
+        for k, v in net.state_dict().items()
+    }
+    assert "v_proj.weight" in old and "c_proj.bias" in old
+    fresh = MosmosUNet2D(1, 3, **tiny_unet)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.encoder.c_proj.weight, net.encoder.c_proj.weight)

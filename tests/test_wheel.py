@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
+def installed(tmp_path_factory, repo):
     tmp = tmp_path_factory.mktemp("wheel")
     build = subprocess.run(
         [
@@ -18,7 +17,7 @@ def installed(tmp_path_factory):
             "-m",
             "pip",
             "wheel",
-            str(REPO),
+            str(repo),
             "--no-deps",
             "--no-build-isolation",
             "-q",
