@@ -113,30 +113,30 @@ def btcv_dir(tmp_path_factory):
     return write_btcv(tmp_path_factory.mktemp("btcv"), n=5, seed=1, shape=(48, 48, 24), spacing=(8.0, 8.0, 9.0))
 
 
+def _shared_sample(name: str, marker: str, what: str) -> Path:
+    """``../shared/data/<name>``, or the test is skipped where ``<name>/<marker>`` is absent."""
+    folder = SHARED_DATA / name
+    if not (folder / marker).exists():
+        pytest.skip(f"{what} not available at {folder}")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def real_ct():
-    folder = SHARED_DATA / "abdomen_ct_crop"
-    if not (folder / "image.nii.gz").is_file():
-        pytest.skip(f"real CT sample not available at {folder}")
-    return folder
+    """The real abdominal CT crop of ../shared."""
+    return _shared_sample("abdomen_ct_crop", "image.nii.gz", "real CT sample")
 
 
 @pytest.fixture(scope="module")
 def medpix():
-    """The MedPix 2.0 sample of ../shared (skips where it is absent)."""
-    folder = SHARED_DATA / "medpix2_sample"
-    if not (folder / "MedPix-2-0" / "Descriptions.json").is_file():
-        pytest.skip(f"MedPix 2.0 sample not available at {folder}")
-    return folder
+    """The MedPix 2.0 sample of ../shared."""
+    return _shared_sample("medpix2_sample", "MedPix-2-0/Descriptions.json", "MedPix 2.0 sample")
 
 
 @pytest.fixture(scope="module")
 def acdc():
-    """The ACDC sample of ../shared, official layout (skips where it is absent)."""
-    folder = SHARED_DATA / "acdc_sample"
-    if not (folder / "database" / "training").is_dir():
-        pytest.skip(f"ACDC sample not available at {folder}")
-    return folder
+    """The ACDC sample of ../shared, official layout."""
+    return _shared_sample("acdc_sample", "database/training", "ACDC sample")
 
 
 @pytest.fixture(scope="session")
