@@ -465,6 +465,8 @@ def _qualitative_panel(res: Path, done, inits) -> None:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from mosmos_components.visualize import draw_labels
+
     colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)))
     cmap = ListedColormap(colours)
     panels = [("ground truth", first["label"])] + [(init, s["pred"]) for init, s in slices.items()]
@@ -473,14 +475,7 @@ def _qualitative_panel(res: Path, done, inits) -> None:
     for ax, (title, lab) in zip(axes[0], panels):
         ax.imshow(image, cmap="gray")
         lab = np.rot90(lab)
-        ax.imshow(
-            np.ma.masked_where(lab == 0, lab - 1),
-            cmap=cmap,
-            vmin=0,
-            vmax=len(classes) - 1,
-            alpha=0.5,
-            interpolation="nearest",
-        )
+        draw_labels(ax, lab, cmap, len(classes), alpha=0.5, first=1)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.legend(

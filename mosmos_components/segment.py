@@ -417,7 +417,7 @@ def plot_preview(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    from mosmos_components.visualize import radiological_view
+    from mosmos_components.visualize import draw_labels, radiological_view
 
     img, zooms = _to_ras(intensity, affine)
     lab, _ = _to_ras(label, affine)
@@ -439,15 +439,7 @@ def plot_preview(
             ax = axes[r, c]
             im, lb = radiological_view(im, view), radiological_view(lb, view)
             ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
-            ax.imshow(
-                np.ma.masked_where(lb == 0, lb - 1),
-                cmap=cmap,
-                vmin=0,
-                vmax=len(names) - 1,
-                alpha=0.45,
-                interpolation="nearest",
-                aspect=aspect,
-            )
+            draw_labels(ax, lb, cmap, len(names), alpha=0.45, first=1, aspect=aspect)
             ax.set_title(f"{names[k - 1] if k else 'no structure found'}: {view}", fontsize=8)
             ax.axis("off")
     present = sorted({int(v) for v in np.unique(lab)} - {0})

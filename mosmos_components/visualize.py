@@ -116,6 +116,20 @@ def radiological_view(plane: np.ndarray, view: str) -> np.ndarray:
     return np.asarray(plane)[::-1, :].T[::-1]
 
 
+def draw_labels(ax, labels: np.ndarray, cmap, n_colours: int, alpha: float, first: int = 0, aspect=None) -> None:
+    """A label map over the image already on ``ax``: background (0) transparent, label ``v`` in colour ``v - first``
+    of ``cmap`` (``n_colours`` of them), drawn pixel for pixel."""
+    ax.imshow(
+        np.ma.masked_where(labels == 0, labels - first),
+        cmap=cmap,
+        vmin=0,
+        vmax=n_colours - 1,
+        alpha=alpha,
+        interpolation="nearest",
+        aspect=aspect,
+    )
+
+
 def plot_segmentation_overlay(
     image: np.ndarray,
     label: np.ndarray,
@@ -139,14 +153,7 @@ def plot_segmentation_overlay(
         if overlay is not None and name.startswith("attention"):
             ax.imshow(overlay, cmap="jet", alpha=0.5)
         elif overlay is not None:
-            ax.imshow(
-                np.ma.masked_where(overlay == 0, overlay),
-                cmap=cmap,
-                vmin=0,
-                vmax=num_classes - 1,
-                alpha=0.6,
-                interpolation="nearest",
-            )
+            draw_labels(ax, overlay, cmap, num_classes, alpha=0.6)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     if class_names is not None:
