@@ -163,6 +163,7 @@ class MosmosCLI:
         sw_batch_size: int | None = None,
         overlap: float | None = None,
         amp: bool | None = None,
+        compile: bool = False,
     ) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
         MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
@@ -171,7 +172,8 @@ class MosmosCLI:
         liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and CSV; --preview: a
         PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs highdicom: pip
         install "mosmos[dicom]"); --amp / --noamp: mixed precision (fp16 on a GPU, the default there; bf16 on a
-        CPU, off by default); --overlap 0.25: fewer windows. Existing outputs are skipped unless --overwrite; a
+        CPU, off by default); --overlap 0.25: fewer windows; --compile: the network through torch.compile (the first
+        window pays the compilation; for many scans in one process). Existing outputs are skipped unless --overwrite; a
         scan that fails is reported, the others go on, and the command fails at the end."""
         from mosmos_components.segment import segment
 
@@ -192,6 +194,7 @@ class MosmosCLI:
             sw_batch_size=sw_batch_size,
             overlap=overlap,
             amp=amp,
+            compile=compile,
         )
         line = (
             f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "

@@ -23,7 +23,7 @@ import re
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "inferer",
     "stitch_device",
     "autocast",
+    "compiled",
     "segment_scan",
     "segment",
     "structure_statistics",
@@ -150,6 +151,15 @@ def load_model(
         sigmoid=bool(infer.get("sigmoid", cfg.get("pta_sigmoid", False))),
         sidecar=cfg,
     )
+
+
+def compiled(m: SegmentationModel) -> SegmentationModel:
+    """``m`` with its network compiled by ``torch.compile`` (PyTorch weights only: an exported ``.ts``/``.onnx`` model
+    is a fixed graph already). The first window pays the compilation (tens of seconds on a CPU); the outputs are the
+    same to float rounding. Worth it for many scans in one process (measured in the README)."""
+    if m.path.suffix in (".ts", ".onnx"):
+        raise ValueError(f"{m.path}: --compile applies to PyTorch weights (model.pt), not to an exported model")
+    return replace(m, network=torch.compile(m.network))
 
 
 def preprocessing(
@@ -486,11 +496,12 @@ def segment(
     overlap: float | None = None,
     progress: bool = True,
     amp: bool | None = None,
+    compile: bool = False,
 ) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
     OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
     fails is reported and the others go on; the returned summary lists both (``failed``). ``amp``: mixed precision
-    (:func:`autocast`; default on a GPU only)."""
+    (:func:`autocast`; default on a GPU only); ``compile``: the network through ``torch.compile`` (:func:`compiled`)."""
     from tqdm import tqdm
 
     from mosmos_components.data.datalist import inference_inputs
@@ -499,6 +510,8 @@ def segment(
         raise ValueError(f"--output_type must be 'nifti' or 'dicom_seg', got {output_type!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     m = model if isinstance(model, SegmentationModel) else load_model(model, device)
+    if compile:
+        m = compiled(m)
     keep = _subset(m.structures, roi_subset)
     items = inference_inputs(input, series_uid)
     out = Path(output)

@@ -60,7 +60,7 @@ SIZES = {
     },
 }
 PARTS = ("window", "train", "pretrain", "loader", "scan", "onnx")
-EXTRA_PARTS = ("fastmode", "ddp")  # not in the default run: --only fastmode (needs --model, --datalist), --only ddp
+EXTRA_PARTS = ("fastmode", "ddp", "compile")  # not in the default run (fastmode needs --model and --datalist)
 K = 14  # BTCV's classes
 
 
@@ -127,6 +127,26 @@ def window_benchmark(size: str, device: torch.device, repeats: int) -> dict:
         out[f"pta_infer_ratio_vs_no_pta{tag}"] = t["mosmos_pta"] / t["mosmos_no_pta"]
         out[f"pta_infer_ratio_vs_monai_unetr{tag}"] = t["mosmos_pta"] / t["monai_unetr"]
     return out
+
+
+def compile_benchmark(size: str, device: torch.device, repeats: int) -> dict:
+    """``mosmos segment --compile``: one window of MOSMOS with PTA, eager against the network through
+    ``torch.compile`` (as :func:`mosmos_components.segment.compiled` wraps it), fp32, and the seconds the compilation
+    took (its first call)."""
+    net = _networks(size, device)["mosmos_pta"].eval()
+    x = torch.rand(1, 1, *SIZES[size]["unetr"]["img_size"], device=device)
+    with torch.inference_mode():
+        fast = torch.compile(net)
+        t = time.perf_counter()
+        fast(x)
+        _sync(device)
+        seconds = time.perf_counter() - t
+        times = _time({"eager": lambda: net(x), "compiled": lambda: fast(x)}, repeats, device)
+    return {
+        "compile_seconds": seconds,
+        "window_seconds_compiled": times,
+        "compile_window_ratio_vs_eager": times["compiled"] / times["eager"],
+    }
 
 
 def train_step_benchmark(size: str, device: torch.device, repeats: int, batch: int = 2) -> dict:
@@ -490,7 +510,8 @@ def main(
     """Run the parts named by ``only`` (comma-separated; all by default), print and (``--json FILE``) write the
     results. ``--amp`` applies to the scan (default: on a GPU only); the window and training-step parts always
     measure both fp32 and AMP. ``--only fastmode --model DIR --datalist FILE``: the Dice cost of the fast settings
-    on labelled scans; ``--only ddp``: data-parallel throughput with 1 and 2 processes (gloo, CPU). Neither is part
+    on labelled scans; ``--only ddp``: data-parallel throughput with 1 and 2 processes (gloo, CPU); ``--only
+    compile``: one window through ``torch.compile`` against eager, and the compilation time. None of them is part
     of the default run."""
     import json as _json
 
@@ -520,6 +541,7 @@ def main(
         "scan": lambda: scan_benchmark(size, dev, overlap, amp, onnx="onnx" in parts),
         "fastmode": lambda: fast_mode_benchmark(model, datalist, dev),
         "ddp": lambda: ddp_benchmark(size),
+        "compile": lambda: compile_benchmark(size, dev, repeats),
     }
     # the scan first: its peak RSS is the process's (ru_maxrss), which later parts would only raise
     for part in sorted(parts, key=lambda p: p not in ("scan", "onnx")):

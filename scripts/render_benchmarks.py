@@ -49,6 +49,8 @@ ROWS = [
     ),
     ("training loop: share of time waiting for data", ("loader_wait_fraction",), "{:.1%}", lambda v: v < 0.05, "< 5 %"),
     ("training loop: time per iteration / MONAI UNETR", ("train_iteration_ratio_vs_monai_unetr",), "×{:.3f}", None, ""),
+    ("one window through torch.compile / eager (fp32)", ("compile_window_ratio_vs_eager",), "×{:.3f}", None, ""),
+    ("  compilation, first call (s)", ("compile_seconds",), "{:.1f}", None, ""),
     ("whole scan, 512×512×100 CT (s)", ("scan_seconds",), "{:.1f}", None, "≤ 90 (CPU), ≤ 2 (GPU, AMP)"),
     ("  read + preprocess / sliding window / to input grid / write (s)", ("scan_stage_seconds",), None, None, ""),
     ("  peak RSS / peak GPU memory (GB)", ("scan_peak_rss_bytes", "scan_peak_cuda_bytes"), "{:.2f}", None, "≤ 6 (CPU)"),

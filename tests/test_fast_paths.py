@@ -161,7 +161,7 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch,
 
     monkeypatch.setitem(benchmark.SIZES["tiny"], "unetr", dict(tiny_unetr, img_size=(32, 32, 16)))
     out = tmp_path / "bench.json"
-    benchmark.main(size="tiny", only="window,train", repeats=1, json=str(out))
+    benchmark.main(size="tiny", only="window,train,compile", repeats=1, json=str(out))
     res = json.loads(out.read_text())
     for key in (
         "pta_infer_ratio_vs_no_pta",
@@ -169,6 +169,8 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch,
         "pta_train_step_ratio_vs_no_pta",
         "pta_infer_ratio_vs_no_pta_amp",
         "pta_train_step_ratio_vs_no_pta_amp",
+        "compile_window_ratio_vs_eager",
+        "compile_seconds",
         "device",
         "size",
     ):

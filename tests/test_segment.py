@@ -191,6 +191,27 @@ def test_a_bad_scan_is_reported_and_the_others_go_on(tiny_model, tmp_path):
     assert (tmp_path / "out" / "good.nii.gz").is_file() and not (tmp_path / "out" / "broken.nii.gz").exists()
 
 
+def test_compile_option_gives_the_eager_labels(tiny_model, tmp_path):
+    """``mosmos segment --compile``: the network through torch.compile, the same label map (to float rounding at
+    near-ties of a random network); exported models are refused."""
+    import dataclasses
+
+    from mosmos_components.cli import MosmosCLI
+    from mosmos_components.segment import compiled
+
+    nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 3.0, 1])), tmp_path / "scan.nii.gz")
+    for flag in (False, True):
+        MosmosCLI().segment(
+            str(tmp_path / "scan.nii.gz"), str(tmp_path / f"out{flag}"), str(tiny_model), device="cpu", compile=flag
+        )
+    eager, comp = (np.asarray(nib.load(tmp_path / f"out{f}" / "scan.nii.gz").dataobj) for f in (False, True))
+    assert eager.shape == comp.shape and (eager == comp).mean() > 0.999
+    m = load_model(tiny_model)
+    assert isinstance(compiled(m).network, torch._dynamo.eval_frame.OptimizedModule)
+    with pytest.raises(ValueError, match="not to an exported model"):
+        compiled(dataclasses.replace(m, path=m.path.with_suffix(".onnx")))
+
+
 def test_the_model_comes_from_its_sidecar_and_bad_requests_are_named(tiny_model, tmp_path):
     m = load_model(tiny_model)
     assert (m.pixdim, m.roi_size, m.overlap, m.structures) == ([4.0, 4.0, 4.0], [32, 32, 16], 0.25, ["liver", "spleen"])
