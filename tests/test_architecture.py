@@ -11,11 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _build_bundles_module(root: Path):
-    spec = importlib.util.spec_from_file_location("build_bundles_under_test", ROOT / "scripts" / "build_bundles.py")
+def _build_bundles_module(repo: Path, root: Path):
+    spec = importlib.util.spec_from_file_location("build_bundles_under_test", repo / "scripts" / "build_bundles.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.ROOT = root
@@ -23,12 +21,12 @@ def _build_bundles_module(root: Path):
     return mod
 
 
-def test_recipe_add_a_data_set(tmp_path, btcv_dir):
+def test_recipe_add_a_data_set(tmp_path, btcv_dir, repo):
     """A bundle_spec.json with data differences only becomes a whole, marked, runnable bundle."""
     from monai.bundle import ConfigParser
 
     root = tmp_path / "bundles"
-    shutil.copytree(ROOT / "bundles" / "_template", root / "_template")
+    shutil.copytree(repo / "bundles" / "_template", root / "_template")
     (root / "toy_seg").mkdir()
     classes = ["background", "liver", "spleen"]
     (root / "toy_seg" / "bundle_spec.json").write_text(
@@ -54,7 +52,7 @@ def test_recipe_add_a_data_set(tmp_path, btcv_dir):
             }
         )
     )
-    build = _build_bundles_module(root)
+    build = _build_bundles_module(repo, root)
     assert build.main() == 0 and build.main(check=True) == 0
     spec = json.loads((root / "toy_seg" / "bundle_spec.json").read_text())
     del spec["configs"]["train.json"]["class_names"]
@@ -78,7 +76,7 @@ def test_recipe_add_a_data_set(tmp_path, btcv_dir):
     assert inference["checkpoint_expect"]["class_names"] == classes
 
 
-def test_recipe_add_a_baseline(tmp_path, monkeypatch):
+def test_recipe_add_a_baseline(tmp_path, monkeypatch, repo):
     """A variant file and an INIT_KINDS entry: composed with train.json, the network starts from the new weights."""
     from monai.bundle import ConfigParser
 
@@ -95,7 +93,7 @@ def test_recipe_add_a_baseline(tmp_path, monkeypatch):
     variant.write_text(
         json.dumps({"_description": "a throw-away baseline", "pretrained_kind": "toy", "use_pta": False})
     )
-    configs = ROOT / "bundles" / "btcv_seg" / "configs"
+    configs = repo / "bundles" / "btcv_seg" / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json"), str(configs / "demo.json"), str(variant)])
     parser.update({"pretrained_ckpt": str(weights)})
@@ -169,12 +167,12 @@ def test_recipe_add_an_encoder(tmp_path, pretrained):
         transfer.TRANSFER_RULES.pop(ToyEncoder3D, None)
 
 
-def _module_imports() -> dict[str, set[str]]:
+def _module_imports(repo: Path) -> dict[str, set[str]]:
     """mosmos_components module -> the mosmos_components modules it imports at module level (not in functions)."""
-    pkg = ROOT / "mosmos_components"
+    pkg = repo / "mosmos_components"
     names = {}
     for f in pkg.rglob("*.py"):
-        parts = f.relative_to(ROOT).with_suffix("").parts
+        parts = f.relative_to(repo).with_suffix("").parts
         names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     graph = {}
     for name, f in names.items():
@@ -190,8 +188,8 @@ def _module_imports() -> dict[str, set[str]]:
     return graph
 
 
-def test_import_graph_has_no_cycle():
-    graph = _module_imports()
+def test_import_graph_has_no_cycle(repo):
+    graph = _module_imports(repo)
     state: dict[str, int] = {}
 
     def visit(n, path):
@@ -228,8 +226,8 @@ ALLOWED = {
 TOP = ("bundle_runner", "demo", "experiment", "cli")
 
 
-def test_modules_import_only_what_the_architecture_allows():
-    graph = _module_imports()
+def test_modules_import_only_what_the_architecture_allows(repo):
+    graph = _module_imports(repo)
     for name, deps in graph.items():
         short = name.removeprefix("mosmos_components").lstrip(".")
         rule = next((ALLOWED[k] for k in ALLOWED if short == k or short.startswith(k + ".")), None)
