@@ -15,6 +15,7 @@ with :func:`mosmos_components.transfer.transfer_rule` for the encoder class.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
@@ -49,7 +50,7 @@ def map_to_tokens(features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]
     return features.flatten(2).transpose(1, 2), tuple(int(s) for s in features.shape[2:])
 
 
-class PTAEncoder(nn.Module):
+class PTAEncoder(nn.Module, metaclass=ABCMeta):
     """The contract between an image encoder and the segmentation networks.
 
     A subclass sets, in ``__init__``:
@@ -83,13 +84,17 @@ class PTAEncoder(nn.Module):
             cls.encoder_name = name
             ENCODERS[name] = cls
 
+    @abstractmethod
     def forward(self, x: torch.Tensor) -> EncoderFeatures:
-        raise NotImplementedError(f"{type(self).__name__} must implement forward(x) -> EncoderFeatures")
+        """An input in [0, 1] (B, C, *size) -> :class:`EncoderFeatures`."""
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, token_channels) -> (B, N, embed_dim), the text embedding space pixel-tag attention
-        works in."""
-        raise NotImplementedError(f"{type(self).__name__} has no projection to the text embedding space")
+        works in. This default is the encoder without a projection (``embed_dim`` None)."""
+        raise ValueError(
+            f"{type(self).__name__} was built without a projection to the text embedding space (embed_dim None); "
+            "pixel-tag attention needs one"
+        )
 
 
 def build_encoder(name: str, **kwargs) -> PTAEncoder:

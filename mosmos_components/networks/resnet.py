@@ -80,9 +80,7 @@ class ClipResNetEncoder(_ResNetPyramid, PTAEncoder, ModifiedResNet, name="clip_r
         return self._pyramid(z, stem, self.avgpool(stem))
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.embed_dim is None:
-            raise ValueError("this encoder was built with with_projection=False: it has no projection")
-        return self.c_proj(self.v_proj(tokens))
+        return super().project(tokens) if self.embed_dim is None else self.c_proj(self.v_proj(tokens))
 
 
 class TorchvisionResNetEncoder(_ResNetPyramid, PTAEncoder, ResNet, name="torchvision_resnet"):

@@ -105,6 +105,4 @@ class ClipViT3DEncoder(PTAEncoder, name="clip_vit3d"):
         return EncoderFeatures(self.ln_post(tokens[:, 1:]), [*skips, z], self.grid)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.proj is None:
-            raise ValueError("this encoder was built with embed_dim=None: it has no projection")
-        return tokens @ self.proj
+        return super().project(tokens) if self.proj is None else tokens @ self.proj
