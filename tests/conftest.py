@@ -1,5 +1,7 @@
+import json
 import warnings
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -63,6 +65,14 @@ class BundleRun:
         """``monai.bundle.run`` on ``configs`` (names in the bundle's configs/) with :meth:`overrides`; returns them."""
         return self.rerun(bundle, configs, self.overrides(bundle, data, tmp, pretrained_ckpt, **kw))
 
+    def command(self, bundle: str, configs, overrides: dict) -> list[str]:
+        """The same run as a command line: ``-m monai.bundle run --config_file [...] --key value ...`` (put
+        ``sys.executable`` or a ``torch.distributed.run`` launcher before it)."""
+        args = ["-m", "monai.bundle", "run", "--config_file", str(self.files(bundle, *configs))]
+        for k, v in overrides.items():
+            args += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+        return args
+
     def rerun(self, bundle: str, configs, overrides: dict) -> dict:
         """``monai.bundle.run`` on ``configs`` with exactly ``overrides`` (those of an earlier run, changed)."""
         from monai.bundle import run
@@ -83,19 +93,27 @@ def repo():
     return REPO
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_unetr():
-    """The tiny UNETR of demo.json (the `pretrained` fixture's tiny ViT fits it), one place for every test."""
-    return dict(
-        hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True
+    """The tiny UNETR of demo.json (the `pretrained` fixture's tiny ViT fits it), one place for every test
+    (read-only: ``dict(tiny_unetr, ...)`` for a variant)."""
+    return MappingProxyType(
+        dict(hidden_size=64, num_layers=4, num_heads=2, embed_dim=64, feature_size=8, decoder_heads=4, quick_gelu=True)
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_unet():
-    """The tiny 2D U-Net (the `pretrained` fixture's tiny ResNet fits it)."""
-    return dict(
-        layers=(1, 1, 1, 1), width=16, embed_dim=64, attn_heads=8, decoder_channels=(64, 32, 16, 16, 8), decoder_heads=4
+    """The tiny 2D U-Net (the `pretrained` fixture's tiny ResNet fits it); read-only."""
+    return MappingProxyType(
+        dict(
+            layers=(1, 1, 1, 1),
+            width=16,
+            embed_dim=64,
+            attn_heads=8,
+            decoder_channels=(64, 32, 16, 16, 8),
+            decoder_heads=4,
+        )
     )
 
 

@@ -316,23 +316,9 @@ def test_multi_gpu_config_under_torchrun_on_cpu(btcv_dir, pretrained, tmp_path, 
     over = bundle_run.overrides(
         BTCV, btcv_dir, tmp_path, pretrained["mosmos-tiny-vit"], max_epochs=1, split_fractions=[0.4, 0.4, 0.2]
     )
-    args = []
-    for k, v in over.items():
-        if k != "logging_file":
-            args += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29544",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(bundle_run.files(BTCV, "train.json", "demo.json", "multi_gpu_train.json")),
-        *args,
-    ]
+    del over["logging_file"]
+    run = bundle_run.command(BTCV, ["train.json", "demo.json", "multi_gpu_train.json"], over)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29544", *run]
     res = torchrun(cmd, env=env, timeout=400, cwd=repo)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "checkpoint.pt").is_file()

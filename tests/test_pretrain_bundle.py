@@ -111,34 +111,10 @@ def test_missing_dataset_dir_is_a_clear_error(tmp_path, bundle_run):
 def test_multi_gpu_config_runs_under_torchrun_on_cpu(roco_dir, tmp_path, extra, repo, torchrun, bundle_run):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     port = 29533 + len(extra)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={port}",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(bundle_run.files(PRETRAIN, *CONFIGS, "multi_gpu_train.json", *extra)),
-        "--bundle_root",
-        str(bundle_run.configs(PRETRAIN).parent),
-        "--dataset_dir",
-        str(roco_dir),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "eval"),
-        "--max_epochs",
-        "1",
-        "--num_workers",
-        "0",
-        "--batch_size",
-        "8",
-        "--show_progress",
-        "False",
-    ]
+    over = bundle_run.overrides(PRETRAIN, roco_dir, tmp_path, max_epochs=1, batch_size=8)
+    del over["logging_file"]
+    run = bundle_run.command(PRETRAIN, [*CONFIGS, "multi_gpu_train.json", *extra], over)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *run]
     res = torchrun(cmd, env=env, timeout=300, cwd=repo)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
@@ -176,26 +152,9 @@ def test_evaluate_runs_in_a_fresh_process(trained, roco_dir, repo, bundle_run):
     import subprocess
     import sys
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(bundle_run.files(PRETRAIN, *CONFIGS, "evaluate.json")),
-        "--bundle_root",
-        str(bundle_run.configs(PRETRAIN).parent),
-        "--dataset_dir",
-        str(roco_dir),
-        "--ckpt_dir",
-        str(trained / "models"),
-        "--output_dir",
-        str(trained / "fresh_eval"),
-        "--show_progress",
-        "False",
-        "--num_workers",
-        "0",
-    ]
+    over = bundle_run.overrides(PRETRAIN, roco_dir, trained, output_dir=str(trained / "fresh_eval"))
+    del over["logging_file"], over["batch_size"]  # the bundle's own logging and demo batch, as a user runs it
+    cmd = [sys.executable, *bundle_run.command(PRETRAIN, [*CONFIGS, "evaluate.json"], over)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (trained / "fresh_eval" / "metrics.csv").is_file()

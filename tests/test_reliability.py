@@ -266,16 +266,7 @@ def test_a_truncated_volume_is_named_and_summarised_on_the_last_line(btcv_dir, p
     first.write_bytes(raw[: len(raw) * 2 // 3])  # header intact, data cut
     over = bundle_run.overrides(BTCV, data, tmp_path, pretrained["mosmos-tiny-vit"])
     del over["logging_file"]  # MONAI's default logging: the summary line as a user without one sees it
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(bundle_run.files(BTCV, "train.json", "demo.json")),
-    ]
-    for k, v in over.items():
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    cmd = [sys.executable, *bundle_run.command(BTCV, ["train.json", "demo.json"], over)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]

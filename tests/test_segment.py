@@ -99,7 +99,7 @@ def test_statistics_equal_a_hand_count():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_model(tmp_path_factory, tiny_unetr):
     """A saved MOSMOS UNETR (random weights) with the sidecar a bundle writes."""
     from mosmos_components.checkpoint import save_network
     from mosmos_components.networks import MosmosUNETR
@@ -111,13 +111,7 @@ def tiny_model(tmp_path_factory):
         3,
         img_size=(32, 32, 16),
         class_names=["background", "liver", "spleen"],
-        hidden_size=64,
-        num_layers=4,
-        num_heads=2,
-        embed_dim=64,
-        feature_size=8,
-        decoder_heads=4,
-        quick_gelu=True,
+        **tiny_unetr,
     )
     net.pta.set_class_embeddings(torch.randn(3, 64))  # as transferred from a pre-trained text encoder
     save_network(
