@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.networks import one_hot
 from torch import nn
 
 __all__ = [
@@ -106,11 +107,16 @@ class MosmosSegLoss(nn.Module):
         sigmoid: multi-label (overlapping regions, BraTS) instead of softmax classes.
         kwargs: passed to ``monai.losses.DiceCELoss`` (e.g. ``include_background``).
 
-    ``input``: the network's training output, either ``(B, K, *spatial)`` logits (no PTA) or ``(B, 2, K,
-    *spatial)`` with the segmentation and PTA logits stacked; ``target``: ``(B, 1, *spatial)`` class indices
-    (softmax) or ``(B, K, *spatial)`` binary maps (sigmoid), or ``(target, class_mask)`` with a ``(B, K)`` 0/1 mask
-    of the classes annotated in each case: a class a case does not annotate (AMOS MRI: bladder, prostate/uterus)
-    is merged into background for that case (marginal loss), so predicting it there is not penalised.
+    ``input``: the network's training output, either ``(B, K, *spatial)`` logits (no PTA), or with PTA a
+    :class:`~mosmos_components.networks.base.TrainingOutput` (any pair ``(segmentation, pta)`` of such logits; a
+    ``(B, 2, K, *spatial)`` tensor with the two stacked, as earlier networks returned, is read too); ``target``:
+    ``(B, 1, *spatial)`` class indices (softmax) or ``(B, K, *spatial)`` binary maps (sigmoid), or ``(target,
+    class_mask)`` with a ``(B, K)`` 0/1 mask of the classes annotated in each case: a class a case does not annotate
+    (AMOS MRI: bladder, prostate/uterus) is merged into background for that case (marginal loss), so predicting it
+    there is not penalised.
+
+    Each branch is ``monai.losses.DiceCELoss``'s own Dice and cross-entropy terms; with softmax the one-hot target
+    they share is made once, not once per branch (the same values).
     """
 
     def __init__(self, lambda_pta: float = 0.8, sigmoid: bool = False, **kwargs) -> None:
@@ -118,24 +124,44 @@ class MosmosSegLoss(nn.Module):
         from monai.losses import DiceCELoss
 
         self.lambda_pta = lambda_pta
-        if sigmoid:
-            self.dice_ce = DiceCELoss(sigmoid=True, **kwargs)
-        else:
-            self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, **kwargs)
+        self.sigmoid = sigmoid
+        # softmax: the target is one-hot encoded here (once for both branches), so the loss itself does not
+        self.dice_ce = DiceCELoss(sigmoid=True, **kwargs) if sigmoid else DiceCELoss(softmax=True, **kwargs)
 
-    def _one(self, logits: torch.Tensor, target: torch.Tensor, class_mask: torch.Tensor | None) -> torch.Tensor:
+    def _one(self, logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None, class_mask) -> torch.Tensor:
         if class_mask is not None:
             logits = marginal_logits(logits, class_mask)
-        return self.dice_ce(logits, target)
+        if onehot is None:
+            return self.dice_ce(logits, target)
+        loss = self.dice_ce
+        return loss.lambda_dice * loss.dice(logits, onehot) + loss.lambda_ce * loss.ce(logits, target)
 
-    def forward(self, input: torch.Tensor, target) -> torch.Tensor:
+    def forward(self, input, target) -> torch.Tensor:
         class_mask = None
         if isinstance(target, (tuple, list)):
             target, class_mask = target
-        if input.dim() == target.dim() + 1:  # stacked (segmentation, PTA); unbind's backward is one stack, where
-            seg, pta = input.unbind(1)  # indexing twice would fill and add two zero gradients of the stacked size
-            return self._one(seg, target, class_mask) + self.lambda_pta * self._one(pta, target, class_mask)
-        return self._one(input, target, class_mask)
+        if isinstance(input, (tuple, list)):
+            if len(input) != 2:
+                raise ValueError(f"MosmosSegLoss reads (segmentation, pta) logits, got {len(input)} tensors")
+            branches = tuple(input)
+        elif input.dim() == target.dim() + 1:  # stacked (segmentation, PTA)
+            branches = tuple(input.unbind(1))
+        else:
+            branches = (input,)
+        if branches[0].dim() != target.dim():
+            raise ValueError(
+                f"logits {tuple(branches[0].shape)} and target {tuple(target.shape)} differ in dimensions: the "
+                "target is (B, 1, *spatial) class indices or (B, K, *spatial) maps"
+            )
+        onehot = None
+        if not self.sigmoid:
+            if target.shape[1] != 1:
+                raise ValueError(f"softmax segmentation loss: target {tuple(target.shape)} is not (B, 1, *spatial)")
+            onehot = one_hot(target, branches[0].shape[1])
+        total = self._one(branches[0], target, onehot, class_mask)
+        if len(branches) == 2:
+            total = total + self.lambda_pta * self._one(branches[1], target, onehot, class_mask)
+        return total
 
 
 def marginal_logits(logits: torch.Tensor, class_mask: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import fire
 import open_clip
 import torch
 from monai.networks.nets import UNETR
+from torch.utils.flop_counter import FlopCounterMode
 
 from mosmos_components.losses import MosmosPretrainLoss
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
@@ -90,11 +91,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fns: dict, repeats: int, device: torch.device) -> dict[str, float]:
+def _time(fns: dict, repeats: int, device: torch.device, warm_up: bool = True) -> dict[str, float]:
     """Seconds per call of each of ``fns``: the fastest of ``repeats`` (noise only adds time), run in turns (one call
-    of each per round, after one warm-up round), so that a machine's drift weighs on all of them alike."""
-    for fn in fns.values():
-        fn()
+    of each per round, after one warm-up round unless the caller ran one), so that a machine's drift weighs on all of
+    them alike."""
+    if warm_up:
+        for fn in fns.values():
+            fn()
     _sync(device)
     times = {k: [] for k in fns}
     for _ in range(repeats):
@@ -186,7 +189,10 @@ def train_step_benchmark(size: str, device: torch.device, repeats: int, batch: i
 
 
 def pretrain_benchmark(size: str, device: torch.device, repeats: int, batch: int = 64) -> dict:
-    """One pre-training step (forward, loss, backward) at ``batch`` against open_clip's CLIP + ClipLoss."""
+    """One pre-training step (forward, loss, backward) at ``batch`` against open_clip's CLIP + ClipLoss; also the
+    floating-point operations of each step (``torch.utils.flop_counter``: matrix products, convolutions, attention),
+    whose ratio is the floor of the time ratio: the tag decoder and the tag prompts are arithmetic the method adds,
+    whatever the implementation."""
     cfg = SIZES[size]
     net = MosmosPretrainNet(cfg["clip"], decoder_heads=cfg["unetr"]["decoder_heads"], _warn_random=False)
     net = net.to(device).train()
@@ -206,11 +212,18 @@ def pretrain_benchmark(size: str, device: torch.device, repeats: int, batch: int
         f_i, f_t, scale = clip(img, txt)
         loss_ref(f_i, f_t, scale).backward()
 
-    t = _time({"mosmos": step_ours, "open_clip": step_ref}, repeats, device)
+    flops = {}
+    for name, fn in (("mosmos", step_ours), ("open_clip", step_ref)):  # the warm-up step, counted
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        flops[name] = counter.get_total_flops()
+    t = _time({"mosmos": step_ours, "open_clip": step_ref}, repeats, device, warm_up=False)
     return {
         "pretrain_batch": batch,
         "pretrain_step_seconds": t,
         "pretrain_step_ratio_vs_open_clip": t["mosmos"] / t["open_clip"],
+        "pretrain_step_flops": flops,
+        "pretrain_flop_ratio_vs_open_clip": flops["mosmos"] / flops["open_clip"],
     }
 
 

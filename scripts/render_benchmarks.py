@@ -47,6 +47,13 @@ ROWS = [
         lambda v: v <= 1.15,
         "≤ 1.15",
     ),
+    (
+        "  its arithmetic: FLOPs / open_clip's (the floor of the ratio)",
+        ("pretrain_flop_ratio_vs_open_clip",),
+        "×{:.3f}",
+        None,
+        "",
+    ),
     ("training loop: share of time waiting for data", ("loader_wait_fraction",), "{:.1%}", lambda v: v < 0.05, "< 5 %"),
     ("training loop: time per iteration / MONAI UNETR", ("train_iteration_ratio_vs_monai_unetr",), "×{:.3f}", None, ""),
     ("one window through torch.compile / eager (fp32)", ("compile_window_ratio_vs_eager",), "×{:.3f}", None, ""),

@@ -150,7 +150,7 @@ def test_recipe_add_an_encoder(tmp_path, pretrained):
         assert calls and bool(net.pta.embeddings_ready) and torch.all(net.encoder.down1.bias == 0.5)
         x, y = torch.rand(2, 1, 16, 16, 8), torch.randint(0, 3, (2, 1, 16, 16, 8))
         out = net.train()(x)
-        assert out.shape == (2, 2, 3, 16, 16, 8)  # segmentation and PTA logits
+        assert [o.shape for o in out] == [(2, 3, 16, 16, 8)] * 2  # segmentation and PTA logits
         MosmosSegLoss()(out, y).backward()
         assert net.pta.decoder.layers[-1].cross_attn.in_proj_weight.grad.abs().sum() > 0
         assert net.attention_maps(x).shape == (2, 3, 4, 4, 2)

@@ -118,7 +118,7 @@ def test_unetr_training_output_is_unchanged_by_the_fast_paths(tiny_unetr):
     attn = last.cross_attn(q, feats + pos, feats, need_weights=True)[1]
     attn = attn.reshape(2, 4, *net.grid)
     ref_pta = F.interpolate(attn, size=(32, 32, 16), mode="trilinear", align_corners=False) / net.pta.tau
-    torch.testing.assert_close(out[:, 1], net._flip(ref_pta), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.pta, net._flip(ref_pta), atol=1e-4, rtol=1e-4)
 
 
 def test_tag_prompts_are_encoded_up_to_their_last_token_only():

@@ -55,7 +55,7 @@ def test_brats_pta_branch_can_predict_a_region_absent(tiny_unetr, pretrained, tm
         loss(net(x), y).backward()
         opt.step()
     with torch.no_grad():
-        p = torch.sigmoid(net(x)[0, 1])  # the PTA branch's probabilities (3, 32, 32, 32)
+        p = torch.sigmoid(net(x).pta[0])  # the PTA branch's probabilities (3, 32, 32, 32)
     wt = p[1]
     outside = y[0, 1] == 0
     assert (wt[outside] < 0.5).float().mean() > 0.5, "the PTA branch never predicts 'absent'"
@@ -105,8 +105,8 @@ def test_no_pretraining_with_pta_runs_with_a_warning(tiny_unetr):
     with pytest.warns(UserWarning, match="no pre-training"):
         prepare_network(net, None)
     assert bool(net.pta.embeddings_ready) and net.pta.class_embeddings.abs().sum() > 0
-    out = net.train()(torch.rand(1, 1, 32, 32, 32))
-    assert out.shape == (1, 2, 3, 32, 32, 32) and torch.isfinite(out).all()
+    seg, pta = net.train()(torch.rand(1, 1, 32, 32, 32))
+    assert seg.shape == pta.shape == (1, 3, 32, 32, 32) and torch.isfinite(seg).all() and torch.isfinite(pta).all()
 
 
 # ----- Table 5: UNETR on a ViT-B/32 -----
@@ -146,7 +146,7 @@ def test_unetr_with_patch_32_transfers_and_segments(tiny_unetr, vit32_ckpt):
     torch.testing.assert_close(seg.encoder.project(tokens), s2d, rtol=1e-4, atol=1e-4)
     x = torch.rand(2, 1, 96, 96, 32)
     assert seg(x).shape == (2, 3, 96, 96, 32)
-    assert seg.train()(x).shape == (2, 2, 3, 96, 96, 32)
+    assert [o.shape for o in seg.train()(x)] == [(2, 3, 96, 96, 32)] * 2
     # a /32 checkpoint into a /16 network names the fix
     with pytest.raises(ValueError, match="set patch_size=32"):
         transfer_pretrained(MosmosUNETR(1, 3, img_size=(96, 96, 32), class_names=names, **tiny_unetr), path)

@@ -3,8 +3,8 @@ import torch
 from monai.losses import DiceCELoss
 
 from mosmos_components.checkpoint import save_network
-from mosmos_components.losses import MosmosSegLoss
-from mosmos_components.networks import MosmosPretrainNet, MosmosUNet2D, MosmosUNETR
+from mosmos_components.losses import MosmosSegLoss, marginal_logits
+from mosmos_components.networks import MosmosPretrainNet, MosmosUNet2D, MosmosUNETR, TrainingOutput
 from mosmos_components.transfer import (
     class_embeddings,
     inflate_patch_kernel,
@@ -41,7 +41,10 @@ def test_unetr_shapes(tiny_unetr, use_pta, vit_ckpt):
         transfer_pretrained(net, vit_ckpt[1])
     x = torch.rand(2, 1, 64, 64, 32)
     out = net.train()(x)
-    assert out.shape == ((2, 2, 4, 64, 64, 32) if use_pta else (2, 4, 64, 64, 32))
+    if use_pta:  # the segmentation and the PTA logits
+        assert isinstance(out, TrainingOutput) and [o.shape for o in out] == [(2, 4, 64, 64, 32)] * 2
+    else:
+        assert out.shape == (2, 4, 64, 64, 32)
     assert net.eval()(x).shape == (2, 4, 64, 64, 32)
     if use_pta:
         assert net.attention_maps(x).shape == (2, 4, 4, 4, 2)
@@ -53,7 +56,8 @@ def test_unet2d_shapes(tiny_unet, use_pta, rn_ckpt):
     if use_pta:
         transfer_pretrained(net, rn_ckpt[1])
     x = torch.rand(3, 1, 64, 96)
-    assert net.train()(x).shape == ((3, 2, 4, 64, 96) if use_pta else (3, 4, 64, 96))
+    out = net.train()(x)
+    assert [o.shape for o in out] == [(3, 4, 64, 96)] * 2 if use_pta else out.shape == (3, 4, 64, 96)
     assert net.eval()(x).shape == (3, 4, 64, 96)
     with pytest.raises(ValueError, match="multiple of 32"):
         net(torch.rand(1, 1, 50, 64))
@@ -144,7 +148,7 @@ def test_class_embeddings_are_a_frozen_buffer_computed_once(tiny_unetr, vit_ckpt
     assert not seg.pta.class_embeddings.requires_grad
     assert not torch.allclose(expected[3], expected[1])  # the open-set name has its own embedding
     before = seg.pta.class_embeddings.clone()
-    seg.train()(torch.rand(1, 1, 32, 32, 16)).sum().backward()
+    sum(o.sum() for o in seg.train()(torch.rand(1, 1, 32, 32, 16))).backward()
     torch.testing.assert_close(seg.pta.class_embeddings, before)
 
 
@@ -174,14 +178,39 @@ def test_transfer_errors(tiny_unetr, tiny_unet, vit_ckpt, rn_ckpt, tmp_path):
         net(torch.rand(1, 1, 32, 32, 16))
 
 
-def test_seg_loss_is_dicece_plus_lambda_pta():
+@pytest.mark.parametrize("kwargs", [{}, {"include_background": False, "lambda_dice": 0.5}])
+def test_seg_loss_is_dicece_plus_lambda_pta(kwargs):
+    """Both branches are MONAI's DiceCE (one one-hot target shared): the same value and gradients as two DiceCE
+    calls, from the network's (segmentation, pta) pair or the stacked tensor earlier networks returned."""
     torch.manual_seed(0)
-    pred, aux = torch.randn(2, 4, 8, 8, 4), torch.randn(2, 4, 8, 8, 4)
-    y = torch.randint(0, 4, (2, 1, 8, 8, 4))
-    ref = DiceCELoss(to_onehot_y=True, softmax=True)
-    total = MosmosSegLoss(lambda_pta=0.8)(torch.stack([pred, aux], 1), y)
-    torch.testing.assert_close(total, ref(pred, y) + 0.8 * ref(aux, y))
-    torch.testing.assert_close(MosmosSegLoss()(pred, y), ref(pred, y))
+    pred, aux = torch.randn(2, 4, 8, 8, 4, requires_grad=True), torch.randn(2, 4, 8, 8, 4, requires_grad=True)
+    y = torch.randint(0, 4, (2, 1, 8, 8, 4)).float()
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, **kwargs)
+    expected = ref(pred, y) + 0.8 * ref(aux, y)
+    grads = torch.autograd.grad(expected, (pred, aux))
+    loss = MosmosSegLoss(lambda_pta=0.8, **kwargs)
+    total = loss(TrainingOutput(pred, aux), y)
+    torch.testing.assert_close(total, expected)
+    for got, want in zip(torch.autograd.grad(total, (pred, aux)), grads):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(loss(torch.stack([pred, aux], 1), y), expected)
+    torch.testing.assert_close(loss(pred, y), ref(pred, y))
+    mask = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 1]])  # case 0 does not annotate class 2: marginal loss
+    torch.testing.assert_close(
+        loss((pred, aux), (y, mask)), ref(marginal_logits(pred, mask), y) + 0.8 * ref(marginal_logits(aux, mask), y)
+    )
+    with pytest.raises(ValueError, match="not \\(B, 1"):
+        loss((pred, aux), torch.zeros(2, 4, 8, 8, 4))
+    with pytest.raises(ValueError, match="differ in dimensions"):
+        loss((pred, aux), y[:, 0])
+
+
+def test_sigmoid_seg_loss_is_dicece_plus_lambda_pta():
+    torch.manual_seed(0)
+    pred, aux = torch.randn(2, 3, 8, 8, 4), torch.randn(2, 3, 8, 8, 4)
+    y = (torch.rand(2, 3, 8, 8, 4) > 0.5).float()
+    ref = DiceCELoss(sigmoid=True)
+    torch.testing.assert_close(MosmosSegLoss(sigmoid=True)((pred, aux), y), ref(pred, y) + 0.8 * ref(aux, y))
 
 
 def test_unet2d_checkpoints_written_before_the_encoder_held_its_projection_still_load(tiny_unet):

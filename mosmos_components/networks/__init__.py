@@ -1,6 +1,6 @@
 """MOSMOS networks: the pre-training CLIP network and the segmentation networks with pixel-tag attention."""
 
-from mosmos_components.networks.base import SEGMENTATION_NETWORKS, SegmentationNetMixin
+from mosmos_components.networks.base import SEGMENTATION_NETWORKS, SegmentationNetMixin, TrainingOutput
 from mosmos_components.networks.encoders import ENCODERS, EncoderFeatures, PTAEncoder, build_encoder
 from mosmos_components.networks.mosmos_clip import (
     CLIP_MEAN,
@@ -38,6 +38,7 @@ __all__ = [
     "SegmentationNetMixin",
     "TagDecoder",
     "TagPromptLearner",
+    "TrainingOutput",
     "TorchvisionResNetEncoder",
     "build_encoder",
     "create_clip",

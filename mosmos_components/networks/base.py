@@ -14,16 +14,26 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
 from mosmos_components.networks.encoders import EncoderFeatures, tokens_to_map
 from mosmos_components.networks.pta import PixelTagAttention
 
-__all__ = ["SEGMENTATION_NETWORKS", "SegmentationNetMixin"]
+__all__ = ["SEGMENTATION_NETWORKS", "SegmentationNetMixin", "TrainingOutput"]
 
 SEGMENTATION_NETWORKS: dict[str, type] = {}
+
+
+class TrainingOutput(NamedTuple):
+    """A network's output in ``train()`` mode with pixel-tag attention: the segmentation logits and the PTA logits
+    ``LI(A) / tau_2``, both ``(B, K, *size)``, read by :class:`~mosmos_components.losses.MosmosSegLoss`. Two tensors,
+    not one stacked ``(B, 2, K, *size)``: stacking copies both full-resolution outputs forward and their gradients
+    backward, a tenth of a training step's pixel-tag attention cost at the paper's size on a CPU."""
+
+    segmentation: torch.Tensor
+    pta: torch.Tensor
 
 
 def _json_value(v):
@@ -122,10 +132,12 @@ class SegmentationNetMixin:
         deepest = tokens_to_map(features.tokens, features.grid)
         return deepest if attention is None else torch.cat([deepest, attention], dim=1)
 
-    def outputs(self, logits: torch.Tensor, attention: torch.Tensor | None, size: Sequence[int]) -> torch.Tensor:
-        """The segmentation logits flipped back; in training with PTA stacked with the PTA logits (B, 2, K, ...)
-        (:class:`~mosmos_components.losses.MosmosSegLoss` reads both)."""
+    def outputs(
+        self, logits: torch.Tensor, attention: torch.Tensor | None, size: Sequence[int]
+    ) -> torch.Tensor | TrainingOutput:
+        """The segmentation logits flipped back; in training with PTA a :class:`TrainingOutput` with the PTA logits
+        too (:class:`~mosmos_components.losses.MosmosSegLoss` reads both)."""
         logits = self._flip(logits)
         if self.training and attention is not None:
-            return torch.stack([logits, self.pta.aux_logits(self._flip(attention), size)], dim=1)
+            return TrainingOutput(logits, self.pta.aux_logits(self._flip(attention), size))
         return logits

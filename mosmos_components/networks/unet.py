@@ -56,7 +56,8 @@ class MosmosUNet(SegmentationNetMixin, nn.Module):
             as :class:`~mosmos_components.networks.MosmosUNETR` does, so slices look like the pre-training images.
 
     Inputs (B, C, *size) in [0, 1], sizes multiples of the encoder's reduction. In ``train()`` mode with PTA the
-    output is ``(B, 2, K, *size)`` (segmentation and PTA logits stacked), otherwise ``(B, K, *size)``.
+    output is a :class:`~mosmos_components.networks.base.TrainingOutput` (segmentation and PTA logits, each
+    ``(B, K, *size)``), otherwise ``(B, K, *size)``.
     """
 
     def __init__(

@@ -49,9 +49,10 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             :class:`~mosmos_components.networks.vit3d.ClipViT3DEncoder`); inputs in [0, 1] are standardised with
             CLIP's statistics, or with timm's ViT ones (0.5, 0.5).
 
-    In ``train()`` mode with PTA the output is ``(B, 2, K, H, W, D)``: the segmentation logits and the PTA
-    logits ``LI(A)/tau_2`` stacked (see :class:`~mosmos_components.losses.MosmosSegLoss`); otherwise (eval,
-    inference, export) only the segmentation logits ``(B, K, H, W, D)``.
+    In ``train()`` mode with PTA the output is a :class:`~mosmos_components.networks.base.TrainingOutput`: the
+    segmentation logits and the PTA logits ``LI(A)/tau_2``, each ``(B, K, H, W, D)`` (see
+    :class:`~mosmos_components.losses.MosmosSegLoss`); otherwise (eval, inference, export) only the segmentation
+    logits ``(B, K, H, W, D)``.
 
     >>> net = MosmosUNETR(1, 14, img_size=(64, 64, 32), hidden_size=64, num_layers=4, num_heads=2,
     ...                   embed_dim=64, feature_size=8, decoder_heads=4, use_pta=False).eval()
