@@ -161,7 +161,7 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch,
 
     monkeypatch.setitem(benchmark.SIZES["tiny"], "unetr", dict(tiny_unetr, img_size=(32, 32, 16)))
     out = tmp_path / "bench.json"
-    benchmark.main(size="tiny", only="window,train,compile", repeats=1, json=str(out))
+    benchmark.main(size="tiny", only="window,train,pretrain,compile", repeats=1, pretrain_batch=4, json=str(out))
     res = json.loads(out.read_text())
     for key in (
         "pta_infer_ratio_vs_no_pta",
@@ -169,6 +169,7 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch,
         "pta_train_step_ratio_vs_no_pta",
         "pta_infer_ratio_vs_no_pta_amp",
         "pta_train_step_ratio_vs_no_pta_amp",
+        "pretrain_step_ratio_vs_open_clip",
         "compile_window_ratio_vs_eager",
         "compile_seconds",
         "device",
@@ -176,6 +177,8 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch,
     ):
         assert key in res
     assert res["window_seconds"]["mosmos_pta"] > 0
+    # the tag decoder and prompts are arithmetic open_clip's step does not have: counted, more than CLIP's alone
+    assert res["pretrain_step_flops"]["open_clip"] > 0 and res["pretrain_flop_ratio_vs_open_clip"] > 1.0
     with pytest.raises(ValueError, match="unknown parts"):
         benchmark.main(only="nothing")
     sys.modules.pop("benchmark", None)
