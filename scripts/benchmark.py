@@ -29,7 +29,7 @@ from monai.networks.nets import UNETR
 from torch.utils.flop_counter import FlopCounterMode
 
 from mosmos_components.losses import MosmosPretrainLoss
-from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR
+from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR, TrainingOutput
 from mosmos_components.segment import autocast  # AMP as mosmos segment uses it: fp16 on a GPU, bf16 on a CPU
 
 SIZES = {
@@ -154,7 +154,8 @@ def compile_benchmark(size: str, device: torch.device, repeats: int) -> dict:
 
 def train_step_benchmark(size: str, device: torch.device, repeats: int, batch: int = 2) -> dict:
     """One training step (forward, loss, backward) on ``batch`` crops (the paper's 1 volume x 2 samples): MOSMOS
-    with PTA (both losses of eq. 17) against the same network without PTA (DiceCE alone) and MONAI's UNETR."""
+    with PTA (both losses of eq. 17) against the same network without PTA (DiceCE alone) and MONAI's UNETR; and the
+    loss side alone (``train_loss_seconds``: the PTA pair's upsampling and two DiceCE terms, one DiceCE)."""
     from monai.losses import DiceCELoss
 
     from mosmos_components.losses import MosmosSegLoss
@@ -185,6 +186,20 @@ def train_step_benchmark(size: str, device: torch.device, repeats: int, batch: i
         )
         out[f"train_step_seconds{tag}"] = t
         out[f"pta_train_step_ratio_vs_no_pta{tag}"] = t["mosmos_pta"] / t["mosmos_no_pta"]
+    # what PTA adds outside the network, fp32: the PTA logits' upsampling and eq. 17's two DiceCE terms against the
+    # one DiceCE of a network without PTA, forward and backward, on the networks' output shapes
+    pta = nets["mosmos_pta"].pta
+    logits = torch.randn(batch, K, *u["img_size"], device=device)
+    maps = torch.rand(batch, K, *nets["mosmos_pta"].grid, device=device)
+
+    def loss_side(with_pta: bool) -> None:
+        seg = logits.clone().requires_grad_()
+        pred = TrainingOutput(seg, pta.aux_logits(maps.clone().requires_grad_(), u["img_size"])) if with_pta else seg
+        ours(pred, y).backward()
+
+    out["train_loss_seconds"] = _time(
+        {"pta_pair": lambda: loss_side(True), "dicece": lambda: loss_side(False)}, repeats, device
+    )
     return out
 
 

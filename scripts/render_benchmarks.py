@@ -40,6 +40,7 @@ ROWS = [
         lambda v: v <= 1.15,
         "≤ 1.15",
     ),
+    ("  its loss side: PTA upsampling + two DiceCE / one DiceCE (s, fp32)", ("train_loss_seconds",), None, None, ""),
     (
         "pre-training step / open_clip CLIP + ClipLoss (batch 64)",
         ("pretrain_step_ratio_vs_open_clip",),
@@ -81,6 +82,9 @@ def _cell(res: dict, keys: tuple, fmt: str | None, target) -> str:
             if st
             else "–"
         )
+    if keys[0] == "train_loss_seconds":
+        lt = res.get("train_loss_seconds")
+        return f"{lt['pta_pair']:.2f} / {lt['dicece']:.2f}" if lt else "–"
     if keys[0] == "onnx_scan_seconds":
         if "onnx_scan_seconds" not in res:
             return "–"

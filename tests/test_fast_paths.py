@@ -177,6 +177,7 @@ def test_benchmark_writes_the_keys_the_readme_table_reads(tmp_path, monkeypatch,
     ):
         assert key in res
     assert res["window_seconds"]["mosmos_pta"] > 0
+    assert set(res["train_loss_seconds"]) == {"pta_pair", "dicece"}
     # the tag decoder and prompts are arithmetic open_clip's step does not have: counted, more than CLIP's alone
     assert res["pretrain_step_flops"]["open_clip"] > 0 and res["pretrain_flop_ratio_vs_open_clip"] > 1.0
     with pytest.raises(ValueError, match="unknown parts"):
