@@ -8,7 +8,7 @@
 import logging as _logging
 import warnings as _warnings
 
-from mosmos_components import errors  # noqa: F401 - bundles call errors.install_summary_hook() in "initialize"
+from mosmos_components import errors, runtime  # noqa: F401 - bundles call both in "initialize"
 
 # Library notices a person cannot act on, repeated for every file read: MONAI's optional GPU DICOM decoder being
 # absent (CPU decoding is used), and a deprecated argument that MONAI's own Hausdorff distance passes internally.

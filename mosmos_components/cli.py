@@ -245,7 +245,9 @@ class MosmosCLI:
 
 def main() -> None:
     from mosmos_components.errors import install_summary_hook
+    from mosmos_components.runtime import keep_freed_memory
 
+    keep_freed_memory()  # large tensors reused, not faulted in again at every step (runtime.py)
     logging.basicConfig(level=logging.WARNING)
     install_summary_hook()  # the root cause of a failure is the last line printed
     fire.Fire(MosmosCLI, name="mosmos")

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mosmos_components.losses import MosmosPretrainLoss
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR, TrainingOutput
+from mosmos_components.runtime import keep_freed_memory
 from mosmos_components.segment import autocast  # AMP as mosmos segment uses it: fp16 on a GPU, bf16 on a CPU
 
 SIZES = {
@@ -560,6 +561,8 @@ def main(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "repeats": repeats,
+        # as the mosmos commands and the bundles run (MOSMOS_SYSTEM_MALLOC=1: glibc's default, for comparison)
+        "malloc_keeps_freed_memory": keep_freed_memory(),
     }
     runs = {
         "window": lambda: window_benchmark(size, dev, repeats),
