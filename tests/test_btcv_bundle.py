@@ -60,8 +60,8 @@ def test_evaluate_writes_per_case_dice_and_hd95(trained, btcv_dir, pretrained, b
     assert (trained / "eval" / "metrics.csv").is_file()
 
 
-def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained, tmp_path, bundle_run):
-    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+def _bundle_inference(bundle_run, btcv_dir, trained, pretrained, src, out) -> list:
+    """``inference.json`` over the trained run's settings on one scan ``src``; the predictions it wrote in ``out``."""
     bundle_run(
         BTCV,
         ["train.json", "demo.json", "inference.json"],
@@ -69,9 +69,14 @@ def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained
         trained,
         pretrained["mosmos-tiny-vit"],
         dataset_dir=str(src),
-        output_dir=str(tmp_path),
+        output_dir=str(out),
     )
-    out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
+    return sorted((out / "predictions").glob("*_seg.nii.gz"))
+
+
+def test_inference_keeps_the_input_grid_and_affine(trained, btcv_dir, pretrained, tmp_path, bundle_run):
+    src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    out = _bundle_inference(bundle_run, btcv_dir, trained, pretrained, src, tmp_path)
     assert len(out) == 1
     a, b = nib.load(src), nib.load(out[0])
     assert b.shape[:3] == a.shape[:3]
@@ -168,16 +173,7 @@ def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_p
         real_ct / "image.nii.gz", tmp_path / "seg", trained, device="cpu", statistics=True, preview=True, progress=False
     )
     assert not res["failed"] and nib.load(tmp_path / "seg" / "image.nii.gz").shape == (122, 101, 30)
-    bundle_run(
-        BTCV,
-        ["train.json", "demo.json", "inference.json"],
-        btcv_dir,
-        trained,
-        pretrained["mosmos-tiny-vit"],
-        dataset_dir=str(real_ct / "image.nii.gz"),
-        output_dir=str(tmp_path),
-    )
-    out = list((tmp_path / "predictions").glob("*_seg.nii.gz"))
+    out = _bundle_inference(bundle_run, btcv_dir, trained, pretrained, real_ct / "image.nii.gz", tmp_path)
     a, b = nib.load(real_ct / "image.nii.gz"), nib.load(out[0])
     assert b.shape[:3] == a.shape[:3] == (122, 101, 30)
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
@@ -195,16 +191,8 @@ def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv
     assert (m.pixdim, m.roi_size, m.axcodes, m.modality) == ([8.0, 8.0, 9.0], [32, 32, 16], "RAS", "ct")
     res = segment(src, tmp_path / "seg", trained, device="cpu", progress=False)
     assert not res["failed"]
-    bundle_run(
-        BTCV,
-        ["train.json", "demo.json", "inference.json"],
-        btcv_dir,
-        trained,
-        pretrained["mosmos-tiny-vit"],
-        dataset_dir=str(src),
-        output_dir=str(tmp_path),
-    )
-    bundle = np.asarray(nib.load(next((tmp_path / "predictions").glob("*_seg.nii.gz"))).dataobj)
+    out = _bundle_inference(bundle_run, btcv_dir, trained, pretrained, src, tmp_path)
+    bundle = np.asarray(nib.load(out[0]).dataobj)
     ours = nib.load(tmp_path / "seg" / src.name)
     assert ours.shape == bundle.shape[:3] and np.array_equal(ours.affine, nib.load(src).affine)
     np.testing.assert_array_equal(np.asarray(ours.dataobj), bundle.reshape(ours.shape))

@@ -1,6 +1,7 @@
 """The allocator setting of mosmos_components.runtime: large tensors freed and allocated again are reused, not
 faulted in anew (counted in page faults, not timed)."""
 
+import os
 import subprocess
 import sys
 
@@ -21,9 +22,10 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _probe(mode: str, **env) -> tuple[str, int]:
-    import os
+PAGES = 5 * 64 * 2**20 // 4096  # the pages of the five 64 MB tensors the probe counts
 
+
+def _probe(mode: str, **env) -> tuple[str, int]:
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env={**os.environ, **env}
     ).stdout.split()
@@ -35,11 +37,10 @@ def test_freed_memory_is_reused_not_faulted_in_again():
     if applied != "True":
         pytest.skip("not glibc: the setting does not apply")
     _, default_faults = _probe("default")
-    pages = 5 * 64 * 2**20 // 4096  # five 64 MB tensors
-    assert default_faults > pages // 2  # glibc unmaps each one: every page is faulted in again
-    assert faults < pages // 20  # kept: the same pages serve each allocation
+    assert default_faults > PAGES // 2  # glibc unmaps each one: every page is faulted in again
+    assert faults < PAGES // 20  # kept: the same pages serve each allocation
 
 
 def test_the_opt_out_variable_leaves_malloc_alone():
     applied, faults = _probe("keep", MOSMOS_SYSTEM_MALLOC="1")
-    assert applied == "False" and faults > 5 * 64 * 2**20 // 4096 // 2
+    assert applied == "False" and faults > PAGES // 2
