@@ -164,6 +164,7 @@ class MosmosCLI:
         overlap: float | None = None,
         amp: bool | None = None,
         compile: bool = False,
+        crop_foreground: bool = True,
     ) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
         MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
@@ -173,8 +174,9 @@ class MosmosCLI:
         PNG of axial/coronal/sagittal overlays; --output_type dicom_seg for DICOM inputs (needs highdicom: pip
         install "mosmos[dicom]"); --amp / --noamp: mixed precision (fp16 on a GPU, the default there; bf16 on a
         CPU, off by default); --overlap 0.25: fewer windows; --compile: the network through torch.compile (the first
-        window pays the compilation; for many scans in one process). Existing outputs are skipped unless --overwrite; a
-        scan that fails is reported, the others go on, and the command fails at the end."""
+        window pays the compilation; for many scans in one process); --nocrop_foreground: windows over the whole
+        field of view, not only the box around the body as in training. Existing outputs are skipped unless
+        --overwrite; a scan that fails is reported, the others go on, and the command fails at the end."""
         from mosmos_components.segment import segment
 
         t = time.time()
@@ -195,6 +197,7 @@ class MosmosCLI:
             overlap=overlap,
             amp=amp,
             compile=compile,
+            crop_foreground=crop_foreground,
         )
         line = (
             f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "

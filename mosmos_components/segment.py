@@ -163,15 +163,37 @@ def compiled(m: SegmentationModel) -> SegmentationModel:
 
 
 def preprocessing(
-    m: SegmentationModel, keep_raw: bool = True, nonfinite: str = "error", device: str | torch.device | None = None
+    m: SegmentationModel,
+    keep_raw: bool = True,
+    nonfinite: str = "error",
+    device: str | torch.device | None = None,
+    crop_foreground: bool = True,
 ):
     """MONAI's transforms that read a scan as the model was trained (its sidecar's orientation, spacing and
     intensity handling; the channel count checked): ``{"image": path}`` -> ``image`` on the model's grid, and with
     ``keep_raw`` the input as read under ``raw``. Invertible: ``Invertd`` takes predictions back to the input.
-    With a GPU ``device`` the resampling and intensity steps run there (``raw`` stays on the CPU)."""
-    from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, EnsureTyped, Orientationd, Spacingd
+    With a GPU ``device`` the resampling and intensity steps run there (``raw`` stays on the CPU).
 
-    from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd, ValidateSegmentationPaird
+    ``crop_foreground``: cut the image to the box around the body (``CropForegroundd`` with
+    :func:`~mosmos_components.transforms.foreground_or_all`), as training and validation do, so that no window is spent
+    on the air around it; ``Invertd`` pads the prediction back with background."""
+    from monai.transforms import (
+        Compose,
+        CopyItemsd,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        Orientationd,
+        Spacingd,
+    )
+
+    from mosmos_components.transforms import (
+        RAS_LABELS,
+        LoadImageNamed,
+        ModalityIntensityd,
+        ValidateSegmentationPaird,
+        foreground_or_all,
+    )
 
     return Compose(
         [
@@ -187,6 +209,11 @@ def preprocessing(
             Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
             Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
             ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
+            *(
+                [CropForegroundd(keys="image", source_key="image", select_fn=foreground_or_all, allow_smaller=True)]
+                if crop_foreground
+                else []
+            ),
         ]
     )
 
@@ -497,11 +524,13 @@ def segment(
     progress: bool = True,
     amp: bool | None = None,
     compile: bool = False,
+    crop_foreground: bool = True,
 ) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
     OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
     fails is reported and the others go on; the returned summary lists both (``failed``). ``amp``: mixed precision
-    (:func:`autocast`; default on a GPU only); ``compile``: the network through ``torch.compile`` (:func:`compiled`)."""
+    (:func:`autocast`; default on a GPU only); ``compile``: the network through ``torch.compile`` (:func:`compiled`);
+    ``crop_foreground``: see :func:`preprocessing`."""
     from tqdm import tqdm
 
     from mosmos_components.data.datalist import inference_inputs
@@ -517,7 +546,7 @@ def segment(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
-    pre = preprocessing(m, device=device)
+    pre = preprocessing(m, device=device, crop_foreground=crop_foreground)
     say = tqdm.write if progress else print
     window_bar = progress and len(items) == 1  # several scans: one bar over the scans
     for item in tqdm(items, desc="scans", unit="scan", disable=not progress or len(items) < 2):

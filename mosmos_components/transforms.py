@@ -24,6 +24,7 @@ __all__ = [
     "ClassMaskd",
     "ModalityIntensityd",
     "RegionsToMSDLabelsd",
+    "foreground_or_all",
     "RAS_LABELS",
 ]
 
@@ -311,6 +312,14 @@ class ClassMaskd(Transform):
             mask[c] = 0.0
         d[self.mask_key] = mask
         return d
+
+
+def foreground_or_all(img):
+    """``CropForegroundd``'s ``select_fn`` after :class:`ModalityIntensityd`: the voxels above the intensity window's
+    floor (CT above its lower HU bound, MR above its low percentile, i.e. the body, not the air around it), or every
+    voxel where there are none. MONAI's default would crop a scan without foreground to an empty volume."""
+    fg = img > 0
+    return fg if fg.any() else fg | True
 
 
 class ModalityIntensityd(MapTransform):

@@ -82,6 +82,54 @@ def test_label_map_is_on_the_inputs_exact_grid(tmp_path, orientation):
     assert pred[19, 16, 10] == 1 and pred[2, 2, 2] == 0
 
 
+class CountingNet(torch.nn.Module):
+    """``ThresholdNet``, or "bright" everywhere with ``everywhere``, counting the voxels the windows hand it."""
+
+    def __init__(self, everywhere=False):
+        super().__init__()
+        self.everywhere, self.voxels = everywhere, 0
+
+    def forward(self, x):
+        self.voxels += x.numel()
+        logits = ThresholdNet()(x)
+        return torch.cat([-torch.ones_like(x), torch.ones_like(x)], dim=1) if self.everywhere else logits
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_windows_cover_the_body_not_the_air_around_it(tmp_path, everywhere):
+    vol = np.full((60, 56, 20), -1000.0, dtype=np.float32)  # air
+    vol[20:44, 18:40, 4:16] = 0.0  # the body: above the window's floor (-175 HU), below "bright"
+    vol[26:36, 24:32, 8:12] = 200.0
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.5, 1.0])), tmp_path / "scan.nii.gz")
+    labels, seen = {}, {}
+    for crop in (True, False):
+        m = threshold_model()
+        m.network = CountingNet(everywhere)
+        res = segment(tmp_path / "scan.nii.gz", tmp_path / f"out_{crop}", m, progress=False, crop_foreground=crop)
+        assert not res["failed"]
+        labels[crop] = np.asarray(nib.load(tmp_path / f"out_{crop}" / "scan.nii.gz").dataobj)
+        seen[crop] = m.network.voxels
+    assert labels[True].shape == vol.shape
+    assert seen[True] < 0.5 * seen[False]  # the box is a sixth of the field of view
+    body = np.zeros(vol.shape, bool)
+    body[20:44, 18:40, 4:16] = True
+    if everywhere:  # outside the box the crop answers background; without it the network's answer stands
+        assert labels[True][body].all() and not labels[True][~body].any() and labels[False].all()
+    else:  # a network that is right everywhere gives the same labels either way
+        assert np.array_equal(labels[True], labels[False]) and labels[True][30, 28, 10] == 1
+
+
+def test_a_scan_of_air_alone_is_segmented_on_its_whole_grid(tmp_path):
+    vol = np.full((30, 28, 12), -1000.0, dtype=np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.5, 1.0])), tmp_path / "air.nii.gz")
+    m = threshold_model()
+    m.network = CountingNet(everywhere=True)
+    res = segment(tmp_path / "air.nii.gz", tmp_path / "out", m, progress=False)
+    assert not res["failed"], res["failed"]  # MONAI's own select_fn would crop it to nothing
+    out = np.asarray(nib.load(tmp_path / "out" / "air.nii.gz").dataobj)
+    assert out.shape == vol.shape and out.all()
+
+
 def test_statistics_equal_a_hand_count():
     label = np.zeros((10, 8, 6), dtype=np.uint8)
     label[2:5, 1:3, 0:2] = 1  # 12 voxels
