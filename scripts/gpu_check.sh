@@ -14,7 +14,8 @@ rm -rf "$W"
 {
   nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)"
-  python3 -c "from mosmos_components.data.demo import write_roco, write_btcv; write_roco('$W/roco', n=256); write_btcv('$W/btcv', n=8)"
+  python3 -m mosmos_components.cli demo_data "$W/roco" --kind roco --n 256
+  python3 -m mosmos_components.cli demo_data "$W/btcv" --kind btcv --n 8
   t0=$(date +%s)
   python3 -m monai.bundle run --config_file "['bundles/mosmos_pretrain/configs/train.json','bundles/mosmos_pretrain/configs/demo.json']" \
     --bundle_root bundles/mosmos_pretrain --dataset_dir $W/roco/data --ckpt_dir $W/pre/models --output_dir $W/pre/eval \
@@ -30,5 +31,9 @@ rm -rf "$W"
   echo "GPU wall: pretrain 4 epochs $((t1 - t0)) s, btcv_seg 20 epochs $((t2 - t1)) s"
   cat $W/seg/eval/val_history.csv
   ls $W/seg/eval/predictions
-  python3 scripts/benchmark.py --size paper --repeats 10
+  # the README's GPU columns: copy these into docs/benchmarks/ and run scripts/render_benchmarks.py
+  python3 scripts/benchmark.py --size paper --repeats 10 --json "$OUT/gpu_paper.json"
+  python3 scripts/benchmark.py --size tiny --repeats 10 --json "$OUT/gpu_tiny.json"
+  python3 scripts/benchmark.py --only fastmode --model $W/seg/models --datalist $W/seg/eval/datalist.json \
+    --json "$OUT/gpu_fastmode.json"
 } 2>&1 | grep -vE "Epoch \[|it/s\]|resblocks\." | tee "$OUT/gpu_check.log"
