@@ -1,4 +1,5 @@
-"""The model zoo's static checks on every bundle: required files, metadata schema, version in changelog, JSON style."""
+"""The model zoo's static checks on every bundle: required files, metadata schema, version in changelog, JSON style; and
+that the GPU check script names only what exists."""
 
 import json
 from pathlib import Path
@@ -48,3 +49,32 @@ def test_configs_are_valid_json_with_4_space_indent(bundle):
         json.loads(text)
         indents = {len(line) - len(line.lstrip(" ")) for line in text.splitlines() if line.startswith(" ")}
         assert all(i % 4 == 0 for i in indents), f"{f} is not indented by 4 spaces"
+
+
+def test_gpu_check_script_names_only_what_exists():
+    """``scripts/gpu_check.sh`` runs only where a device is lent, so nothing else would notice it going stale (it once
+    imported a module that had been renamed): every module, CLI command, script, config file and benchmark part or
+    size it names must exist."""
+    import importlib.util
+    import re
+    import sys
+
+    from mosmos_components.cli import MosmosCLI
+
+    text = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    modules = re.findall(r"python3 -m ([\w.]+)", text) + re.findall(r"from ([\w.]+) import", text)
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    assert modules and not missing, missing
+    commands = re.findall(r"python3 -m mosmos_components\.cli (\w+)", text)
+    assert commands and all(callable(getattr(MosmosCLI, c, None)) for c in commands), commands
+    scripts = re.findall(r"python3 (scripts/\S+\.py)", text)
+    assert scripts and all((ROOT / s).is_file() for s in scripts), scripts
+    configs = re.findall(r"bundles/[\w/]+\.json", text)
+    assert configs and all((ROOT / c).is_file() for c in configs), configs
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert set(re.findall(r"--size (\w+)", text)) <= set(benchmark.SIZES)
+    assert set(re.findall(r"--only (\w+)", text)) <= set(benchmark.PARTS + benchmark.EXTRA_PARTS)
