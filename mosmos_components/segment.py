@@ -280,7 +280,8 @@ def segment_scan(
     (an ONNX model runs in the precision it was exported in). ``sw_batch_size``: windows per forward pass; by
     default 4 on a GPU; on a CPU 8 slices of a 2D network, 2 windows of a 3D one, 1 in bf16: there 2 windows of the
     paper's UNETR took 10x one window's time (PyTorch 2.14's CPU kernels: 7.5 s against 0.79 s; fp32 3.9 against
-    1.9 s, and small windows gain from pairs: the demo-size scan takes 34 s with 2, 50 s with 1)."""
+    1.9 s, and small windows gain from pairs: the demo-size scan takes 34 s with 2, 50 s with 1, because PyTorch
+    sends a 3D convolution of batch 1 with few channels to its native kernel instead of oneDNN, 3-6x slower here)."""
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
