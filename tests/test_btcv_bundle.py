@@ -179,6 +179,17 @@ def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_p
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
 
 
+@pytest.mark.parametrize("crop", [True, False])
+def test_inference_json_crops_to_the_body_unless_told_not_to(trained, bundle_run, crop):
+    """As in training and validation, ``inference.json`` reads a scan cropped to the box around the body (the
+    prediction is padded back by ``Invertd``); ``--crop_foreground False`` keeps the whole field of view."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_run.configs(BTCV) / "inference.json"))
+    parser.update({"ckpt_dir": str(trained / "models"), "device": "$torch.device('cpu')", "crop_foreground": crop})
+    steps = [type(t).__name__ for t in parser.get_parsed_content("infer#preprocessing").transforms]
+    assert ("CropForegroundd" in steps) is crop and steps[-1] == ("CropForegroundd" if crop else "ModalityIntensityd")
+
+
 def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv_dir, pretrained, tmp_path, bundle_run):
     """``mosmos segment`` takes everything from the trained model's sidecar and agrees with ``inference.json``."""
     from mosmos_components.segment import load_model, segment
