@@ -174,25 +174,17 @@ def preprocessing(
     ``keep_raw`` the input as read under ``raw``. Invertible: ``Invertd`` takes predictions back to the input.
     With a GPU ``device`` the resampling and intensity steps run there (``raw`` stays on the CPU).
 
-    ``crop_foreground``: cut the image to the box around the body (``CropForegroundd`` with
-    :func:`~mosmos_components.transforms.foreground_or_all`), as training and validation do, so that no window is spent
-    on the air around it; ``Invertd`` pads the prediction back with background."""
-    from monai.transforms import (
-        Compose,
-        CopyItemsd,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        EnsureTyped,
-        Orientationd,
-        Spacingd,
-    )
+    ``crop_foreground``: cut the image to the box around the body (:func:`~mosmos_components.transforms.crop_to_body`),
+    as training and validation do, so that no window is spent on the air around it; ``Invertd`` pads the prediction
+    back with background."""
+    from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, EnsureTyped, Orientationd, Spacingd
 
     from mosmos_components.transforms import (
         RAS_LABELS,
         LoadImageNamed,
         ModalityIntensityd,
         ValidateSegmentationPaird,
-        foreground_or_all,
+        crop_to_body,
     )
 
     return Compose(
@@ -209,11 +201,7 @@ def preprocessing(
             Orientationd(keys="image", axcodes=m.axcodes, labels=RAS_LABELS),
             Spacingd(keys="image", pixdim=m.pixdim, mode="bilinear"),
             ModalityIntensityd(keys="image", default=m.modality, ct_range=m.intensity_range),
-            *(
-                [CropForegroundd(keys="image", source_key="image", select_fn=foreground_or_all, allow_smaller=True)]
-                if crop_foreground
-                else []
-            ),
+            *([crop_to_body("image")] if crop_foreground else []),
         ]
     )
 

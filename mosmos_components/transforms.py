@@ -10,7 +10,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import open_clip
 import torch
 from monai.config import KeysCollection
-from monai.transforms import LoadImaged, MapTransform, Transform
+from monai.transforms import CropForegroundd, LoadImaged, MapTransform, Transform
 
 __all__ = [
     "LoadImageNamed",
@@ -25,6 +25,7 @@ __all__ = [
     "ModalityIntensityd",
     "RegionsToMSDLabelsd",
     "foreground_or_all",
+    "crop_to_body",
     "RAS_LABELS",
 ]
 
@@ -320,6 +321,13 @@ def foreground_or_all(img):
     voxel where there are none. MONAI's default would crop a scan without foreground to an empty volume."""
     fg = img > 0
     return fg if fg.any() else fg | True
+
+
+def crop_to_body(keys: KeysCollection = "image") -> CropForegroundd:
+    """The crop to the box around the body that training, validation and inference share: MONAI's ``CropForegroundd``
+    of ``keys`` on the foreground of ``image`` (:func:`foreground_or_all`, after :class:`ModalityIntensityd`), a box
+    smaller than a window allowed; invertible, so ``Invertd`` pads a prediction back with background."""
+    return CropForegroundd(keys=keys, source_key="image", select_fn=foreground_or_all, allow_smaller=True)
 
 
 class ModalityIntensityd(MapTransform):
