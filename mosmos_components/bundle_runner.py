@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["bundles_dir", "run_bundle"]
+__all__ = ["bundles_dir", "run_bundle", "parsed_entries"]
 
 
 def bundles_dir() -> Path:
@@ -27,3 +27,16 @@ def run_bundle(bundle: str, configs: list[str], **overrides) -> None:
     root = bundles_dir() / bundle
     files = [str(root / "configs" / c) for c in configs]
     run(config_file=files, bundle_root=str(root), logging_file=str(root / "configs" / "logging.conf"), **overrides)
+
+
+def parsed_entries(bundle: str, configs: list[str], keys: list[str], **overrides) -> dict:
+    """The values ``bundle``'s ``configs`` with ``overrides`` give the config ids ``keys`` (parsed as a run would
+    parse them, without running anything), e.g. the datalist a cell trains on."""
+    from monai.bundle import ConfigParser
+
+    root = bundles_dir() / bundle
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / c) for c in configs])
+    parser.update({"bundle_root": str(root), **overrides})
+    parser.get_parsed_content("imports")
+    return {k: parser.get_parsed_content(k) for k in keys}

@@ -88,8 +88,46 @@ def save_network(network: torch.nn.Module, path: str | os.PathLike, extra: dict 
     sidecar = dict(net.config()) if hasattr(net, "config") else {}
     sidecar.update(extra or {})
     sidecar["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    assets = net.assets() if hasattr(net, "assets") else {}
+    if assets:
+        sidecar["assets"] = {name: _save_assets(folder, path, name) for name, folder in assets.items()}
     _atomic_write(path, lambda fh: fh.write(data))
     atomic_json_save(sidecar, Path(path).with_suffix(".json"))
+
+
+def _save_assets(folder: str | os.PathLike, path: str | os.PathLike, name: str) -> str:
+    """Copy the small files a network needs besides its weights (a Hugging Face text tower's config and
+    tokenizer: :data:`~mosmos_components.networks.mosmos_clip.TEXT_ASSET_FILES`) from ``folder`` into
+    ``<checkpoint stem>_<name>/`` next to the checkpoint; returns that folder's name (relative to the checkpoint).
+    The copy is written under a temporary name and renamed into place."""
+    import shutil
+
+    from mosmos_components.networks.mosmos_clip import TEXT_ASSET_FILES
+
+    src, target = Path(folder), Path(path).with_name(f"{Path(path).stem}_{name}")
+    if src.resolve() == target.resolve():
+        return target.name
+    files = [src / f for f in TEXT_ASSET_FILES if (src / f).is_file()]
+    if not any(f.name == "config.json" for f in files):
+        raise FileNotFoundError(f"{src}: no config.json to store with the checkpoint {path}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    for f in files:
+        shutil.copy2(f, tmp / f.name)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target.name
+
+
+def checkpoint_assets(path: str | os.PathLike, sidecar: dict[str, Any]) -> dict[str, str]:
+    """The asset folders a checkpoint's sidecar names, resolved next to the checkpoint (each must exist)."""
+    out = {}
+    for name, rel in (sidecar.get("assets") or {}).items():
+        folder = Path(path).parent / rel
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{path}: its {name} files {folder} are missing (they travel with the checkpoint)")
+        out[name] = str(folder)
+    return out
 
 
 def _check_pair(path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
@@ -145,7 +183,7 @@ def load_pretrain_network(path: str | os.PathLike):
     cfg = read_sidecar(path)
     _check_pair(path, cfg)
     try:
-        net = MosmosPretrainNet.from_config(cfg)
+        net = MosmosPretrainNet.from_config(cfg, checkpoint_assets(path, cfg))
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: sidecar does not describe a MOSMOS pre-training network: {e}") from e
     load_weights(net, path, "pre-trained MOSMOS checkpoint")

@@ -73,14 +73,21 @@ class MosmosCLI:
         return f"wrote {kind} demo data to {root} in {time.time() - t:.1f} s"
 
     def clip_checkpoint(
-        self, out_path: str, clip_pretrained: str, backbone: str = "ViT-B-16", force_quick_gelu: bool = False
+        self,
+        out_path: str,
+        clip_pretrained: str,
+        backbone: str = "ViT-B-16",
+        force_quick_gelu: bool = False,
+        text_tower: str | None = None,
     ) -> str:
-        """Write CLIP (or PubMedCLIP) weights, without MOSMOS pre-training, as a checkpoint the segmentation
-        bundles take as --pretrained_ckpt: the CLIP baseline (--use_pta False) and CLIP+DenseCLIP
-        (--pta_mode score). CLIP_PRETRAINED: a local weights file, or an open_clip tag when online."""
+        """Write CLIP (or PubMedCLIP, BiomedCLIP) weights, without MOSMOS pre-training, as a checkpoint the
+        segmentation bundles take as --pretrained_ckpt: the CLIP baseline (--use_pta False) and CLIP+DenseCLIP
+        (--pta_mode score). CLIP_PRETRAINED: a local weights file, a local-dir:/path open_clip model folder
+        (BiomedCLIP as released), or an open_clip tag or hf-hub:org/name when online. TEXT_TOWER: the local folder
+        of a Hugging Face text tower's config and tokenizer, when the model folder names one that is not on disk."""
         from mosmos_components.transfer import save_clip_checkpoint
 
-        save_clip_checkpoint(out_path, backbone, clip_pretrained, force_quick_gelu)
+        save_clip_checkpoint(out_path, backbone, clip_pretrained, force_quick_gelu, text_tower)
         return f"wrote {out_path} (+ sidecar): {backbone} from {clip_pretrained}, no MOSMOS pre-training"
 
     def tag_stats(

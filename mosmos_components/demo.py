@@ -73,7 +73,6 @@ def _bundle_parser(bundle: str, configs: list[str], overrides: dict):
 def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
     from mosmos_components.checkpoint import load_pretrain_network
     from mosmos_components.data.roco import load_roco
-    from mosmos_components.networks import CLIP_MEAN, CLIP_STD
     from mosmos_components.visualize import plot_curves, plot_tag_attention
 
     pics = [
@@ -91,7 +90,7 @@ def _pretrain_pictures(stage: dict, out: Path) -> list[str]:
         _, s, grid = net.encode_image(img)
         _, attn = net.decoder(net.tag_queries(), s, grid, output="attention")
     idx = [i for i, v in enumerate(item["tags"]) if v]
-    grey = img[0, 0].numpy() * CLIP_STD[0] + CLIP_MEAN[0]
+    grey = img[0, 0].numpy() * net.image_std[0] + net.image_mean[0]
     # MONAI's PIL reader gives (W, H): transpose back to the picture's orientation
     maps = attn[0, idx].reshape(len(idx), *grid).numpy()
     pics.append(

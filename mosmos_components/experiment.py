@@ -12,23 +12,28 @@ A spec is a JSON (or, with PyYAML installed, YAML) file::
      "tracking": "mlflow"}
 
 Every cell runs in its own folder (``<output_dir>/cells/<init>__frac<f>__seed<s>__lambda<l>``): training, then the
-bundle's ``evaluate.json`` on the test split, then ``done.json`` written atomically with the cell's coordinates
-and per-class results. A cell with ``done.json`` is skipped; an interrupted one resumes from its training
-checkpoint (the bundles' ``checkpoint.pt``) and is evaluated again, so no cell is trained twice and no result
-mixes two runs. All cells share one split (``<output_dir>/datalist.json``); label fractions are nested subsets of
-its training cases. With ``tracking: mlflow`` each cell is one MLflow run (named by its coordinates) in
-``<output_dir>/mlruns.db``.
+bundle's ``evaluate.json`` on the test split, then ``done.json`` written atomically with the cell's coordinates,
+the units it trained on and its per-class results. A cell with ``done.json`` is skipped; an interrupted one
+resumes from its training checkpoint (the bundles' ``checkpoint.pt``) and is evaluated again, so no cell is
+trained twice and no result mixes two runs. All cells share one split (``<output_dir>/datalist.json``); a label
+fraction below 1 keeps the first units of an order drawn with the cell's seed (nested across fractions for one
+seed; the bundle's ``split_group_key`` unit, e.g. ACDC's patients with both frames, dealt over its
+``split_strata_key`` strata), so the seeds vary which cases are labelled. With ``tracking: mlflow`` each cell is
+one MLflow run (named by its coordinates) in ``<output_dir>/mlruns.db``.
 
 Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class), per label fraction and lambda
-a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds, and the
-Wilcoxon p of each method against ``reference``, paired per class on the seed-averaged test-set means: the
-paper's unit; and per test case on the mean over classes, averaged over seeds), ``label_efficiency.png`` (mean
-Dice against the label fraction, as the paper's Fig. 6) and, with several lambdas, ``lambda_box.png`` (per-class
-Dice for each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's
-prediction, as Fig. 7).
+a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds) and, against
+each ``reference`` (one init or a list), the tests: per unit of analysis (``"unit"``: a key of the datalist's items
+such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice difference with its bootstrap
+95 % CI, each unit the mean over its cases and classes averaged over seeds; and, for parity with the paper, the
+Wilcoxon p paired per class on the seed-averaged test-set means. Figures: ``label_efficiency.png`` (mean Dice
+against the label fraction, as the paper's Fig. 6), with several lambdas ``lambda_box.png`` (per-class Dice for
+each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
+as Fig. 7).
 
 ``fraction_overrides`` (``{"0.1": {"max_epochs": 100}}``) gives some label fractions their own overrides, e.g. the
-same number of training iterations at every fraction.
+same number of training iterations at every fraction (or set ``epoch_length`` once for all), and
+``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some initialisations at a fraction.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import numpy as np
 from mosmos_components.checkpoint import atomic_json_save
 from mosmos_components.evaluation import summarize, wilcoxon_paired
 
-__all__ = ["Cell", "load_spec", "cells_of", "run_experiment", "aggregate"]
+__all__ = ["Cell", "load_spec", "cells_of", "run_experiment", "aggregate", "bootstrap_mean_ci"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +104,15 @@ def load_spec(path: str | Path) -> dict:
             raise ValueError(f"{path}: the spec has no '{key}'")
     if not isinstance(spec["inits"], dict) or not spec["inits"]:
         raise ValueError(f"{path}: 'inits' must map names to override sets")
-    ref = spec.get("reference")
-    if ref is not None and ref not in spec["inits"]:
-        raise ValueError(f"{path}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
+    for ref in _references(spec):
+        if ref not in spec["inits"]:
+            raise ValueError(f"{path}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
+    for key, names in (spec.get("fraction_inits") or {}).items():
+        unknown = sorted(set(names) - set(spec["inits"]))
+        if unknown:
+            raise ValueError(
+                f"{path}: fraction_inits '{key}' names {unknown}, not among the inits {sorted(spec['inits'])}"
+            )
     from mosmos_components.bundle_runner import bundles_dir
 
     configs = bundles_dir() / str(spec["bundle"]) / "configs"
@@ -123,14 +134,22 @@ def load_spec(path: str | Path) -> dict:
 
 
 def cells_of(spec: dict) -> list[Cell]:
-    """The spec's cells, seed-major: a run cut short leaves whole seeds (every method at every fraction)."""
+    """The spec's cells, seed-major: a run cut short leaves whole seeds (every method at every fraction).
+    ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some inits at a label fraction."""
     return [
         Cell(i, float(f), int(s), None if lam is None else float(lam))
         for s in spec["seeds"]
         for f in spec["label_fractions"]
         for lam in spec["lambdas"]
-        for i in spec["inits"]
+        for i in _inits_at(spec, float(f))
     ]
+
+
+def _inits_at(spec: dict, fraction: float) -> list[str]:
+    for key, names in (spec.get("fraction_inits") or {}).items():
+        if math.isclose(float(key), fraction):
+            return [i for i in spec["inits"] if i in names]
+    return list(spec["inits"])
 
 
 def _fraction_overrides(spec: dict, fraction: float) -> dict:
@@ -187,6 +206,8 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
     folder = out / "cells" / cell.name
     over = _overrides(spec, cell, folder, out)
     configs = cell_configs(spec, cell)
+    units = _training_units(spec, configs, over)
+    logger.warning("experiment %s: %s trains on %d unit(s): %s", spec["name"], cell.name, len(units), ", ".join(units))
     t0 = time.time()
     run_bundle(spec["bundle"], configs, **over)  # resumes from models/checkpoint.pt if interrupted
     t1 = time.time()
@@ -200,6 +221,7 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
     done = {
         **cell.coords(),
         "cell": cell.name,
+        "training_units": units,
         "train_s": round(t1 - t0, 1),
         "eval_s": round(time.time() - t1, 1),
         "per_case": str(per_case),
@@ -207,6 +229,17 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
     }
     atomic_json_save(done, folder / "done.json")
     return done
+
+
+def _training_units(spec: dict, configs: list[str], over: dict) -> list[str]:
+    """The units (patients where the bundle groups cases, else label files) the cell's label fraction and seed
+    select, from the same config expression its training evaluates."""
+    from mosmos_components.bundle_runner import parsed_entries
+    from mosmos_components.data.datalist import training_units
+
+    quiet = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+    got = parsed_entries(spec["bundle"], configs, ["datalist", "split_group_key"], **quiet)
+    return training_units(got["datalist"], got["split_group_key"])
 
 
 def run_experiment(spec_path: str | Path, output_dir: str | None = None, max_cells: int | None = None) -> dict:
@@ -270,11 +303,12 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
                     [d["init"], d["label_fraction"], d["seed"], d["lambda_pta"], r["class"], r["dice"], r["hd95"]]
                 )
     inits = [i for i in spec["inits"] if any(d["init"] == i for d in done)]
-    ref = spec.get("reference")
+    refs = _references(spec)
+    unit, unit_of = spec.get("unit") or "case", _unit_map(out, spec)
     tables = []
     for frac in sorted({d["label_fraction"] for d in done}):
         for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
-            tables.append(_table(res, done, inits, classes, frac, lam, ref))
+            tables.append(_table(res, done, inits, classes, frac, lam, refs, unit, unit_of))
     _label_efficiency(res, done, inits)
     _qualitative_panel(res, done, inits)
     if len({d["lambda_pta"] for d in done}) > 1:
@@ -287,79 +321,120 @@ def _class_means(cells: list[dict], classes: list[str], metric: str) -> dict[str
     return {c: [next(r[metric] for r in d["summary"] if r["class"] == c) for d in cells] for c in classes}
 
 
-def _case_means(cells: list[dict], metric: str) -> dict[str, float]:
-    """Per test case: its mean ``metric`` over scored classes, averaged over the cells (seeds)."""
+def _unit_means(cells: list[dict], metric: str, unit_of: dict[str, str]) -> dict[str, float]:
+    """Per unit of analysis (a patient, or the test case itself where ``unit_of`` does not name one): the mean
+    ``metric`` over its cases (each the mean over its scored classes), averaged over the cells (seeds)."""
     from mosmos_components.evaluation import _means_by, _read_per_case
 
-    per_seed = [_means_by(_read_per_case(d["per_case"], metric), "case") for d in cells]
-    cases = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
-    return {c: float(np.mean([m[c] for m in per_seed])) for c in sorted(cases)}
+    per_seed = []
+    for d in cells:
+        by_unit: dict[str, list[float]] = {}
+        for case, value in _means_by(_read_per_case(d["per_case"], metric), "case").items():
+            by_unit.setdefault(unit_of.get(case, case), []).append(value)
+        per_seed.append({u: float(np.mean(v)) for u, v in by_unit.items()})
+    units = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
+    return {u: float(np.mean([m[u] for m in per_seed])) for u in sorted(units)}
 
 
-def _table(res: Path, done, inits, classes, frac, lam, ref) -> str:
+def bootstrap_mean_ci(diffs, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0) -> tuple:
+    """The mean of paired differences and its bootstrap confidence interval (scipy's BCa, resampling the units).
+
+    >>> m, lo, hi = bootstrap_mean_ci([0.01, 0.02, 0.03, 0.02, 0.05, 0.0, 0.01, 0.04])
+    >>> round(m, 4), lo < m < hi
+    (0.0225, True)
+    """
+    from scipy.stats import bootstrap
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2 or np.allclose(d, d[0]):
+        return float(d.mean()), float(d.min()), float(d.max())
+    res = bootstrap(
+        (d,), np.mean, confidence_level=confidence, n_resamples=n_resamples, random_state=seed, method="BCa"
+    )
+    lo, hi = res.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa undefined (e.g. a degenerate jackknife): percentile
+        res = bootstrap((d,), np.mean, n_resamples=n_resamples, random_state=seed, method="percentile")
+        lo, hi = res.confidence_interval
+    return float(d.mean()), float(lo), float(hi)
+
+
+def _references(spec: dict) -> list[str]:
+    ref = spec.get("reference")
+    return [] if ref is None else [ref] if isinstance(ref, str) else list(ref)
+
+
+def _unit_map(out: Path, spec: dict) -> dict[str, str]:
+    """Test case (its label file's name, as ``per_case.csv`` writes it) -> its unit of analysis, the value of the
+    spec's ``"unit"`` key (ACDC: ``"patient"``) in the split's test items; empty when the unit is the case."""
+    key = spec.get("unit")
+    path = out / "datalist.json"
+    if not key or not path.is_file():
+        return {}
+    test = json.loads(path.read_text(encoding="utf-8")).get("test", [])
+    return {Path(it["label"]).name: str(it[key]) for it in test if key in it}
+
+
+def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of: dict[str, str]) -> str:
     lam_name = "default" if lam is None else f"{lam:g}"
     stem = res / f"table_frac{frac:g}_lambda{lam_name}"
-    header = [
-        "method",
-        *[f"{c} Dice" for c in classes],
-        "mean Dice",
-        *[f"{c} HD95" for c in classes],
-        "mean HD95",
-        "n seeds",
-        f"Wilcoxon p Dice vs {ref}",
-        f"Wilcoxon p HD95 vs {ref}",
-        f"Wilcoxon p Dice per case vs {ref}",
+    header = ["method", *[f"{c} Dice" for c in classes], "mean Dice", *[f"{c} HD95" for c in classes], "mean HD95"]
+    header += ["n seeds", f"n {unit}s"]
+    for ref in refs:
+        header += [
+            f"Wilcoxon p Dice vs {ref}",
+            f"Wilcoxon p HD95 vs {ref}",
+            f"Wilcoxon p Dice per {unit} vs {ref}",
+            f"Δ mean Dice per {unit} vs {ref} [95% CI]",
+        ]
+    select = lambda init: [  # noqa: E731
+        d for d in done if d["init"] == init and d["label_fraction"] == frac and d["lambda_pta"] == lam
     ]
-    rows = []
-    ref_means, ref_cells = None, []
-    if ref is not None:
-        ref_cells = [d for d in done if d["init"] == ref and d["label_fraction"] == frac and d["lambda_pta"] == lam]
-        if ref_cells:
-            ref_means = {m: _class_means(ref_cells, classes, m) for m in ("dice", "hd95")}
+    rows, n_units = [], 0
     for init in inits:
-        cells = [d for d in done if d["init"] == init and d["label_fraction"] == frac and d["lambda_pta"] == lam]
+        cells = select(init)
         if not cells:
             continue
         dice, hd = _class_means(cells, classes, "dice"), _class_means(cells, classes, "hd95")
         mean_dice = [float(np.nanmean([dice[c][k] for c in classes])) for k in range(len(cells))]
         mean_hd = [float(np.nanmean([hd[c][k] for c in classes])) for k in range(len(cells))]
-        p = {}
-        for m, vals in (("dice", dice), ("hd95", hd)):
-            p[m] = "-"
-            if ref_means is not None and init != ref:
+        mine = _unit_means(cells, "dice", unit_of)
+        n_units = max(n_units, len(mine))
+        row = [init, *[_fmt(dice[c], True) for c in classes], _fmt(mean_dice, True)]
+        row += [*[_fmt(hd[c], False) for c in classes], _fmt(mean_hd, False), str(len(cells)), str(len(mine))]
+        for ref in refs:
+            ref_cells = select(ref)
+            if init == ref or not ref_cells:
+                row += ["-"] * 4
+                continue
+            for m, vals in (("dice", dice), ("hd95", hd)):  # per class, on the seed-averaged class means
+                theirs = _class_means(ref_cells, classes, m)
                 x = [float(np.nanmean(vals[c])) for c in classes]
-                y = [float(np.nanmean(ref_means[m][c])) for c in classes]
+                y = [float(np.nanmean(theirs[c])) for c in classes]
                 ok = [i for i in range(len(classes)) if not (math.isnan(x[i]) or math.isnan(y[i]))]
-                if len(ok) >= 2:
-                    p[m] = f"{wilcoxon_paired([x[i] for i in ok], [y[i] for i in ok])['p']:.3g}"
-        p["case"] = "-"
-        if ref_cells and init != ref:  # per test case (mean over classes, averaged over seeds): an extra test
-            a, b = _case_means(cells, "dice"), _case_means(ref_cells, "dice")
-            common = sorted(set(a) & set(b))
+                row.append(
+                    f"{wilcoxon_paired([x[i] for i in ok], [y[i] for i in ok])['p']:.3g}" if len(ok) >= 2 else "-"
+                )
+            theirs = _unit_means(ref_cells, "dice", unit_of)
+            common = sorted(set(mine) & set(theirs))
             if len(common) >= 2:
-                p["case"] = f"{wilcoxon_paired([a[c] for c in common], [b[c] for c in common])['p']:.3g}"
-        rows.append(
-            [
-                init,
-                *[_fmt(dice[c], True) for c in classes],
-                _fmt(mean_dice, True),
-                *[_fmt(hd[c], False) for c in classes],
-                _fmt(mean_hd, False),
-                str(len(cells)),
-                p["dice"],
-                p["hd95"],
-                p["case"],
-            ]
-        )
+                a, b = [mine[u] for u in common], [theirs[u] for u in common]
+                mean, lo, hi = bootstrap_mean_ci(np.subtract(a, b))
+                row += [f"{wilcoxon_paired(a, b)['p']:.3g}", f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"]
+            else:
+                row += ["-", "-"]
+        rows.append(row)
     with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
+    against = " and ".join(refs) or "no reference"
     lines = [
-        f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds; "
-        f"Wilcoxon signed-rank against {ref}, paired per class on the seed-averaged class means (the paper's "
-        f"unit; with {len(classes)} classes its smallest possible p is {_min_p(len(classes)):.3g}) and, as an "
-        "extra, per test case on the mean Dice over classes averaged over seeds.",
+        f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds. Against "
+        f"{against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
+        f"cases and classes, averaged over seeds; smallest possible p {_min_p(n_units):.3g}) with the mean "
+        f"difference in Dice points and its bootstrap 95 % CI over {unit}s (BCa, 10,000 resamples); and, for "
+        f"parity with the paper, paired per class on the seed-averaged class means (with {len(classes)} classes "
+        f"its smallest possible p is {_min_p(len(classes)):.3g}).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -86,7 +86,12 @@ class BestModelSaver:
         save_network(
             self.network,
             self.path,
-            extra={**self.extra, "metric": {self.metric_name: value}, "epoch": engine.state.epoch},
+            extra={
+                **self.extra,
+                "metric": {self.metric_name: value},
+                "metrics": {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
+                "epoch": engine.state.epoch,
+            },
         )
         logger.info("new best %s=%.5f at epoch %d: wrote %s", self.metric_name, value, engine.state.epoch, self.path)
 

@@ -44,10 +44,8 @@ def slice_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``slices`` (Z, X, Y) in [0, 1], already in the pre-training's display layout -> attention (Z, K, X, Y)
     upsampled to the slice and summing to 1 per slice and name, and the slice-to-name similarity logits (Z, K)."""
-    from mosmos_components.networks import CLIP_MEAN, CLIP_STD
-
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(net.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(net.image_std).view(1, 3, 1, 1)
     size = int(net.image_size)
     maps, sims = [], []
     text = F.normalize(queries, dim=-1)

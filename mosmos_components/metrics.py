@@ -255,3 +255,37 @@ class PointingGame:
             engine.state.metrics["pointing_chance"] = chance / pairs
             engine.state.metrics["attention_tag_corr"] = float(sum(corr) / len(corr))
             engine.state.metrics["patch_token_cosine"] = float(sum(sims) / len(sims))
+
+
+class ClassQuerySeparation:
+    """Evaluator handler: how distinguishable the class embeddings of some segmentation label sets are through the
+    pre-trained prompt and text tower (:func:`mosmos_components.transfer.class_query_separation`). At each
+    evaluation it puts ``query_cosine_<set>`` (the mean cosine between two different classes of the set) and, per
+    named pair, ``query_cosine_<a>_vs_<b>`` into ``engine.state.metrics``; near 1 the classes collapse to one query.
+
+    Args:
+        network: the pre-training network.
+        name_sets: label sets by name, e.g. ``{"acdc": ["background", "right ventricle", ...]}``.
+        pairs: pairs of names whose own cosine is reported (e.g. right and left ventricle).
+    """
+
+    def __init__(self, network: torch.nn.Module, name_sets: dict, pairs: list | None = None) -> None:
+        self.network, self.name_sets, self.pairs = network, dict(name_sets), [tuple(p) for p in pairs or []]
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        from mosmos_components.transfer import class_query_separation
+
+        net = getattr(self.network, "module", self.network)
+        if not hasattr(net, "tag_queries"):  # a network without a text side (SSL)
+            return
+        for name, names in self.name_sets.items():
+            sep = class_query_separation(net, list(names))
+            engine.state.metrics[f"query_cosine_{name}"] = sep["mean_cosine"]
+        for a, b in self.pairs:
+            key = f"query_cosine_{a}_vs_{b}".replace(" ", "_")
+            engine.state.metrics[key] = class_query_separation(net, [a, b])["max_cosine"]

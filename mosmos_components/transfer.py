@@ -35,6 +35,7 @@ from torch import nn
 from mosmos_components.checkpoint import load_pretrain_network, load_state_dict, read_sidecar, save_network
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResNetEncoder
+from mosmos_components.networks.timm_encoder import TimmCNNEncoder
 from mosmos_components.networks.unet import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 from mosmos_components.networks.vit3d import ClipViT3DEncoder
@@ -42,6 +43,9 @@ from mosmos_components.networks.vit3d import ClipViT3DEncoder
 __all__ = [
     "TransferReport",
     "class_embeddings",
+    "class_query_separation",
+    "embedding_separation",
+    "CLASS_COSINE_WARNING",
     "fixed_prompt_embeddings",
     "transfer_pretrained",
     "prepare_network",
@@ -50,7 +54,10 @@ __all__ = [
     "save_clip_checkpoint",
     "load_imagenet_vit",
     "load_imagenet_resnet",
+    "load_imagenet_timm",
     "INIT_KINDS",
+    "CLASS_QUERIES",
+    "random_class_queries",
     "TRANSFER_RULES",
     "transfer_rule",
 ]
@@ -123,6 +130,49 @@ def class_embeddings(pretrain: MosmosPretrainNet, names: Sequence[str]) -> torch
         return pretrain.tag_queries(pretrain.prompt.tokenize(list(names))).float()
 
 
+# above this cosine two class embeddings are nearly indistinguishable to pixel-tag attention: its maps for the two
+# classes can then differ only by what fine-tuning teaches the decoder, not by what the text side knows
+CLASS_COSINE_WARNING = 0.99
+
+
+def embedding_separation(embeddings: torch.Tensor, names: Sequence[str]) -> dict:
+    """How distinguishable K class embeddings (K, d) are: the mean and the largest cosine between two different
+    classes, and the closest pair by name.
+
+    >>> sep = embedding_separation(torch.eye(3), ["a", "b", "c"])
+    >>> sep["mean_cosine"], sep["max_cosine"]
+    (0.0, 0.0)
+    """
+    e = F.normalize(embeddings.detach().float(), dim=-1)
+    c = e @ e.t()
+    k = c.shape[0]
+    if k < 2:
+        return {"mean_cosine": float("nan"), "max_cosine": float("nan"), "closest": []}
+    off = c.masked_fill(torch.eye(k, dtype=torch.bool, device=c.device), float("-inf"))
+    i, j = divmod(int(off.argmax()), k)
+    mean = float((c.sum() - c.diagonal().sum()) / (k * (k - 1)))
+    return {"mean_cosine": mean, "max_cosine": float(off.max()), "closest": [names[i], names[j]]}
+
+
+def class_query_separation(pretrain: MosmosPretrainNet, names: Sequence[str]) -> dict:
+    """:func:`embedding_separation` of the class embeddings ``names`` get from the pre-trained prompt and text
+    tower (those pixel-tag attention would use)."""
+    return embedding_separation(class_embeddings(pretrain, names), list(names))
+
+
+def _warn_if_indistinguishable(embeddings: torch.Tensor, names: Sequence[str], source: str) -> None:
+    sep = embedding_separation(embeddings, list(names))
+    if sep["max_cosine"] > CLASS_COSINE_WARNING:
+        a, b = sep["closest"]
+        warnings.warn(
+            f"{source}: the class embeddings of '{a}' and '{b}' are nearly indistinguishable (cosine "
+            f"{sep['max_cosine']:.4f} > {CLASS_COSINE_WARNING}; mean over all pairs {sep['mean_cosine']:.3f}): "
+            "pixel-tag attention cannot tell these classes apart from the text side (a text tower that learned "
+            "little, or prompts that collapsed in pre-training)",
+            stacklevel=3,
+        )
+
+
 DEFAULT_PROMPT_TEMPLATE = "a medical image of the {}."
 
 
@@ -135,8 +185,8 @@ def fixed_prompt_embeddings(
     if "{}" not in template:
         raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
     with _eval_mode(pretrain):
-        tokens = pretrain.prompt._tokenizer([template.format(n) for n in names])
-        return pretrain.clip.encode_text(tokens.to(pretrain.clip.token_embedding.weight.device)).float()
+        tokens = pretrain.tokenizer([template.format(n) for n in names])
+        return pretrain.clip.encode_text(tokens.to(next(pretrain.parameters()).device)).float()
 
 
 def inflate_patch_kernel(kernel_2d: torch.Tensor, in_channels: int, depth: int) -> torch.Tensor:
@@ -248,6 +298,49 @@ def _resnet_into_resnet(pre: MosmosPretrainNet, seg: nn.Module, report: Transfer
         if seg.encoder.embed_dim is not None:
             _copy(seg, "encoder.v_proj.", vis.attnpool.v_proj.state_dict(), report, source)
             _copy(seg, "encoder.c_proj.", vis.attnpool.c_proj.state_dict(), report, source)
+
+
+@transfer_rule(TimmCNNEncoder)
+def _timm_into_timm(pre: MosmosPretrainNet, seg: nn.Module, report: TransferReport, source: str) -> None:
+    from open_clip.timm_model import TimmModel
+
+    vis, enc = pre.clip.visual, seg.encoder
+    if not isinstance(vis, TimmModel):
+        raise ValueError(
+            f"{source} holds a {type(vis).__name__} image encoder; the 'timm_cnn' encoder needs a timm image tower "
+            "(pre-train with a timm backbone such as mosmos-lite)"
+        )
+    name = type(vis.trunk).__name__
+    if name != type(enc.trunk).__name__:
+        raise ValueError(f"{source} holds a timm {name}; the encoder is a {type(enc.trunk).__name__}: set model_name")
+    if tuple(pre.image_mean) != tuple(enc.mean.flatten().tolist()) or tuple(pre.image_std) != tuple(
+        enc.std.flatten().tolist()
+    ):
+        raise ValueError(
+            f"{source} standardised images with mean {pre.image_mean}, std {pre.image_std}; the encoder with "
+            f"{enc.mean.flatten().tolist()}, {enc.std.flatten().tolist()}: set image_mean/image_std"
+        )
+    with torch.no_grad():
+        _copy(seg, "encoder.trunk.", vis.trunk.state_dict(), report, source)
+        if enc.proj is not None:
+            _copy(seg, "encoder.proj.", vis.head.proj.state_dict(), report, source)
+
+
+def load_imagenet_timm(network: nn.Module, path: str | os.PathLike) -> TransferReport:
+    """The ImageNet baseline of a U-Net on a timm CNN (``encoder="timm_cnn"``): the timm model's ImageNet weights
+    (timm's names, or efficientnet_pytorch's for EfficientNets, mapped one to one) into the encoder's trunk, the
+    classifier dropped. Returns the report (also logged)."""
+    from mosmos_components.networks.mosmos_clip import load_image_tower_weights
+
+    source = str(path)
+    if not isinstance(getattr(network, "encoder", None), TimmCNNEncoder):
+        raise ValueError("timm ImageNet weights need a network whose encoder is 'timm_cnn'")
+    if network.pta is not None:
+        raise ValueError("the ImageNet baseline has no text encoder for class embeddings: set use_pta to false")
+    load_image_tower_weights(network.encoder.trunk, path)
+    report = TransferReport()
+    report.transferred += [f"encoder.trunk.{k}" for k in network.encoder.trunk.state_dict()]
+    return report.finish(network, source)
 
 
 _TIMM_BLOCK = {
@@ -422,12 +515,19 @@ def transfer_pretrained(
             _copy(network, "pta.decoder.", pre.decoder.state_dict(), report, source)
             network.pta.set_class_embeddings(class_embeddings(pre, network.pta.class_names))
         report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
+    if network.pta is not None:
+        _warn_if_indistinguishable(network.pta.class_embeddings, network.pta.class_names, source)
     return report.finish(network, source)
 
 
 def _init_imagenet(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:
-    resnet = isinstance(getattr(network, "encoder", None), (ClipResNetEncoder, TorchvisionResNetEncoder))
-    (load_imagenet_resnet if resnet else load_imagenet_vit)(network, path)
+    encoder = getattr(network, "encoder", None)
+    if isinstance(encoder, TimmCNNEncoder):
+        load_imagenet_timm(network, path)
+    elif isinstance(encoder, (ClipResNetEncoder, TorchvisionResNetEncoder)):
+        load_imagenet_resnet(network, path)
+    else:
+        load_imagenet_vit(network, path)
 
 
 def _init_mosmos(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:
@@ -439,17 +539,39 @@ def _init_mosmos(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, p
 INIT_KINDS: dict[str, Callable[..., None]] = {"mosmos": _init_mosmos, "imagenet": _init_imagenet}
 
 
+CLASS_QUERIES = ("pretrained", "random")
+
+
+def random_class_queries(like: torch.Tensor) -> torch.Tensor:
+    """K mutually orthogonal random class embeddings (K, d) with the mean norm of ``like``: pixel-tag attention
+    with no class identity from the text side (drawn from torch's seeded generator, so a run's seed fixes them)."""
+    k, d = like.shape
+    if k > d:
+        raise ValueError(f"{k} classes cannot have orthogonal embeddings in {d} dimensions")
+    q, _ = torch.linalg.qr(torch.randn(d, k, dtype=torch.float64))
+    norm = like.detach().double().norm(dim=-1).mean().clamp(min=1e-6)
+    return (q.t() * norm).to(like.dtype)
+
+
 def prepare_network(
     network: MosmosUNETR | MosmosUNet2D,
     pretrained_ckpt: str | os.PathLike | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     pretrained_kind: str = "mosmos",
+    class_queries: str = "pretrained",
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation;
     with ``use_pta=True`` the class embeddings are random vectors, with a warning: Table 4's "no pre-training" row).
     ``pretrained_kind``: a key of :data:`INIT_KINDS`: ``"mosmos"`` (a MOSMOS, CLIP-only or SSL pre-training
     checkpoint) or ``"imagenet"`` (timm ViT weights, :func:`load_imagenet_vit`; torchvision ResNet weights,
-    :func:`load_imagenet_resnet`)."""
+    :func:`load_imagenet_resnet`).
+    ``class_queries``: ``"pretrained"`` (from the checkpoint's prompt and text tower), or ``"random"``: after the
+    transfer, mutually orthogonal random vectors of the same norm (:func:`random_class_queries`) — the ablation
+    that keeps the pre-trained encoder and tag decoder but takes the class identity out of the maps."""
+    if class_queries not in CLASS_QUERIES:
+        raise ValueError(f"class_queries must be one of {CLASS_QUERIES}, got {class_queries!r}")
+    if class_queries == "random" and (network.pta is None or not pretrained_ckpt):
+        raise ValueError("class_queries='random' replaces pre-trained class embeddings: it needs use_pta and weights")
     if pretrained_ckpt:
         if not os.path.isfile(pretrained_ckpt):
             raise FileNotFoundError(
@@ -463,6 +585,10 @@ def prepare_network(
                 f"got {pretrained_kind!r}"
             )
         INIT_KINDS[pretrained_kind](network, pretrained_ckpt, prompt_template)
+        if class_queries == "random":
+            with torch.no_grad():
+                network.pta.set_class_embeddings(random_class_queries(network.pta.class_embeddings))
+            logger.info("class embeddings replaced by random orthogonal vectors (class_queries='random')")
     elif network.pta is not None:
         # Table 4's "no pre-training" row: the whole framework on untrained weights. There is no text encoder to
         # give class embeddings, so they are random vectors (std 1, seeded by the run's seed), as an untrained
@@ -487,6 +613,7 @@ def save_clip_checkpoint(
     backbone: str = "ViT-B-16",
     clip_pretrained: str | None = None,
     force_quick_gelu: bool = False,
+    text_tower: str | None = None,
 ) -> MosmosPretrainNet:
     """Write CLIP weights (a local file, or an open_clip tag when online) as a pre-training checkpoint
     (``model.pt`` + ``model.json``) *without* MOSMOS pre-training: the CLIP / PubMedCLIP baselines'
@@ -495,7 +622,9 @@ def save_clip_checkpoint(
     "CLIP" baseline from random weights would be the random baseline under another name."""
     if not clip_pretrained:
         raise ValueError("save_clip_checkpoint needs clip_pretrained: a local CLIP weights file or an open_clip tag")
-    net = MosmosPretrainNet(backbone, pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu)
+    net = MosmosPretrainNet(
+        backbone, pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu, text_tower=text_tower
+    )
     save_network(net, path, extra={"mosmos_pretrained": False, "clip_pretrained": str(clip_pretrained)})
     logger.info("CLIP weights %s (%s) written to %s without MOSMOS pre-training", clip_pretrained, backbone, path)
     return net

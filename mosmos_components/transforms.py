@@ -160,7 +160,8 @@ class ScaleBitDepthd(MapTransform):
 
 
 class TokenizeReportd(MapTransform):
-    """Report text -> CLIP BPE token ids (``context_length``,) long tensor under ``output_key``.
+    """Report text -> token ids (``context_length``,) long tensor under ``output_key``: CLIP's BPE, or the text
+    tower's own ``tokenizer`` (``MosmosPretrainNet.tokenizer``, e.g. a Hugging Face tokenizer).
 
     An empty report is an error naming the sample; longer reports are truncated (EOT kept), as open_clip does.
     """
@@ -171,9 +172,10 @@ class TokenizeReportd(MapTransform):
         context_length: int = 77,
         output_key: str = "text",
         allow_missing_keys: bool = False,
+        tokenizer=None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        self.tokenizer = tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
         self.output_key = output_key
 
     def __call__(self, data: Mapping) -> dict:

@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parent.parent / "bundles"
 TEMPLATE = "_template"
-CONFIGS = ["train.json", "evaluate.json", "multi_gpu_train.json", "demo.json", "unet2d.json"]
+CONFIGS = ["train.json", "evaluate.json", "multi_gpu_train.json", "demo.json", "unet2d.json", "unet2d_timm.json"]
 COPIED = ["configs/logging.conf", "LICENSE"]
 VARIANTS = ["baselines", "ablations"]
 REQUIRED = "REQUIRED"  # the template's data entries start with this: every spec sets them
@@ -91,7 +91,7 @@ def build(name: str) -> dict[str, str]:
         )
     for f in COPIED:
         out[f] = (ROOT / TEMPLATE / f).read_text(encoding="utf-8")
-    keys = set().union(*(configs[c] for c in ("train.json", "unet2d.json") if c in configs))
+    keys = set().union(*(configs[c] for c in ("train.json", "unet2d.json", "unet2d_timm.json") if c in configs))
     for folder in VARIANTS:  # named variants (baselines, ablations): data-independent overrides, the same everywhere
         for f in sorted((ROOT / TEMPLATE / "configs" / folder).glob("*.json")):
             variant = json.loads(f.read_text(encoding="utf-8"))

@@ -61,6 +61,9 @@ def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
     for cell in cells_of(spec):
         hist = list(csv.DictReader(open(f"{spec['output_dir']}/cells/{cell.name}/eval/train_history.csv")))
         assert [int(r["epoch"]) for r in hist] == [1, 2], cell.name  # trained once: the resumed cell added no epoch
+        done = json.load(open(f"{spec['output_dir']}/cells/{cell.name}/done.json"))
+        split = json.load(open(f"{spec['output_dir']}/datalist.json"))
+        assert done["training_units"] == [Path(it["label"]).name for it in split["training"]]  # what it trained on
     again = run_experiment(spec["_path"])
     assert (again["ran"], again["skipped"]) == (0, 4)
 
@@ -272,7 +275,7 @@ def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path, repo):
 
     for bundle in ("btcv_seg", "acdc_seg", "brats_seg", "mosmos_pretrain"):
         configs = repo / "bundles" / bundle / "configs"
-        files = [configs / f for f in ("train.json", "unet2d.json") if (configs / f).is_file()]
+        files = [configs / f for f in ("train.json", "unet2d.json", "unet2d_timm.json") if (configs / f).is_file()]
         keys = set(ConfigParser.load_config_files([str(f) for f in files]))
         variants = sorted(configs.glob("*/*.json"))
         assert variants, bundle

@@ -25,6 +25,7 @@ __all__ = [
     "check_headers",
     "load_or_create_datalist",
     "label_fraction",
+    "training_units",
     "inference_inputs",
 ]
 
@@ -213,17 +214,7 @@ def split_pairs(
         groups: dict[str, list[dict]] = {}
         for it in items:
             groups.setdefault(str(it[group_key]), []).append(it)
-        strata: dict[str, list[str]] = {}
-        for g in sorted(groups):
-            strata.setdefault(str(groups[g][0].get(strata_key, "")) if strata_key else "", []).append(g)
-        for members in strata.values():
-            rng.shuffle(members)
-        order, queues = [], [list(v) for _, v in sorted(strata.items())]
-        while any(queues):
-            for q in queues:
-                if q:
-                    order.append(q.pop(0))
-        units = [groups[g] for g in order]
+        units = [groups[g] for g in _stratified_order(groups, rng, strata_key, shuffle_strata=False)]
     n = len(units)
     n_val = max(1, int(round(fractions[1] * n))) if n >= 2 else 0
     n_test = (max(1, int(round(fractions[2] * n))) if n >= 3 else 0) if len(fractions) == 3 else 0
@@ -301,26 +292,84 @@ def _reuse(dl: dict, pairs: Sequence[dict], path: Path) -> dict:
     return dl
 
 
-def label_fraction(datalist: dict, fraction: float = 1.0, seed: int = 0) -> dict:
-    """The label-efficiency study (docs/method.md §8): train on ``fraction`` of the training cases (at least
-    one), the first of a seeded shuffle, so that 25 % is a subset of 50 %, of 75 %, ...; validation and test
-    stay whole, so the runs are compared on the same cases."""
+def _stratified_order(
+    groups: dict[str, list[dict]], rng: random.Random, strata_key: str | None, shuffle_strata: bool = True
+) -> list[str]:
+    """The group names in a seeded order that deals the strata round-robin: each stratum shuffled on its own and
+    (``shuffle_strata``) the strata themselves in a seeded order, so any prefix of the order holds every stratum
+    as evenly as it can."""
+    strata: dict[str, list[str]] = {}
+    for g in sorted(groups):
+        strata.setdefault(str(groups[g][0].get(strata_key, "")) if strata_key else "", []).append(g)
+    for members in strata.values():
+        rng.shuffle(members)
+    queues = [list(v) for _, v in sorted(strata.items())]
+    if shuffle_strata:
+        rng.shuffle(queues)
+    order = []
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop(0))
+    return order
+
+
+def label_fraction(
+    datalist: dict,
+    fraction: float = 1.0,
+    seed: int = 0,
+    group_key: str | None = None,
+    strata_key: str | None = None,
+) -> dict:
+    """The label-efficiency study (docs/method.md §8): train on ``fraction`` of the training *units* (at least
+    one), the first of a seeded order, so that for one seed 3 patients are a subset of 7, of 70 ...; validation
+    and test stay whole, so the runs are compared on the same cases.
+
+    The unit is the case, or with ``group_key`` (ACDC: ``"patient"``) the group: every case of a chosen group is
+    kept (both frames of a patient). With ``strata_key`` too (ACDC's ``"group"``, the diagnosis) the order deals
+    the strata round-robin, so a small subset spans as many strata as it has units. ``seed`` is the run's seed:
+    below 100 % different seeds train on different units. The units kept are logged.
+
+    >>> dl = {"training": [{"label": f"p{i}_{f}", "patient": f"p{i}", "group": "AB"[i % 2]}
+    ...                    for i in range(6) for f in "12"], "validation": [], "test": []}
+    >>> few = label_fraction(dl, 0.34, seed=0, group_key="patient", strata_key="group")["training"]
+    >>> len(few), len({it["patient"] for it in few}), len({it["group"] for it in few})
+    (4, 2, 2)
+    """
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
     train = list(datalist["training"])
     if fraction == 1.0 or not train:
         return datalist
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    keep = sorted(order[: max(1, int(round(fraction * len(train))))])
+    missing = [it.get("image") for it in train if group_key and group_key not in it]
+    if missing:
+        raise ValueError(f"label_fraction by {group_key!r}: training case(s) {missing[:3]} have no {group_key!r}")
+    keys = [str(it[group_key]) if group_key else f"{i:07d}" for i, it in enumerate(train)]
+    groups: dict[str, list[dict]] = {}
+    for k, it in zip(keys, train):
+        groups.setdefault(k, []).append(it)
+    order = _stratified_order(groups, random.Random(seed), strata_key)
+    chosen = set(order[: max(1, int(round(float(fraction) * len(order))))])
+    kept = [it for k, it in zip(keys, train) if k in chosen]
+    unit = group_key or "case"
     logger.info(
-        "label_fraction %.2f: training on %d of %d cases: %s",
+        "label_fraction %.3g (seed %d): training on %d of %d %s unit(s), %d case(s): %s",
         fraction,
-        len(keep),
-        len(train),
-        ", ".join(os.path.basename(str(train[i]["label"])) for i in keep),
+        seed,
+        len(chosen),
+        len(order),
+        unit,
+        len(kept),
+        ", ".join(sorted(chosen) if group_key else (os.path.basename(str(it["label"])) for it in kept)),
     )
-    return {**datalist, "training": [train[i] for i in keep]}
+    return {**datalist, "training": kept}
+
+
+def training_units(datalist: dict, group_key: str | None = None) -> list[str]:
+    """The units a datalist trains on: its training groups (``group_key``), else its label file names."""
+    if group_key:
+        return sorted({str(it[group_key]) for it in datalist["training"]})
+    return [os.path.basename(str(it["label"])) for it in datalist["training"]]
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:

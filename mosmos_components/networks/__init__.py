@@ -15,6 +15,7 @@ from mosmos_components.networks.pta import PixelTagAttention
 from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResNetEncoder
 from mosmos_components.networks.ssl import SSLPretrainNet
 from mosmos_components.networks.tag_decoder import GroupWiseLinear, TagDecoder, sine_position_encoding
+from mosmos_components.networks.timm_encoder import TimmCNNEncoder
 from mosmos_components.networks.unet import MosmosUNet, MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 from mosmos_components.networks.vit3d import ClipViT3DEncoder
@@ -38,6 +39,7 @@ __all__ = [
     "SegmentationNetMixin",
     "TagDecoder",
     "TagPromptLearner",
+    "TimmCNNEncoder",
     "TrainingOutput",
     "TorchvisionResNetEncoder",
     "build_encoder",
