@@ -37,11 +37,17 @@ def _pred_label(output: dict):
     return output["pred"], output["label"]
 
 
+def report_ranks(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """For each image, how many other reports are at least as similar to it (cosine) as its own: 0 when its own
+    report comes first. Ties count against the image (identical captions do not make a hit)."""
+    sim = F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).t()
+    return (sim >= sim.diagonal().unsqueeze(1)).sum(dim=1) - 1
+
+
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, k: int) -> float:
-    """Fraction of images whose own report is among the ``k`` most similar reports (cosine)."""
-    sim = F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
-    topk = sim.topk(min(k, sim.shape[1]), dim=1).indices
-    return (topk == torch.arange(sim.shape[0]).unsqueeze(1)).any(dim=1).float().mean().item()
+    """Fraction of images whose own report is among the ``k`` most similar reports (cosine; ties count against
+    the image: :func:`report_ranks`)."""
+    return (report_ranks(image_features, text_features) < k).float().mean().item()
 
 
 def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -289,3 +295,106 @@ class ClassQuerySeparation:
         for a, b in self.pairs:
             key = f"query_cosine_{a}_vs_{b}".replace(" ", "_")
             engine.state.metrics[key] = class_query_separation(net, [a, b])["max_cosine"]
+
+
+def _bootstrap_interval(statistic: Callable, n: int, n_resamples: int, seed: int, confidence: float) -> list[float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` units resampled with replacement."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = [statistic(torch.as_tensor(rng.integers(0, n, n))) for _ in range(n_resamples)]
+    values = np.asarray([v for v in values if v == v], dtype=float)  # NaN: a resample without any positive
+    alpha = (1 - confidence) / 2
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+
+
+def retrieval_and_tag_report(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    tag_scores: torch.Tensor,
+    tag_targets: torch.Tensor,
+    ks: tuple[int, ...] = (1, 5, 10),
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Held-out pre-training figures with their uncertainty: image->report recall@k (each image against every
+    report of the set) and the tag mAP (over tags with a positive), each with a bootstrap confidence interval
+    over the pairs (percentile, ``n_resamples``) and its chance level (recall@k: k / N; mAP: the mean prevalence
+    of the scored tags, what random scores reach on average).
+
+    >>> f = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    >>> r = retrieval_and_tag_report(f, f, torch.randn(20, 3), torch.randint(0, 2, (20, 3)), ks=(1,), n_resamples=50)
+    >>> r["recall_at_1"]["value"], r["recall_at_1"]["chance"]
+    (1.0, 0.05)
+    """
+    n = image_features.shape[0]
+    rank = report_ranks(image_features, text_features)
+    out: dict = {"n_pairs": n}
+    for k in ks:
+        hits = (rank < k).float()
+        out[f"recall_at_{k}"] = {
+            "value": float(hits.mean()),
+            "ci95": _bootstrap_interval(lambda idx, h=hits: float(h[idx].mean()), n, n_resamples, seed, confidence),
+            "chance": min(1.0, k / n),
+        }
+    targets = tag_targets.float()
+
+    def tag_map(idx: torch.Tensor) -> float:
+        ap = average_precision(tag_scores[idx].float(), targets[idx])
+        return float(ap[~ap.isnan()].mean()) if (~ap.isnan()).any() else float("nan")
+
+    scored = targets.sum(0) > 0
+    out["tag_map"] = {
+        "value": tag_map(torch.arange(n)),
+        "ci95": _bootstrap_interval(tag_map, n, n_resamples, seed, confidence),
+        "chance": float(targets[:, scored].mean(0).mean()) if scored.any() else float("nan"),
+        "tags_scored": int(scored.sum()),
+    }
+    return out
+
+
+class HeldOutReport:
+    """Evaluator handler for a pre-training test: collects every pair's features and tag scores and, at the end,
+    writes :func:`retrieval_and_tag_report` to ``<output_dir>/held_out_report.json`` and puts each figure's CI
+    bounds into ``engine.state.metrics`` (``recall_at_1_ci_low``, ...).
+
+    Args:
+        output_dir: where the JSON goes.
+        n_resamples: bootstrap resamples.
+    """
+
+    def __init__(self, output_dir: str, n_resamples: int = 2000) -> None:
+        self.output_dir, self.n_resamples = output_dir, n_resamples
+        self._clear()
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _clear(self) -> None:
+        self._a, self._b, self._s, self._t = [], [], [], []
+
+    def _collect(self, engine) -> None:
+        pred, label = _pred_label(engine.state.output)
+        self._a.append(pred["image_features"].detach().float().cpu())
+        self._b.append(pred["text_features"].detach().float().cpu())
+        self._s.append(pred["tag_logits"].detach().float().cpu())
+        self._t.append(label.detach().cpu())
+
+    def _write(self, engine) -> None:
+        import json
+        from pathlib import Path
+
+        from mosmos_components.checkpoint import atomic_json_save
+
+        parts = [torch.cat(gather_lists(x)) for x in (self._a, self._b, self._s, self._t)]
+        report = retrieval_and_tag_report(*parts, n_resamples=self.n_resamples)
+        for key, value in report.items():
+            if isinstance(value, dict) and "ci95" in value:
+                engine.state.metrics[f"{key}_ci_low"], engine.state.metrics[f"{key}_ci_high"] = value["ci95"]
+        atomic_json_save(report, Path(self.output_dir) / "held_out_report.json")
+        engine.logger.info("held-out pre-training figures:\n%s", json.dumps(report, indent=1))

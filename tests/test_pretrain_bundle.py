@@ -65,6 +65,12 @@ def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir, b
     side = json.loads((trained / "models" / "model.json").read_text())
     assert float(metrics["val_loss"]) == pytest.approx(side["metric"]["val_loss"], rel=1e-4)
     assert "pointing_acc" in metrics and "pointing_chance" in metrics  # the pointing game in metrics.csv
+    # the held-out figures with their bootstrap intervals and chance levels, the same recall as the metric
+    report = json.loads((out / "held_out_report.json").read_text())
+    r1 = report["recall_at_1"]
+    assert r1["value"] == pytest.approx(float(metrics["recall_at_1"])) and r1["chance"] == 1 / report["n_pairs"]
+    assert r1["ci95"][0] <= r1["value"] <= r1["ci95"][1] and float(metrics["recall_at_1_ci_high"]) == r1["ci95"][1]
+    assert 0 <= report["tag_map"]["chance"] <= 1 and "query_cosine_acdc" in metrics
     assert load_pretrain_network(trained / "models" / "model.pt").tags == side["tags"]
 
 

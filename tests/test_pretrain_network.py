@@ -154,3 +154,24 @@ def test_clip_initialisation_from_local_file(tmp_path):
         MosmosPretrainNet("mosmos-tiny-rn", decoder_heads=4)
     with pytest.raises(FileNotFoundError, match="neither an existing file nor an open_clip tag"):
         MosmosPretrainNet("mosmos-tiny-rn", pretrained="/no/such/weights.pt")
+
+
+def test_held_out_retrieval_counts_ties_against_the_image_and_gives_intervals():
+    """Two pairs with the same caption: neither image can claim its own report first (ties count against it);
+    every figure has a bootstrap interval around it and its chance level."""
+    from mosmos_components.metrics import retrieval_and_tag_report, retrieval_recall
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(30, 16, generator=g)
+    texts = images + 0.01 * torch.randn(30, 16, generator=g)
+    texts[1] = texts[0]  # a duplicated caption
+    assert retrieval_recall(images, texts, 1) == pytest.approx(28 / 30)
+    tags = torch.randint(0, 2, (30, 4), generator=g)
+    rep = retrieval_and_tag_report(images, texts, tags.float() + 0.1 * torch.randn(30, 4, generator=g), tags)
+    assert rep["recall_at_1"]["value"] == pytest.approx(28 / 30) and rep["recall_at_5"]["chance"] == 5 / 30
+    for key in ("recall_at_1", "recall_at_10", "tag_map"):
+        lo, hi = rep[key]["ci95"]
+        assert lo <= rep[key]["value"] <= hi
+    assert rep["tag_map"]["value"] == pytest.approx(1.0) and rep["tag_map"]["chance"] == pytest.approx(
+        float(tags.float().mean())
+    )

@@ -174,7 +174,9 @@ def test_a_timm_image_tower_and_a_hf_text_tower_pretrain_and_transfer_into_the_2
     out = net(torch.rand(2, 3, 64, 64), net.tokenizer(["the liver is enlarged", "normal heart"]))
     (out["tag_logits"].sum() + out["image_features"] @ out["text_features"].t()).sum().backward()
     opt.step()
-    assert all(torch.equal(v, net.clip.text.state_dict()[k]) for k, v in text_before.items())  # frozen
+    after = net.clip.text.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in text_before.items() if not k.startswith("proj."))  # frozen
+    assert not torch.equal(text_before["proj.weight"], after["proj.weight"])  # its new projection trains
     assert not torch.equal(ctx_before, net.prompt.ctx) and not torch.equal(
         stem_before, net.clip.visual.trunk.conv_stem.weight
     )

@@ -592,14 +592,23 @@ class MosmosPretrainNet(nn.Module):
         return str(self.clip.text.config.name_or_path) if self.hf_text else None
 
     # ----- optimisation -----
+    # the projections into the shared embedding space: new layers when towers come from separate models, so they
+    # train with the rest even when their tower is frozen
+    PROJECTIONS = ("visual.head.", "visual.proj", "text.proj.", "text_projection", "text.text_projection")
+
     def tower_parameters(self, tower: str) -> list[nn.Parameter]:
         """The parameters of the ``"image"`` tower (CLIP's ``visual``) or the ``"text"`` tower (everything of the
-        CLIP that is not ``visual`` or ``logit_scale``); the prompt context, decoder and classifier are neither."""
-        if tower == "image":
-            return list(self.clip.visual.parameters())
-        if tower == "text":
-            return [p for n, p in self.clip.named_parameters() if not n.startswith(("visual.", "logit_"))]
-        raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")
+        CLIP that is not ``visual`` or ``logit_scale``), without their projections into the shared space
+        (:attr:`PROJECTIONS`); the projections, prompt context, decoder and classifier are neither."""
+        if tower not in ("image", "text"):
+            raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")
+        out = []
+        for n, p in self.clip.named_parameters():
+            if n.startswith(self.PROJECTIONS) or n.startswith("logit_"):
+                continue
+            if n.startswith("visual.") == (tower == "image"):
+                out.append(p)
+        return out
 
     def parameter_groups(
         self, learning_rate: float, image_tower_lr: float | None = None, text_tower_lr: float | None = None
