@@ -284,7 +284,7 @@ def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path, repo):
             assert not extra, (v, extra)
     spec = load_spec(repo / "experiments" / "acdc_real.json")
     random = next(c for c in cells_of(spec) if c.init == "random")
-    assert cell_configs(spec, random) == ["train.json", "demo.json", "baselines/random.json"]
+    assert cell_configs(spec, random) == ["train.json", "unet2d.json", "unet2d_timm.json", "baselines/random.json"]
     bad = dict(json.loads((repo / "experiments" / "acdc_real.json").read_text()))
     bad["inits"]["random"] = {"variant": "baselines/no_such.json"}
     (tmp_path / "bad.json").write_text(json.dumps(bad))

@@ -325,3 +325,16 @@ def test_the_2d_unet_on_efficientnet_trains_from_imagenet_weights_through_the_bu
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), again(x))
+
+
+def test_prompt_context_can_start_from_words(tiny_bert, tmp_path):
+    """CoOp's initialisation from words: M is the words' token count, the context starts as their embeddings, and
+    the checkpoint rebuilds with the same prompt."""
+    net = MosmosPretrainNet("mosmos-lite", text_tower=str(tiny_bert), decoder_heads=4, ctx_init="the heart of a")
+    words = net.tokenizer.tokenizer.encode("the heart of a", add_special_tokens=False)
+    embed = net.clip.text.transformer.get_input_embeddings()
+    assert net.prompt.n_ctx == len(words) == 4
+    assert torch.equal(net.prompt.ctx.detach(), embed(torch.tensor(words)).detach())
+    save_network(net, tmp_path / "m.pt")
+    again = load_pretrain_network(tmp_path / "m.pt")
+    assert again.prompt.n_ctx == 4 and torch.equal(again.prompt.ctx, net.prompt.ctx)

@@ -414,6 +414,11 @@ class TagPromptLearner(nn.Module):
         tokenizer: the text tower's tokenizer (:func:`text_tokenizer`); default CLIP's BPE. With a Hugging Face
             tower the prompt is ``[CLS] [V]_1 ... [V]_M [name tokens] [SEP]`` and goes in through the model's
             ``inputs_embeds``.
+        ctx_init: CoOp's initialisation from words (e.g. ``"a medical image of the"``): M becomes the number of
+            its tokens and the context vectors start as their token embeddings (``token_embedding`` needed),
+            instead of random vectors (std 0.02). With a mean-pooling text tower, 16 random vectors swamp the
+            class name and every prompt starts nearly the same.
+        token_embedding: the text tower's input embedding, for ``ctx_init``.
     """
 
     def __init__(
@@ -425,20 +430,32 @@ class TagPromptLearner(nn.Module):
         learnable_context: bool = True,
         max_name_tokens: int = 8,
         tokenizer=None,
+        ctx_init: str | None = None,
+        token_embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self._tokenizer = tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        self._ids = _PromptIds(self._tokenizer)
+        init_ids = self._ids.encode(ctx_init) if ctx_init and learnable_context else None
+        if ctx_init and learnable_context:
+            if not init_ids:
+                raise ValueError(f"ctx_init {ctx_init!r} has no tokens")
+            if token_embedding is None:
+                raise ValueError("ctx_init needs the text tower's token_embedding")
+            n_ctx = len(init_ids)
         self.n_ctx = n_ctx if learnable_context else 0
         self.learnable_context = learnable_context
         self.max_name_tokens = max_name_tokens
         self.context_length = context_length
-        self._tokenizer = tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-        self._ids = _PromptIds(self._tokenizer)
         if self.n_ctx + max_name_tokens + 2 > context_length:
             raise ValueError(
                 f"prompt of {self.n_ctx} context + {max_name_tokens} name tokens does not fit the text "
                 f"context length {context_length}"
             )
         self.ctx = nn.Parameter(torch.randn(n_ctx, width) * 0.02) if learnable_context else None
+        if init_ids is not None:
+            with torch.no_grad():
+                self.ctx.copy_(token_embedding(torch.tensor(init_ids)).float())
         self.register_buffer("tokens", self.tokenize(names), persistent=False)
         self.length = self.prompt_length(self.tokens)
         self.names = list(names)
@@ -498,6 +515,7 @@ class MosmosPretrainNet(nn.Module):
         model_cfg: explicit open_clip config (used when rebuilding from a checkpoint sidecar).
         text_tower: a local Hugging Face model folder, for a model whose text tower is one (``mosmos-lite``).
         image_tower_weights: a weights file for a timm image tower (e.g. EfficientNet-Lite0's ImageNet weights).
+        ctx_init: start the prompt's context from these words (CoOp; :class:`TagPromptLearner`).
 
     ``forward(image (B, 3, H, W), text (B, L) or None)`` returns a dict with ``image_features`` (B, d),
     ``text_features`` (B, d) or ``None``, ``tag_logits`` (B, K) and ``logit_scale`` (scalar, clamped at 100).
@@ -524,6 +542,7 @@ class MosmosPretrainNet(nn.Module):
         model_cfg: dict | None = None,
         text_tower: str | None = None,
         image_tower_weights: str | None = None,
+        ctx_init: str | None = None,
         _warn_random: bool = True,
     ) -> None:
         super().__init__()
@@ -571,11 +590,14 @@ class MosmosPretrainNet(nn.Module):
             n_ctx,
             learnable_context,
             tokenizer=self.tokenizer,
+            ctx_init=ctx_init,
+            token_embedding=embedding,
         )
         self.decoder = TagDecoder(self.embed_dim, decoder_layers, decoder_heads, decoder_dropout)
         self.classifier = GroupWiseLinear(len(self.tags), self.embed_dim)
         self._init_args = {
-            "n_ctx": n_ctx,
+            "n_ctx": self.prompt.n_ctx if learnable_context else n_ctx,
+            "ctx_init": ctx_init,
             "learnable_context": learnable_context,
             "decoder_layers": decoder_layers,
             "decoder_heads": decoder_heads,
@@ -714,6 +736,7 @@ class MosmosPretrainNet(nn.Module):
             tags=cfg["tags"],
             n_ctx=cfg["n_ctx"],
             learnable_context=cfg["learnable_context"],
+            ctx_init=cfg.get("ctx_init"),
             decoder_layers=cfg["decoder_layers"],
             decoder_heads=cfg["decoder_heads"],
             decoder_dropout=cfg.get("decoder_dropout", 0.1),
