@@ -253,9 +253,41 @@ def _inflate_patches_and_positions(
     report.inflated += ["encoder.conv1.weight", "encoder.positional_embedding"]
 
 
+def _timm_vit_into_vit3d(pre: MosmosPretrainNet, seg: nn.Module, report: TransferReport, source: str) -> None:
+    """A CLIP whose image tower is a timm ViT (BiomedCLIP's ``vit_base_patch16_224``) into UNETR's encoder: the
+    blocks as for the ImageNet ViT, the linear projection head as the encoder's projection."""
+    vis, enc = pre.clip.visual, seg.encoder
+    trunk = vis.trunk
+    if not hasattr(trunk, "patch_embed") or not hasattr(trunk, "blocks") or getattr(trunk, "cls_token", None) is None:
+        raise ValueError(f"{source}: its timm image tower {type(trunk).__name__} is not a class-token ViT")
+    if not isinstance(enc.ln_pre, nn.Identity):
+        raise ValueError(
+            f"{source} holds a timm ViT (no pre-norm, patch bias): build the network with vit_style='timm'"
+        )
+    grey = (round(sum(pre.image_mean) / 3, 4), round(sum(pre.image_std) / 3, 4))
+    if (round(enc.input_mean, 4), round(enc.input_std, 4)) != grey:
+        raise ValueError(
+            f"{source} standardised images with mean {list(pre.image_mean)}, std {list(pre.image_std)}; the encoder "
+            f"with {enc.input_mean}, {enc.input_std}: set image_mean/image_std to the pre-training's"
+        )
+    state = trunk.state_dict()
+    kernel = state["patch_embed.proj.weight"]
+    _check_vit_fits(source, enc, trunk.cls_token.shape[-1], len(trunk.blocks), kernel.shape[2:])
+    with torch.no_grad():
+        mapped = {**_timm_vit_to_open_clip(state), "conv1.bias": state["patch_embed.proj.bias"]}
+        _copy(seg, "encoder.", mapped, report, source)
+        if enc.proj is not None:
+            _copy(seg, "encoder.", {"proj": vis.head.proj.weight.t()}, report, source)
+    _inflate_patches_and_positions(seg, kernel, state["pos_embed"][0], report)
+
+
 @transfer_rule(ClipViT3DEncoder)
 def _vit_into_vit3d(pre: MosmosPretrainNet, seg: nn.Module, report: TransferReport, source: str) -> None:
+    from open_clip.timm_model import TimmModel
+
     vis = pre.clip.visual
+    if isinstance(vis, TimmModel):
+        return _timm_vit_into_vit3d(pre, seg, report, source)
     if not isinstance(vis, VisionTransformer):
         raise ValueError(
             f"{source} holds a {type(vis).__name__} image encoder; {type(seg).__name__}'s ViT encoder needs a ViT "
@@ -371,6 +403,25 @@ def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def _timm_vit_to_open_clip(state: dict) -> dict:
+    """A timm ViT's blocks, final norm and class token under open_clip's ``VisionTransformer`` names (the patch
+    kernel and the position grid are inflated separately)."""
+    mapped = {}
+    for k, v in state.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            for old, new in _TIMM_BLOCK.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old) :]
+                    break
+            mapped[f"transformer.resblocks.{i}.{rest}"] = v
+        elif k.startswith("norm."):
+            mapped["ln_post." + k[len("norm.") :]] = v
+        elif k == "cls_token":
+            mapped["class_embedding"] = v.reshape(-1)
+    return mapped
+
+
 def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> TransferReport:
     """The ImageNet baseline (docs/method.md §5): an ImageNet ViT-B/16 in timm's format (``patch_embed``,
     ``cls_token``, ``pos_embed``, ``blocks.N``, ``norm``; e.g. timm's ``vit_base_patch16_224`` weights) into a
@@ -396,19 +447,7 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
             f"{source}: unsupported ViT variant (has {other or ['fc_norm']}); the ImageNet baseline "
             "takes the plain class-token ViT (timm's vit_base_patch16_224 family)"
         )
-    mapped = {}
-    for k, v in state.items():
-        if k.startswith("blocks."):
-            _, i, rest = k.split(".", 2)
-            for old, new in _TIMM_BLOCK.items():
-                if rest.startswith(old):
-                    rest = new + rest[len(old) :]
-                    break
-            mapped[f"transformer.resblocks.{i}.{rest}"] = v
-        elif k.startswith("norm."):
-            mapped["ln_post." + k[len("norm.") :]] = v
-        elif k == "cls_token":
-            mapped["class_embedding"] = v.reshape(-1)
+    mapped = _timm_vit_to_open_clip(state)
     kernel = state["patch_embed.proj.weight"]
     _check_vit_fits(
         source,

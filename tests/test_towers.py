@@ -338,3 +338,32 @@ def test_prompt_context_can_start_from_words(tiny_bert, tmp_path):
     save_network(net, tmp_path / "m.pt")
     again = load_pretrain_network(tmp_path / "m.pt")
     assert again.prompt.n_ctx == 4 and torch.equal(again.prompt.ctx, net.prompt.ctx)
+
+
+def test_a_clip_with_a_timm_vit_transfers_into_unetr(tmp_path):
+    """BiomedCLIP's image tower is a timm ViT with CLIP's standardisation: it goes into UNETR's encoder
+    (vit_style 'timm', image_mean/std the pre-training's), blocks one to one and the projection head transposed."""
+    from mosmos_components.networks import MosmosUNETR
+
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_pool": "", "timm_proj": "linear"},
+        "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    torch.manual_seed(0)
+    pre = MosmosPretrainNet("biomedclip-like", model_cfg=cfg, decoder_heads=4, _warn_random=False)
+    save_network(pre, tmp_path / "pre.pt")
+    names = ["background", "liver", "spleen"]
+    kw = dict(img_size=(32, 32, 16), hidden_size=192, num_layers=12, num_heads=3, embed_dim=32, decoder_heads=4)
+    seg = MosmosUNETR(1, 3, class_names=names, vit_style="timm", image_mean=CLIP_MEAN, image_std=CLIP_STD, **kw)
+    prepare_network(seg, str(tmp_path / "pre.pt"))
+    trunk = pre.clip.visual.trunk
+    block = seg.encoder.transformer.resblocks[3]
+    assert torch.equal(block.attn.in_proj_weight, trunk.blocks[3].attn.qkv.weight)
+    assert torch.equal(seg.encoder.proj, pre.clip.visual.head.proj.weight.t())
+    assert torch.equal(seg.encoder.class_embedding, trunk.cls_token.reshape(-1))
+    with torch.no_grad():
+        assert seg.eval()(torch.rand(1, 1, 32, 32, 16)).shape == (1, 3, 32, 32, 16)
+    other = MosmosUNETR(1, 3, class_names=names, vit_style="timm", **kw)  # timm's 0.5 / 0.5, not the pre-training's
+    with pytest.raises(ValueError, match="set image_mean/image_std"):
+        prepare_network(other, str(tmp_path / "pre.pt"))

@@ -48,6 +48,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         vit_style: ``"clip"`` or ``"timm"`` (the ImageNet baseline's ViT; see
             :class:`~mosmos_components.networks.vit3d.ClipViT3DEncoder`); inputs in [0, 1] are standardised with
             CLIP's statistics, or with timm's ViT ones (0.5, 0.5).
+        image_mean, image_std: the pre-training's RGB standardisation when it is not the style's (a CLIP with a
+            timm ViT such as BiomedCLIP: ``vit_style="timm"`` with CLIP's statistics).
 
     In ``train()`` mode with PTA the output is a :class:`~mosmos_components.networks.base.TrainingOutput`: the
     segmentation logits and the PTA logits ``LI(A)/tau_2``, each ``(B, K, H, W, D)`` (see
@@ -82,6 +84,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         norm_name: str = "instance",
         radiological_flip: bool = True,
         vit_style: str = "clip",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if patch_size not in (16, 32):
@@ -99,6 +103,8 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
             embed_dim if use_pta else None,
             quick_gelu,
             vit_style,
+            image_mean,
+            image_std,
         )
         self.grid = self.encoder.grid
         self.pta = self.build_pta(

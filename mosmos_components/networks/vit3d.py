@@ -42,7 +42,9 @@ class ClipViT3DEncoder(PTAEncoder, name="clip_vit3d"):
         vit_style: ``"clip"`` (open_clip's ViT: bias-free patch embedding, ``ln_pre``; inputs standardised with
             CLIP's statistics) or ``"timm"`` (the ImageNet ViT of timm/Google: patch embedding with bias, no
             pre-norm, LayerNorm eps 1e-6, inputs standardised with 0.5 / 0.5), for the ImageNet baseline
-            (:func:`mosmos_components.transfer.load_imagenet_vit`).
+            (:func:`mosmos_components.transfer.load_imagenet_vit`) and CLIPs with a timm ViT (BiomedCLIP).
+        image_mean, image_std: the RGB standardisation of the pre-training when it is not the style's (BiomedCLIP:
+            CLIP's statistics with a timm ViT); a grey input is standardised with their channel means.
     """
 
     def __init__(
@@ -57,6 +59,8 @@ class ClipViT3DEncoder(PTAEncoder, name="clip_vit3d"):
         embed_dim: int | None = 512,
         quick_gelu: bool = False,
         vit_style: str = "clip",
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if any(s % patch_size for s in img_size):
@@ -68,6 +72,11 @@ class ClipViT3DEncoder(PTAEncoder, name="clip_vit3d"):
         timm_style = vit_style == "timm"
         # each encoder sees the input distribution of its pre-training: CLIP's statistics, or timm ViTs' 0.5 / 0.5
         self.input_mean, self.input_std = (0.5, 0.5) if timm_style else (CLIP_GREY_MEAN, CLIP_GREY_STD)
+        if image_mean is not None or image_std is not None:  # the pre-training's own (e.g. BiomedCLIP's timm ViT)
+            if image_mean is None or image_std is None:
+                raise ValueError("give image_mean and image_std together")
+            self.input_mean = round(sum(image_mean) / len(image_mean), 4)
+            self.input_std = round(sum(image_std) / len(image_std), 4)
         norm = functools.partial(LayerNorm, eps=1e-6) if timm_style else LayerNorm
         self.grid = tuple(int(s) // patch_size for s in img_size)
         self.spatial_dims, self.in_channels, self.token_channels = 3, in_channels, width
