@@ -32,10 +32,10 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from mosmos_components.checkpoint import load_pretrain_network, load_state_dict, read_sidecar, save_network
+from mosmos_components.checkpoint import load_pretrain_network, read_sidecar, save_network
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResNetEncoder
-from mosmos_components.networks.timm_encoder import TimmCNNEncoder
+from mosmos_components.networks.timm_encoder import TimmCNNEncoder, read_weight_file
 from mosmos_components.networks.unet import MosmosUNet2D
 from mosmos_components.networks.unetr import MosmosUNETR
 from mosmos_components.networks.vit3d import ClipViT3DEncoder
@@ -386,23 +386,6 @@ _TIMM_BLOCK = {
 }
 
 
-def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A plain state dict from ``.safetensors`` or a torch file (``weights_only``; a ``state_dict``/``model``
-    entry is unwrapped)."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ImageNet weights not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = load_state_dict(path, "ImageNet weights")
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
 def _timm_vit_to_open_clip(state: dict) -> dict:
     """A timm ViT's blocks, final norm and class token under open_clip's ``VisionTransformer`` names (the patch
     kernel and the position grid are inflated separately)."""
@@ -435,7 +418,7 @@ def load_imagenet_vit(network: MosmosUNETR, path: str | os.PathLike) -> Transfer
     enc = network.encoder
     if not isinstance(enc.ln_pre, nn.Identity):
         raise ValueError("ImageNet ViT weights need the network built with vit_style='timm' (no pre-norm, patch bias)")
-    state = _read_weights(path)
+    state = read_weight_file(path, "ImageNet weights")
     if "patch_embed.proj.weight" not in state or "cls_token" not in state:
         raise ValueError(f"{source} is not a timm ViT state dict (no patch_embed.proj.weight / cls_token)")
     other = sorted(
@@ -470,7 +453,7 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
     source = str(path)
     if not isinstance(getattr(network, "encoder", None), TorchvisionResNetEncoder):
         raise ValueError("torchvision ResNet weights need MosmosUNet2D built with resnet_style='torchvision'")
-    state = _read_weights(path)
+    state = read_weight_file(path, "ImageNet weights")
     if "conv1.weight" not in state or "layer4.0.conv1.weight" not in state:
         raise ValueError(f"{source} is not a torchvision ResNet state dict (no conv1.weight / layer4)")
     encoder = {k: v for k, v in state.items() if not k.startswith("fc.")}

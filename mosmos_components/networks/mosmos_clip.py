@@ -32,13 +32,12 @@ __all__ = [
     "MODEL_CONFIG_DIR",
     "register_model_configs",
     "create_clip",
+    "resolve_clip",
     "encode_text_embeddings",
     "TagPromptLearner",
     "MosmosPretrainNet",
     "CLIP_MEAN",
     "CLIP_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "TEXT_ASSET_FILES",
     "text_tokenizer",
     "load_image_tower_weights",
@@ -49,8 +48,6 @@ logger = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEMAS = ("local-dir:", "hf-hub:")
 # what a Hugging Face text tower needs besides its weights: its config and its tokenizer (copied next to a checkpoint)
 TEXT_ASSET_FILES = (
@@ -182,19 +179,9 @@ def _load_clip_file(model: nn.Module, path: str) -> None:
         raise RuntimeError(f"could not load CLIP weights from {path}: {e}") from e
 
 
-def create_clip(
-    model_name: str,
-    pretrained: str | None = None,
-    force_quick_gelu: bool = False,
-    model_cfg: dict | None = None,
-    warn_random: bool = True,
-    text_tower: str | None = None,
-    image_tower_weights: str | None = None,
-) -> CLIP | CustomTextCLIP:
-    """Build an open_clip model (:func:`resolve_clip` without the config)."""
-    return resolve_clip(
-        model_name, pretrained, force_quick_gelu, model_cfg, warn_random, text_tower, image_tower_weights
-    )[0]
+def create_clip(*args, **kwargs) -> CLIP | CustomTextCLIP:
+    """Build an open_clip model: :func:`resolve_clip`'s arguments, its model without the config."""
+    return resolve_clip(*args, **kwargs)[0]
 
 
 def resolve_clip(

@@ -18,19 +18,19 @@ __all__ = ["TimmCNNEncoder", "read_weight_file", "map_by_position"]
 logger = logging.getLogger(__name__)
 
 
-def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weight_file(path: str | os.PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
     """A plain state dict from ``.safetensors`` or a torch file (``weights_only``; a ``state_dict``/``model``
-    entry is unwrapped)."""
+    entry is unwrapped); ``what`` names the file in errors."""
     from mosmos_components.checkpoint import load_state_dict
 
     path = str(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = load_state_dict(path, "weights file")
+    state = load_state_dict(path, what)
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
