@@ -298,14 +298,21 @@ class ClassQuerySeparation:
 
 
 def _bootstrap_interval(statistic: Callable, n: int, n_resamples: int, seed: int, confidence: float) -> list[float]:
-    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` units resampled with replacement."""
+    """Percentile bootstrap interval (scipy's) of ``statistic(indices)`` over ``n`` units resampled with
+    replacement."""
     import numpy as np
+    from scipy.stats import bootstrap
 
-    rng = np.random.default_rng(seed)
-    values = [statistic(torch.as_tensor(rng.integers(0, n, n))) for _ in range(n_resamples)]
-    values = np.asarray([v for v in values if v == v], dtype=float)  # NaN: a resample without any positive
-    alpha = (1 - confidence) / 2
-    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+    res = bootstrap(
+        (np.arange(n),),
+        lambda idx: statistic(torch.as_tensor(idx)),
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=seed,
+    )
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
 def retrieval_and_tag_report(
