@@ -6,6 +6,7 @@ mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16 
 mosmos tag-stats CORPUS --out_dir tag_stats                  # tag frequencies of a ROCO / MedPix 2.0 corpus
 mosmos experiment experiments/demo_btcv.json                 # a resumable grid, aggregated
 mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
+mosmos curves runs/pretrain/eval curves.png                 # a run's training and validation curves
 mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
 mosmos demo                                                  # the whole pipeline on generated data
 mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
@@ -120,6 +121,19 @@ class MosmosCLI:
             f"{r['ran']} cell(s) run, {r['skipped']} already done, of {r['cells']} ({time.time() - t:.0f} s); "
             f"results in {r['results']}: " + ", ".join(Path(t).name for t in r["tables"])
         )
+
+    def curves(self, run: str, out_png: str, title: str = "") -> str:
+        """Training and validation curves of a bundle run (its output folder: train_history.csv and
+        val_history.csv, e.g. the loss, dev loss, retrieval and tag mAP of a pre-training) as one PNG."""
+        from mosmos_components.visualize import plot_curves
+
+        folder = Path(run)
+        histories = {
+            n: folder / f"{n}_history.csv" for n in ("train", "val") if (folder / f"{n}_history.csv").is_file()
+        }
+        if not histories:
+            raise FileNotFoundError(f"{folder}: no train_history.csv or val_history.csv (a bundle run's output_dir)")
+        return plot_curves(histories, out_png, title or folder.name)
 
     def wilcoxon(self, per_case_a: str, per_case_b: str, metric: str = "dice", unit: str = "class") -> str:
         """Wilcoxon signed-rank test between two evaluations' per_case.csv: paired per class on the test-set mean

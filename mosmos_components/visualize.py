@@ -41,17 +41,26 @@ def distinct_colours(n: int) -> list:
 
 def curve_figure(histories: dict[str, str | os.PathLike], title: str = ""):
     """The figure of :func:`plot_curves`: per metric file, small multiples (losses and summary metrics; HD95;
-    Dice per class), every line its own colour, legends outside the axes."""
+    Dice per class; a pre-training's retrieval, tag mAP and class-query cosines apart from its losses), every
+    line its own colour, legends outside the axes."""
     panels = []
     for label, path in histories.items():
         h = read_history(path)
         cols = [k for k in h if k != "epoch"]
         per_class = [k for k in cols if k.startswith("dice_")]
         hd = [k for k in cols if "hd95" in k]
-        rest = [k for k in cols if k not in per_class and k not in hd]
+        retrieval = [k for k in cols if k.startswith(("recall_at", "tag_map", "pointing"))]
+        queries = [k for k in cols if k.startswith("query_cosine")]
+        rest = [k for k in cols if k not in per_class + hd + retrieval + queries]
         panels += [
             (name, h, keys)
-            for name, keys in ((label, rest), (f"{label}: HD95 (mm)", hd), (f"{label}: Dice per class", per_class))
+            for name, keys in (
+                (label, rest),
+                (f"{label}: HD95 (mm)", hd),
+                (f"{label}: Dice per class", per_class),
+                (f"{label}: retrieval and tags", retrieval),
+                (f"{label}: class-query cosines", queries),
+            )
             if keys
         ]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.4 * max(len(panels), 1), 3.6), squeeze=False)

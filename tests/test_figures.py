@@ -24,3 +24,23 @@ def test_per_class_curves_have_their_own_panel_distinct_colours_and_an_outside_l
     assert legend.x0 >= per_class.get_window_extent().x1  # beside the axes, not over the curves
     assert [t.get_text() for t in per_class.get_legend().get_texts()][:2] == ["organ 0", "organ 1"]
     assert len({tuple(c) for c in distinct_colours(30)}) == 30
+
+
+def test_pretraining_curves_keep_scores_apart_from_losses(tmp_path):
+    """`mosmos curves RUN OUT.png`: a pre-training's losses, its retrieval and tag mAP, and its class-query cosines
+    each on their own axes (a loss of 6 would flatten a recall of 0.05 to the floor)."""
+    import pytest
+
+    from mosmos_components.cli import MosmosCLI
+
+    with open(tmp_path / "val_history.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "val_loss", "recall_at_1", "tag_map", "query_cosine_acdc"])
+        for e in range(1, 4):
+            w.writerow([e, 6.0 / e, 0.01 * e, 0.1 * e, 0.9])
+    fig = curve_figure({"val": tmp_path / "val_history.csv"})
+    assert [ax.get_title() for ax in fig.axes] == ["val", "val: retrieval and tags", "val: class-query cosines"]
+    out = MosmosCLI().curves(str(tmp_path), str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 0 and out.endswith("c.png")
+    with pytest.raises(FileNotFoundError, match="no train_history.csv"):
+        MosmosCLI().curves(str(tmp_path / "nothing"), str(tmp_path / "d.png"))

@@ -367,3 +367,14 @@ def test_a_clip_with_a_timm_vit_transfers_into_unetr(tmp_path):
     other = MosmosUNETR(1, 3, class_names=names, vit_style="timm", **kw)  # timm's 0.5 / 0.5, not the pre-training's
     with pytest.raises(ValueError, match="set image_mean/image_std"):
         prepare_network(other, str(tmp_path / "pre.pt"))
+
+
+def test_a_hugging_face_tower_without_transformers_names_the_extra(monkeypatch, tiny_bert):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r'pip install "mosmos\[text\]"'):
+        MosmosPretrainNet("mosmos-lite", text_tower=str(tiny_bert))
