@@ -309,7 +309,7 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     for frac in sorted({d["label_fraction"] for d in done}):
         for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
             tables.append(_table(res, done, inits, classes, frac, lam, refs, unit, unit_of))
-    _label_efficiency(res, done, inits)
+    _label_efficiency(res, done, inits, unit if spec.get("unit") else "case")
     _qualitative_panel(res, done, inits)
     if len({d["lambda_pta"] for d in done}) > 1:
         _lambda_box(res, done, inits)
@@ -458,9 +458,13 @@ def _plt():
     return plt
 
 
-def _label_efficiency(res: Path, done, inits) -> None:
+def _label_efficiency(res: Path, done, inits, unit: str = "case") -> None:
+    """Mean Dice against the labelled share (the paper's Fig. 6); where every cell records its training units,
+    against their number (e.g. patients), on a log axis."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    counts = {d["label_fraction"]: len(d["training_units"]) for d in done if d.get("training_units")}
+    by_count = len(counts) == len({d["label_fraction"] for d in done})
     for init in inits:
         fr = sorted({d["label_fraction"] for d in done if d["init"] == init})
         means = [
@@ -472,14 +476,18 @@ def _label_efficiency(res: Path, done, inits) -> None:
             for f in fr
         ]
         ax.errorbar(
-            [100 * f for f in fr],
+            [counts[f] for f in fr] if by_count else [100 * f for f in fr],
             [100 * np.mean(m) for m in means],
             yerr=[100 * np.std(m) for m in means],
             marker="o",
             capsize=3,
             label=init,
         )
-    ax.set(xlabel="labelled training cases (%)", ylabel="test mean Dice (%)", title="Label efficiency")
+    if by_count:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(set(counts.values())), [str(n) for n in sorted(set(counts.values()))])
+    xlabel = f"labelled training {unit}s" if by_count else "labelled training cases (%)"
+    ax.set(xlabel=xlabel, ylabel="test mean Dice (%)", title="Label efficiency")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(res / "label_efficiency.png", dpi=120)
