@@ -143,15 +143,15 @@ def embedding_separation(embeddings: torch.Tensor, names: Sequence[str]) -> dict
     >>> sep["mean_cosine"], sep["max_cosine"]
     (0.0, 0.0)
     """
+    from mosmos_components.metrics import mean_pairwise_cosine
+
     e = F.normalize(embeddings.detach().float(), dim=-1)
-    c = e @ e.t()
-    k = c.shape[0]
+    k = e.shape[0]
     if k < 2:
         return {"mean_cosine": float("nan"), "max_cosine": float("nan"), "closest": []}
-    off = c.masked_fill(torch.eye(k, dtype=torch.bool, device=c.device), float("-inf"))
+    off = (e @ e.t()).masked_fill(torch.eye(k, dtype=torch.bool, device=e.device), float("-inf"))
     i, j = divmod(int(off.argmax()), k)
-    mean = float((c.sum() - c.diagonal().sum()) / (k * (k - 1)))
-    return {"mean_cosine": mean, "max_cosine": float(off.max()), "closest": [names[i], names[j]]}
+    return {"mean_cosine": mean_pairwise_cosine(e), "max_cosine": float(off.max()), "closest": [names[i], names[j]]}
 
 
 def class_query_separation(pretrain: MosmosPretrainNet, names: Sequence[str]) -> dict:
