@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "atomic_torch_save",
     "atomic_json_save",
+    "write_sidecar",
     "save_network",
     "check_finite",
     "load_state_dict",
@@ -92,7 +93,23 @@ def save_network(network: torch.nn.Module, path: str | os.PathLike, extra: dict 
     if assets:
         sidecar["assets"] = {name: _save_assets(folder, path, name) for name, folder in assets.items()}
     _atomic_write(path, lambda fh: fh.write(data))
-    atomic_json_save(sidecar, Path(path).with_suffix(".json"))
+    write_sidecar(sidecar, Path(path).with_suffix(".json"))
+
+
+def _content_hashes(sidecar: dict[str, Any]) -> dict[str, str]:
+    import hashlib
+
+    return {
+        k: hashlib.sha256(json.dumps(v, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+        for k, v in sidecar.items()
+        if k != "content_sha256"
+    }
+
+
+def write_sidecar(sidecar: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a checkpoint's sidecar with a hash of each of its entries (``content_sha256``), so that an edit to
+    the file (class names reordered, the spacing changed) is refused by :func:`read_sidecar`, naming the entry."""
+    atomic_json_save({**sidecar, "content_sha256": _content_hashes(sidecar)}, path)
 
 
 def _save_assets(folder: str | os.PathLike, path: str | os.PathLike, name: str) -> str:
@@ -171,9 +188,25 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint sidecar {side} not found (it must sit next to {path})")
     try:
         with open(side, encoding="utf-8") as fh:
-            return json.load(fh)
+            sidecar = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"checkpoint sidecar {side} is not valid JSON: {e}") from e
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"checkpoint sidecar {side} holds a {type(sidecar).__name__}, not an object")
+    want = sidecar.pop("content_sha256", None)
+    if want is not None:
+        got = _content_hashes(sidecar)
+        changed = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        if changed:
+            how = ", ".join(
+                f"{k} ({'added' if k not in want else 'removed' if k not in got else 'changed'})" for k in changed
+            )
+            raise ValueError(
+                f"checkpoint sidecar {side} was edited after it was written: {how}. It describes how the weights "
+                "were trained (class order, spacing, intensities); an edited one reads scans wrongly. Restore it, "
+                "or train/export again"
+            )
+    return sidecar
 
 
 def load_pretrain_network(path: str | os.PathLike):

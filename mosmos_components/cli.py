@@ -10,7 +10,7 @@ mosmos curves runs/pretrain/eval curves.png                 # a run's training a
 mosmos bundle-demo amos_seg --pretrained_ckpt demo_output/pretrain/models/model.pt   # one bundle's demo
 mosmos demo                                                  # the whole pipeline on generated data
 mosmos segment scan.nii.gz out/ --model bundles/btcv_seg --statistics --preview   # a scan in, organs out
-mosmos locate scan.nii.gz liver "left kidney" --pretrained PRETRAIN/model.pt      # attention maps by name
+mosmos locate scan.nii.gz liver "left kidney" --model PRETRAIN/model.pt          # attention maps by name
 mosmos export-onnx demo_output/btcv_mosmos btcv.onnx        # ONNX (+ sidecar) that mosmos segment runs
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -186,6 +187,9 @@ class MosmosCLI:
         amp: bool | None = None,
         compile: bool = False,
         crop_foreground: bool = True,
+        spacing_range: str | None = None,
+        fov_range: str | None = None,
+        check_geometry: bool = True,
     ) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
         MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
@@ -196,12 +200,25 @@ class MosmosCLI:
         install "mosmos[dicom]"); --amp / --noamp: mixed precision (fp16 on a GPU, the default there; bf16 on a
         CPU, off by default); --overlap 0.25: fewer windows; --compile: the network through torch.compile (the first
         window pays the compilation; for many scans in one process); --nocrop_foreground: windows over the whole
-        field of view, not only the box around the body as in training. Existing outputs are skipped unless
-        --overwrite; a scan that fails is reported, the others go on, and the command fails at the end."""
+        field of view, not only the box around the body as in training. A scan whose geometry no scan has (voxel
+        sizes outside 0.1-30 mm, an extent outside 5-2500 mm, a resampled grid larger than the memory, a qform
+        and sform that disagree) is refused before any work: --spacing_range MIN,MAX and --fov_range MIN,MAX (mm)
+        change the limits, --nocheck_geometry skips the checks. A scan whose outputs all exist is skipped unless
+        --overwrite (one with some of them gets the missing ones); a scan that fails is reported, the others go
+        on, and the command fails at the end."""
         from mosmos_components.segment import segment
 
         t = time.time()
         roi = ",".join(roi_subset) if isinstance(roi_subset, (list, tuple)) else roi_subset
+        limits: dict | bool = {}
+        for key, value, flag in (
+            ("spacing_mm", spacing_range, "--spacing_range"),
+            ("field_of_view_mm", fov_range, "--fov_range"),
+        ):
+            if value is not None:
+                limits[key] = _range(value, flag)
+        if not check_geometry:
+            limits = False
         res = segment(
             input,
             output,
@@ -219,6 +236,7 @@ class MosmosCLI:
             amp=amp,
             compile=compile,
             crop_foreground=crop_foreground,
+            geometry_limits=limits,
         )
         line = (
             f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
@@ -232,21 +250,25 @@ class MosmosCLI:
         self,
         input: str,
         *names: str,
-        pretrained: str,
+        model: str | None = None,
         output_dir: str = "locate_output",
         modality: str = "ct",
         series_uid: str | None = None,
         overwrite: bool = False,
+        pretrained: str | None = None,
     ) -> str:
         """Where is each named structure in the scan INPUT? The pre-trained tag decoder's attention for NAMES (any
         text: names outside the training tags are zero-shot) as NIfTI heat maps on the input grid (each a
-        distribution over the scan) and a preview PNG, in OUTPUT_DIR. --modality ct (abdominal window) or mri."""
+        distribution over the scan), a table of names, files and peaks (<case>_locate.json) and a preview PNG, in
+        OUTPUT_DIR. MODEL: the pre-training checkpoint (model.pt), its models/ folder or the mosmos_pretrain bundle
+        folder. --modality ct (abdominal window) or mri."""
         from mosmos_components.locate import locate
 
+        model = _renamed(model, pretrained, "--model", "--pretrained")
         res = locate(
-            input, list(names), pretrained, output_dir, modality=modality, series_uid=series_uid, overwrite=overwrite
+            input, list(names), model, output_dir, modality=modality, series_uid=series_uid, overwrite=overwrite
         )
-        lines = [f"mosmos locate: {res['case']} -> {output_dir} (preview {res['preview']})"]
+        lines = [f"mosmos locate: {res['case']} -> {output_dir} (table {res['table']}, preview {res['preview']})"]
         for name, r in res["names"].items():
             note = " (zero-shot: not a training tag)" if r["zero_shot"] else ""
             lines.append(f"  {name}{note}: peak at voxel {r['peak_voxel']}, {r['peak_mm']} mm -> {r['map']}")
@@ -267,6 +289,72 @@ class MosmosCLI:
         return run_demo(out_dir, seed=seed, quick=quick)
 
 
+def _renamed(value, old_value, name: str, old_name: str):
+    """An option's value given under its name or, for one release, under its former name (with a warning)."""
+    if old_value is not None:
+        if value is not None:
+            raise ValueError(f"{old_name} is the former name of {name}: give one of them")
+        logging.getLogger("mosmos").warning("%s is now %s; the old name goes in the next release", old_name, name)
+        return old_value
+    if value is None:
+        raise ValueError(f"{name} is required")
+    return value
+
+
+def _range(value, flag: str) -> tuple[float, float]:
+    """``MIN,MAX`` (text or a pair) as two increasing positive numbers, else an error naming ``flag``."""
+    parts = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} takes MIN,MAX in millimetres (e.g. 0.1,30), got {value!r}") from None
+    if not 0 <= lo < hi:
+        raise ValueError(f"{flag}: MIN must be below MAX and not negative, got {value!r}")
+    return lo, hi
+
+
+# flags Fire itself reads (after a lone "--")
+_FIRE_FLAGS = {"help", "h", "helpfull", "interactive", "i", "separator", "completion", "trace", "t", "verbose", "v"}
+
+
+def check_arguments(argv: list[str]) -> None:
+    """Refuse an option the command does not have before the command runs. Fire would run the command with the
+    options it knows and complain about the others only afterwards, when the work is done (and, for ``segment``,
+    the outputs written, so that the corrected command then skips the scan)."""
+    import difflib
+    import inspect
+
+    args = list(argv)
+    if "--" in args:
+        args = args[: args.index("--")]
+    if not args or args[0].startswith("-"):
+        return
+    name = args[0].replace("-", "_")
+    method = getattr(MosmosCLI, name, None)
+    if method is None or name.startswith("_") or not callable(method):
+        commands = sorted(n.replace("_", "-") for n in vars(MosmosCLI) if not n.startswith("_"))
+        close = difflib.get_close_matches(args[0], commands, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise SystemExit(f"mosmos: no command {args[0]!r}{hint}; commands: {', '.join(commands)}")
+    params = [p for p in inspect.signature(method).parameters if p != "self"]
+    kinds = inspect.signature(method).parameters
+    known = {
+        p for p in params if kinds[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    for token in args[1:]:
+        if not token.startswith("--") or len(token) == 2:
+            continue
+        flag = token[2:].split("=", 1)[0].replace("-", "_")
+        if flag in known or (flag.startswith("no") and flag[2:] in known) or flag in _FIRE_FLAGS:
+            continue
+        close = difflib.get_close_matches(flag, sorted(known), n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise SystemExit(
+            f"mosmos {args[0]}: unknown option --{flag}{hint}; nothing was run. Options: "
+            + ", ".join(f"--{k}" for k in params if k in known)
+        )
+
+
 def main() -> None:
     from mosmos_components.errors import install_summary_hook
     from mosmos_components.runtime import keep_freed_memory
@@ -274,6 +362,7 @@ def main() -> None:
     keep_freed_memory()  # large tensors reused, not faulted in again at every step (runtime.py)
     logging.basicConfig(level=logging.WARNING)
     install_summary_hook()  # the root cause of a failure is the last line printed
+    check_arguments(sys.argv[1:])
     fire.Fire(MosmosCLI, name="mosmos")
 
 

@@ -12,21 +12,18 @@ import numpy as np
 __all__ = ["write_dicom_seg", "source_instances"]
 
 
-def source_instances(folder: str | os.PathLike, series_uid: str | None) -> list:
-    """The instances of series ``series_uid`` in ``folder`` (pydicom datasets), in the order MONAI's ITK reader
-    stacks them: by position along the slice normal, ascending."""
+def source_instances(item: dict) -> list:
+    """The instances of the series ``item`` names (pydicom datasets): its ``series_files`` (see
+    :func:`mosmos_components.data.datalist.inference_inputs`), in the order MONAI's ITK reader stacks them: by
+    position along the slice normal, ascending."""
     import pydicom
 
-    from mosmos_components.data.datalist import is_dicom_file
+    from mosmos_components.data.datalist import inference_inputs
 
-    out = []
-    for f in sorted(Path(folder).iterdir()):
-        if f.is_file() and is_dicom_file(f):
-            ds = pydicom.dcmread(f)
-            if series_uid is None or str(ds.SeriesInstanceUID) == str(series_uid):
-                out.append(ds)
+    files = item.get("series_files") or inference_inputs(item["image"], item.get("series_uid"))[0]["series_files"]
+    out = [pydicom.dcmread(f) for f in files]
     if not out:
-        raise FileNotFoundError(f"{folder}: no DICOM instance of series {series_uid}")
+        raise FileNotFoundError(f"{item['image']}: no DICOM instance of series {item.get('series_uid')}")
     iop = np.asarray(out[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
     return sorted(out, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))
@@ -48,7 +45,7 @@ def write_dicom_seg(
             f"{folder}: --output_type dicom_seg needs a DICOM series as input (a DICOM SEG references "
             "its source instances); write NIfTI for this scan"
         )
-    sources = source_instances(folder, item.get("series_uid"))
+    sources = source_instances(item)
     if len(sources) != label.shape[2]:
         raise ValueError(f"{folder}: {len(sources)} instances but the label map has {label.shape[2]} slices")
     frames = np.stack([label[:, :, k].T for k in range(label.shape[2])])  # (slices, rows, columns)

@@ -123,6 +123,7 @@ def load_spec(path: str | Path) -> dict:
                     f"{path}: init '{name}' names the variant {f}, which {configs} does not have "
                     f"(there: {sorted(str(p.relative_to(configs)) for p in configs.glob('*/*.json'))})"
                 )
+    _check_spec(spec, path, configs)
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
     spec.setdefault("label_fractions", [1.0])
@@ -131,6 +132,95 @@ def load_spec(path: str | Path) -> dict:
     spec.setdefault("overrides", {})
     spec["_path"] = str(path)
     return spec
+
+
+#: what a spec may hold (the module docstring says what each means)
+SPEC_KEYS = (
+    "name",
+    "description",
+    "bundle",
+    "configs",
+    "dataset_dir",
+    "output_dir",
+    "overrides",
+    "inits",
+    "reference",
+    "label_fractions",
+    "seeds",
+    "lambdas",
+    "fraction_inits",
+    "fraction_overrides",
+    "split_seed",
+    "tracking",
+    "unit",
+    "panel_cases",
+)
+
+
+def _check_spec(spec: dict, path: Path, configs: Path) -> None:
+    """Everything a spec says, checked before its first cell: its keys, the override keys (each must be a key of
+    the bundle's configs, nested ones as ``a#b``), label fractions in (0, 1], λ in [0, 1], no value twice. Errors
+    name the spec file and, for a misspelt key, the closest valid one."""
+    import difflib
+
+    from monai.bundle import ConfigParser
+
+    def close(word, options) -> str:
+        match = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+        return f" (did you mean '{match[0]}'?)" if match else ""
+
+    unknown = [k for k in spec if k not in SPEC_KEYS and not str(k).startswith("_")]
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown spec key '{unknown[0]}'{close(unknown[0], SPEC_KEYS)}; a spec holds {list(SPEC_KEYS)}"
+        )
+    for key, low, high, low_open in (("label_fractions", 0.0, 1.0, True), ("lambdas", 0.0, 1.0, False)):
+        values = spec.get(key, [1.0] if key == "label_fractions" else [None])
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: '{key}' must be a non-empty list, got {values!r}")
+        for v in values:
+            if v is None and key == "lambdas":
+                continue
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not (low < v <= high if low_open else low <= v <= high)
+            ):
+                raise ValueError(
+                    f"{path}: '{key}' holds {v!r}; each must lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+                )
+    seeds = spec.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)
+    ):
+        raise ValueError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    for key in ("label_fractions", "seeds", "lambdas"):
+        values = [v for v in spec.get(key) or [] if v is not None and not isinstance(v, (list, dict))]
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{path}: '{key}' lists {twice} more than once (each cell would run twice)")
+    files = [configs / f for f in spec["configs"]]
+    files += [configs / f for init in spec["inits"].values() for f in _variants(init)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{path}: the bundle has no config {missing[0]}")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in dict.fromkeys(files)])
+    top = [k for k in parser.get() if not str(k).startswith("_")]
+    groups = [("overrides", spec.get("overrides") or {})]
+    groups += [(f"fraction_overrides '{k}'", v) for k, v in (spec.get("fraction_overrides") or {}).items()]
+    groups += [(f"init '{k}'", {a: b for a, b in v.items() if a != "variant"}) for k, v in spec["inits"].items()]
+    for where, over in groups:
+        if not isinstance(over, dict):
+            raise ValueError(f"{path}: {where} must map config keys to values, got {over!r}")
+        for key in over:
+            if key not in parser:
+                raise ValueError(
+                    f"{path}: {where}: '{key}' is not a key of the {spec['bundle']} configs{close(key, top)}; "
+                    "it would change nothing"
+                )
 
 
 def cells_of(spec: dict) -> list[Cell]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.checkpoint import atomic_json_save, is_2d_network, load_segmentation_network, read_sidecar
+from mosmos_components.checkpoint import is_2d_network, load_segmentation_network, read_sidecar, write_sidecar
 
 __all__ = ["export_onnx", "OnnxNetwork"]
 
@@ -104,5 +104,5 @@ def export_onnx(
         if tmp.exists():
             tmp.unlink()
     if not shared:  # the weights' own sidecar serves when the export sits beside them
-        atomic_json_save({**cfg, "exported_from": str(model_pt), "onnx_opset": opset}, side)
+        write_sidecar({**cfg, "exported_from": str(model_pt), "onnx_opset": opset}, side)
     return str(out)

@@ -150,6 +150,14 @@ class TrainingCheckpointer:
                 raise RuntimeError(f"training checkpoint {self.path}: '{k}' does not fit this run: {e}") from e
         engine.state.epoch = int(state["trainer"]["epoch"])
         engine.state.iteration = int(state["trainer"]["iteration"])
+        for obj in self.save_dict.values():  # a best model recorded but gone: never rc 0 without it
+            if isinstance(obj, BestModelSaver) and math.isfinite(obj.best) and not obj.path.is_file():
+                raise FileNotFoundError(
+                    f"{obj.path} is missing, yet {self.path} (epoch {engine.state.epoch} of "
+                    f"{engine.state.max_epochs}) records a best model with {obj.metric_name}={obj.best:.5f}: the "
+                    "training checkpoint holds the last epoch's weights, not the best ones. Put the file back, or "
+                    f"train afresh (delete {self.path.name} or set resume false)"
+                )
         logger.info("resumed from %s at epoch %d / %d", self.path, engine.state.epoch, engine.state.max_epochs)
         if engine.state.epoch >= engine.state.max_epochs:
             logger.info("%s: training already reached max_epochs=%d", os.fspath(self.path), engine.state.max_epochs)

@@ -13,13 +13,12 @@ over the whole scan:
 
 The maps are written as NIfTI heat maps on the input's exact grid (float32, summing to 1), with a preview PNG.
 
-    mosmos locate scan.nii.gz liver "left kidney" --pretrained runs/pretrain/models/model.pt --output_dir out/
+    mosmos locate scan.nii.gz liver "left kidney" --model runs/pretrain --output_dir out/
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -114,31 +113,33 @@ def locate(
     overwrite: bool = False,
     batch: int = 16,
 ) -> dict:
-    """Write one heat map per name (``<case>_<name>.nii.gz``, on the input grid, summing to 1) and
+    """Write one heat map per name (``<case>_<name>.nii.gz``, on the input grid, summing to 1; file names unique
+    and bounded: :func:`~mosmos_components.segment.file_names`), ``<case>_locate.json`` (name -> file, peak) and
     ``<case>_locate.png`` for the scan INPUT; returns per name the peak (voxel and world mm) and whether the name
-    was a training tag."""
+    was a training tag. ``pretrained``: the pre-training checkpoint (``model.pt``), its ``models/`` folder or the
+    bundle folder."""
     from monai.data import MetaTensor
     from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, Orientationd
 
-    from mosmos_components.checkpoint import load_pretrain_network
+    from mosmos_components.checkpoint import atomic_json_save, load_pretrain_network
     from mosmos_components.data.datalist import inference_inputs
-    from mosmos_components.segment import _write_nifti, case_name
+    from mosmos_components.segment import _write_nifti, case_name, file_names, resolve_model
     from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd
 
-    names = [n.strip() for n in names if n and n.strip()]
+    names = list(dict.fromkeys(n.strip() for n in names if n and n.strip()))
     if not names:
-        raise ValueError("give at least one structure name, e.g. mosmos locate scan.nii.gz liver --pretrained ...")
+        raise ValueError("give at least one structure name, e.g. mosmos locate scan.nii.gz liver --model ...")
     items = inference_inputs(input, series_uid)
     if len(items) != 1:
         raise ValueError(f"{input}: mosmos locate takes one scan, found {len(items)}")
     item = items[0]
     case = case_name(item)
     out = Path(output_dir)
-    targets = {n: out / f"{case}_{re.sub(r'[^A-Za-z0-9]+', '_', n).strip('_')}.nii.gz" for n in names}
+    targets = {n: out / f"{case}_{stem}.nii.gz" for n, stem in zip(names, file_names(names))}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists (--overwrite to replace it)")
-    net = load_pretrain_network(pretrained).eval()
+    net = load_pretrain_network(resolve_model(pretrained)).eval()
     pre = Compose(
         [
             LoadImageNamed(keys="image", image_only=True),
@@ -191,4 +192,5 @@ def locate(
         out / f"{case}_locate.png",
         window,
     )
-    return {"case": case, "names": found, "preview": png}
+    atomic_json_save({"scan": str(item["image"]), "names": found}, out / f"{case}_locate.json")
+    return {"case": case, "names": found, "preview": png, "table": str(out / f"{case}_locate.json")}

@@ -113,6 +113,11 @@ def load_model(
     what a bundle requires of it (class names, channels; :func:`~mosmos_components.checkpoint.check_expectations`)."""
     path = resolve_model(model)
     cfg = read_sidecar(path)
+    if not isinstance(cfg.get("class_names"), list) or len(cfg["class_names"]) < 1:
+        raise ValueError(
+            f"{path.with_suffix('.json')}: the sidecar gives no class_names (the names of the model's output "
+            "channels, in order); it is not the sidecar of a segmentation model"
+        )
     if path.suffix in (".ts", ".onnx"):  # exported: the network is the exported graph; how to read scans, the sidecar's
         if expect:
             check_expectations(path, cfg, expect)
@@ -168,6 +173,7 @@ def preprocessing(
     nonfinite: str = "error",
     device: str | torch.device | None = None,
     crop_foreground: bool = True,
+    geometry_limits: dict | None = None,
 ):
     """MONAI's transforms that read a scan as the model was trained (its sidecar's orientation, spacing and
     intensity handling; the channel count checked): ``{"image": path}`` -> ``image`` on the model's grid, and with
@@ -176,22 +182,32 @@ def preprocessing(
 
     ``crop_foreground``: cut the image to the box around the body (:func:`~mosmos_components.transforms.crop_to_body`),
     as training and validation do, so that no window is spent on the air around it; ``Invertd`` pads the prediction
-    back with background."""
+    back with background.
+
+    Before any resampling the scan's geometry is checked (:class:`~mosmos_components.transforms.CheckNiftiHeaderd`,
+    :class:`~mosmos_components.transforms.CheckGeometryd`; ``geometry_limits`` overrides
+    :data:`~mosmos_components.transforms.GEOMETRY_LIMITS`, ``False`` skips the checks)."""
     from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, EnsureTyped, Orientationd, Spacingd
 
     from mosmos_components.transforms import (
         RAS_LABELS,
+        CheckGeometryd,
+        CheckNiftiHeaderd,
         LoadImageNamed,
         ModalityIntensityd,
         ValidateSegmentationPaird,
         crop_to_body,
     )
 
+    check = geometry_limits is not False
+    limits = geometry_limits if isinstance(geometry_limits, dict) else None
     return Compose(
         [
+            *([CheckNiftiHeaderd(keys="image")] if check else []),
             LoadImageNamed(keys="image", image_only=True),
             EnsureChannelFirstd(keys="image"),
             ValidateSegmentationPaird(keys=["image", "label"], in_channels=m.in_channels, nonfinite=nonfinite),
+            *([CheckGeometryd("image", m.pixdim, len(m.class_names) + 1, limits)] if check else []),
             *([CopyItemsd(keys="image", names="raw")] if keep_raw else []),  # the input grid and intensities
             *(
                 [EnsureTyped(keys="image", device=device)]
@@ -384,9 +400,15 @@ def structure_statistics(label: np.ndarray, intensity: np.ndarray, affine: np.nd
     return rows
 
 
-def _write_statistics(rows: list[dict], case: str, out: Path, extra: dict) -> list[str]:
+def _write_statistics(rows: list[dict], case: str, out: Path, extra: dict, wanted: set | None = None) -> list[str]:
+    """``<case>_statistics.json`` and ``.csv`` (those of them in ``wanted``, when given)."""
     js, cs = out / f"{case}_statistics.json", out / f"{case}_statistics.csv"
-    atomic_json_save({**extra, "structures": rows}, js)
+    written = []
+    if wanted is None or str(js) in wanted:
+        atomic_json_save({**extra, "structures": rows}, js)
+        written.append(str(js))
+    if wanted is not None and str(cs) not in wanted:
+        return written
     cols = [
         "structure",
         "label",
@@ -411,7 +433,7 @@ def _write_statistics(rows: list[dict], case: str, out: Path, extra: dict) -> li
         fh.write(buf.getvalue().encode("utf-8"))
 
     _atomic_write(cs, write)
-    return [str(js), str(cs)]
+    return written + [str(cs)]
 
 
 def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -479,7 +501,7 @@ def plot_preview(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100, bbox_inches="tight")
+    _atomic_write(out_png, lambda fh: fig.savefig(fh, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
     return str(out_png)
 
@@ -489,11 +511,55 @@ def _subset(names: list[str], roi_subset: str | list[str] | tuple | None) -> lis
     if roi_subset is None:
         return list(range(1, len(names) + 1))
     wanted = [s.strip() for s in (roi_subset.split(",") if isinstance(roi_subset, str) else roi_subset) if s.strip()]
+    if not wanted:
+        raise ValueError(f"--roi_subset {roi_subset!r} names no structure; give names of {names}, or leave it out")
     lower = {n.lower(): i for i, n in enumerate(names, start=1)}
     unknown = [w for w in wanted if w.lower() not in lower]
     if unknown:
         raise ValueError(f"--roi_subset: {unknown} are not structures of this model; it knows {names}")
     return [lower[w.lower()] for w in wanted]
+
+
+#: longest file name stem derived from a structure or query name (file systems allow 255 bytes)
+MAX_NAME_LENGTH = 60
+
+
+def file_names(names: Sequence[str]) -> list[str]:
+    """One file name stem per name, unique and bounded: the name's letters and digits joined by ``_``
+    (at most :data:`MAX_NAME_LENGTH` characters), with a short hash of the exact name added where that stem is
+    empty, shortened or shared with another name ("left kidney" and "left-kidney"), so no output replaces another.
+
+    >>> file_names(["liver", "left kidney", "left-kidney", "肝臓"])[:2]
+    ['liver', 'left_kidney_a4a3461c']
+    """
+    import hashlib
+
+    stems = [re.sub(r"[^A-Za-z0-9]+", "_", n).strip("_")[:MAX_NAME_LENGTH].strip("_") for n in names]
+    out = []
+    for name, stem in zip(names, stems):
+        plain = (
+            stem and stems.count(stem) == 1 and len(re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")) <= MAX_NAME_LENGTH
+        )
+        tag = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+        out.append(stem if plain else f"{stem}_{tag}" if stem else tag)
+    return out
+
+
+def planned_outputs(
+    case: str, out: Path, names: list[str], split: bool, statistics: bool, preview: bool, output_type: str
+) -> list[Path]:
+    """Every file one scan's segmentation is asked to write (a scan is done only when all of them exist)."""
+    if output_type == "dicom_seg":
+        files = [out / f"{case}_seg.dcm"]
+    elif split:
+        files = [out / case / f"{n}.nii.gz" for n in file_names(names)]
+    else:
+        files = [out / f"{case}.nii.gz"]
+    if statistics:
+        files += [out / f"{case}_statistics.json", out / f"{case}_statistics.csv"]
+    if preview:
+        files.append(out / f"{case}_preview.png")
+    return files
 
 
 def segment(
@@ -514,12 +580,17 @@ def segment(
     amp: bool | None = None,
     compile: bool = False,
     crop_foreground: bool = True,
+    geometry_limits: dict | bool | None = None,
 ) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
     OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
     fails is reported and the others go on; the returned summary lists both (``failed``). ``amp``: mixed precision
     (:func:`autocast`; default on a GPU only); ``compile``: the network through ``torch.compile`` (:func:`compiled`);
-    ``crop_foreground``: see :func:`preprocessing`."""
+    ``crop_foreground``, ``geometry_limits``: see :func:`preprocessing`.
+
+    A scan is done when every output asked of it exists (:func:`planned_outputs`; each is written under a
+    temporary name and renamed into place): it is skipped then, unless ``overwrite``; a scan with some of its
+    outputs (an interrupted run, or new ones asked for) is segmented again and only the missing ones written."""
     from tqdm import tqdm
 
     from mosmos_components.data.datalist import inference_inputs
@@ -531,25 +602,32 @@ def segment(
     if compile:
         m = compiled(m)
     keep = _subset(m.structures, roi_subset)
-    items = inference_inputs(input, series_uid)
+    kept = [m.structures[k - 1] for k in keep]
+    items = inference_inputs(input, series_uid, keep_going=True)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
-    pre = preprocessing(m, device=device, crop_foreground=crop_foreground)
+    pre = preprocessing(m, device=device, crop_foreground=crop_foreground, geometry_limits=geometry_limits)
     say = tqdm.write if progress else print
     window_bar = progress and len(items) == 1  # several scans: one bar over the scans
     for item in tqdm(items, desc="scans", unit="scan", disable=not progress or len(items) < 2):
         case = case_name(item)
-        target = out / (case if split else f"{case}.nii.gz")
-        if output_type == "dicom_seg":
-            target = out / f"{case}_seg.dcm"
-        if target.exists() and not overwrite:
-            logger.warning("%s exists: skipped (--overwrite to replace it)", target)
-            say(f"{case}: {target} exists, skipped (--overwrite to replace it)")
-            skipped.append(str(target))
+        planned = planned_outputs(case, out, kept, split, statistics, preview, output_type)
+        missing = planned if overwrite else [f for f in planned if not f.exists()]
+        if not missing:
+            logger.warning("%s: all outputs exist: skipped (--overwrite to replace them)", case)
+            say(f"{case}: its outputs exist, skipped (--overwrite to replace them)")
+            skipped.append(str(planned[0]))
             continue
+        if len(missing) < len(planned):
+            say(
+                f"{case}: {len(planned) - len(missing)} of {len(planned)} outputs exist; "
+                f"writing the other {len(missing)}"
+            )
         t0 = time.perf_counter()
         try:
+            if "error" in item:
+                raise ValueError(item["error"])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 res = segment_scan(item, m, device, sw_batch_size, overlap, window_bar, pre, amp)
@@ -557,16 +635,21 @@ def segment(
             if len(keep) < len(m.structures):
                 label = np.where(np.isin(label, keep), label, 0).astype(label.dtype)
             t_write = time.perf_counter()
-            written = _write_outputs(item, case, label, res, m, keep, out, target, split, output_type)
+            wanted = {str(f) for f in missing}
+            written = _write_outputs(item, label, res, m, keep, planned, wanted, split, output_type)
             intensity = np.asarray(res["raw"][0].detach().cpu()) if statistics or preview else None
-            if statistics:
+            if statistics and {str(out / f"{case}_statistics.{x}") for x in ("json", "csv")} & wanted:
                 rows = [
                     r for r in structure_statistics(label, intensity, res["affine"], m.structures) if r["label"] in keep
                 ]
                 written += _write_statistics(
-                    rows, case, out, {"scan": str(item["image"]), "model": str(m.path), "modality": m.modality}
+                    rows,
+                    case,
+                    out,
+                    {"scan": str(item["image"]), "model": str(m.path), "modality": m.modality},
+                    wanted,
                 )
-            if preview:
+            if preview and str(out / f"{case}_preview.png") in wanted:
                 window = tuple(m.intensity_range) if m.modality == "ct" else None
                 written.append(
                     plot_preview(
@@ -584,7 +667,7 @@ def segment(
             found = [m.structures[k - 1] for k in keep if (label == k).any()]
             say(
                 f"{case}: {len(found)}/{len(keep)} structures found, {total:.1f} s "
-                f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {written[0]}"
+                f"({', '.join(f'{k} {v:.1f} s' for k, v in secs.items())}) -> {planned[0]}"
             )
             done.append(
                 {
@@ -606,20 +689,23 @@ def segment(
 
 
 def _write_outputs(
-    item, case, label, res, m, keep, out: Path, target: Path, split: bool, output_type: str
+    item, label, res, m, keep, planned: list[Path], wanted: set, split: bool, output_type: str
 ) -> list[str]:
+    """Write the label outputs among ``planned`` that are ``wanted`` (the others exist already)."""
     if output_type == "dicom_seg":
+        if str(planned[0]) not in wanted:
+            return []
         from mosmos_components.dicom_seg import write_dicom_seg
 
-        return [write_dicom_seg(item, label, [m.structures[k - 1] for k in keep], keep, target, m)]
+        return [write_dicom_seg(item, label, [m.structures[k - 1] for k in keep], keep, planned[0], m)]
     if not split:
-        _write_nifti(label, item, res["affine"], target)
-        return [str(target)]
-    target.mkdir(parents=True, exist_ok=True)
+        if str(planned[0]) not in wanted:
+            return []
+        _write_nifti(label, item, res["affine"], planned[0])
+        return [str(planned[0])]
     written = []
-    for k in keep:
-        name = re.sub(r"[^A-Za-z0-9]+", "_", m.structures[k - 1]).strip("_")
-        path = target / f"{name}.nii.gz"
-        _write_nifti((label == k).astype(np.uint8), item, res["affine"], path)
-        written.append(str(path))
+    for k, path in zip(keep, planned):
+        if str(path) in wanted:
+            _write_nifti((label == k).astype(np.uint8), item, res["affine"], path)
+            written.append(str(path))
     return written

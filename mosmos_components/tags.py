@@ -36,6 +36,7 @@ __all__ = ["TagVocabulary", "TagExtractor", "extract_tags", "tags_to_multi_hot",
 _PHRASE_BREAK = re.compile(r"[,.;:()\[\]!?\n]")
 _SENTENCE_END = re.compile(r"[.;!?](?=\s|$)|\n")
 _MAX_SIDE_GAP_WORDS = 2  # "left lower pole renal cyst": the side word may precede the organ word by two words
+_MIN_WORDS_FOR_LANGUAGE = 5  # shorter texts ("Leber", "CT abdomen") say too little about their language
 _SIDE_WINDOW = 256  # characters looked back for a side word: bounded, so extraction stays linear in the text
 
 
@@ -60,6 +61,7 @@ class TagVocabulary:
         self.side_words: dict[str, str] = {}
         self.contexts: dict[str, set[str]] = {}  # name -> lower-case words
         self.abbreviation_contexts: dict[str, tuple[str, str | None]] = {}  # abbreviation -> (context, unless)
+        self.stop_words: set[str] = set()  # the language's commonest words: a text without any is in another one
         files = ([_vocab_path()] if include_default else []) + [os.fspath(p) for p in (paths or [])]
         if not files:
             raise ValueError("TagVocabulary needs at least one vocabulary file.")
@@ -105,6 +107,7 @@ class TagVocabulary:
             for w in words:
                 self.side_words[w.lower()] = side
         self.ignore.update(w.lower() for w in data.get("ignore", []))
+        self.stop_words.update(w.lower() for w in data.get("stop_words", []))
         for name, words in data.get("contexts", {}).items():
             self.contexts.setdefault(name, set()).update(w.lower() for w in words)
         for abbr, spec in data.get("abbreviation_contexts", {}).items():
@@ -135,6 +138,7 @@ class TagExtractor:
             raise ValueError(f"unsided must be 'both' or 'none', got {unsided!r}")
         self.vocabulary = vocabulary or TagVocabulary()
         self.unsided = unsided
+        self._warned_language = False  # said once per extractor
         v = self.vocabulary
         alternatives = []  # (length, pattern); longest first makes the regex take the longest phrase
         for phrase in set(v.phrases) | set(v.sided) | v.ignore:
@@ -175,6 +179,20 @@ class TagExtractor:
         found: set[str] = set()
         for start, end in self._sentences(text):
             found |= self._sentence_tags(text, start, end)
+        if not found and not self._warned_language and v.stop_words:
+            words = re.findall(r"[^\W\d_]+", text.lower())
+            if len(words) >= _MIN_WORDS_FOR_LANGUAGE and not v.stop_words.intersection(words):
+                import warnings
+
+                self._warned_language = True
+                warnings.warn(
+                    f"a report of {len(words)} words holds none of the vocabulary's common words "
+                    f"({', '.join(sorted(v.stop_words)[:5])}, ...): it is probably not in the vocabulary's language "
+                    "(English), so no tag can be found in it. Add a vocabulary in that language (docs/method.md, "
+                    "'Tag vocabulary'; mosmos tags --vocab FILE)",
+                    UserWarning,
+                    stacklevel=2,
+                )
         return [t for t in v.tags if t in found]
 
     @staticmethod

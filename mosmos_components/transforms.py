@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import open_clip
 import torch
 from monai.config import KeysCollection
@@ -27,6 +28,10 @@ __all__ = [
     "foreground_or_all",
     "crop_to_body",
     "RAS_LABELS",
+    "GEOMETRY_LIMITS",
+    "CheckNiftiHeaderd",
+    "CheckGeometryd",
+    "nifti_header_problem",
 ]
 
 #: MONAI's axis labels for RAS, passed to ``Orientationd`` explicitly (its default argument warns on every use)
@@ -56,36 +61,31 @@ def _check_label_values(data: Mapping, key: Hashable, label, allowed, known: str
         raise ValueError(f"{_source(data, key)}: unknown label value(s) {unknown[:10]}; {known}")
 
 
-def _itk_series_id(folder: str, uid: str) -> str:
-    """ITK's identifier of DICOM series ``uid`` in ``folder``: MONAI's ``ITKReader`` asks GDCM for series with
-    details, whose identifiers are the SeriesInstanceUID followed by the image geometry."""
-    import itk
+def _series_reader(files: Sequence[str]):
+    """MONAI's ``ITKReader`` that reads exactly ``files`` (one DICOM series, in slice order) as one volume,
+    whatever else their folder holds and however GDCM would group them."""
+    from monai.data import ITKReader
 
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)
-    names.AddSeriesRestriction("0008|0021")
-    names.SetDirectory(folder)
-    ids = [str(i) for i in names.GetSeriesUIDs() if str(i) == uid or str(i).startswith(uid + ".")]
-    if len(ids) != 1:
-        raise OSError(
-            f"{folder}: DICOM series {uid} is {'not found' if not ids else 'split'} by ITK's reader "
-            f"({len(ids)} parts: its slices differ in size or date)"
-        )
-    return ids[0]
+    class _Files(ITKReader):
+        def read(self, data, **kwargs):
+            import itk
+
+            names = [str(f) for f in files]
+            return itk.imread(names if len(names) > 1 else names[0], **{**self.kwargs, **kwargs})
+
+    return _Files()
 
 
 class LoadImageNamed(LoadImaged):
     """MONAI's ``LoadImaged`` whose read errors name the file: a truncated ``.nii.gz`` otherwise fails with a bare
     ``EOFError`` ("Compressed file ended before the end-of-stream marker was reached") and no path. An item with a
-    ``series_uid`` (a DICOM folder, see :func:`mosmos_components.data.datalist.inference_inputs`) is read with
-    ITK's reader restricted to that series."""
+    ``series_files`` (a DICOM folder, see :func:`mosmos_components.data.datalist.inference_inputs`) is read with
+    ITK's reader from exactly those files."""
 
     def __call__(self, data, reader=None):
-        uid = data.get("series_uid") if isinstance(data, Mapping) else None
-        if reader is None and uid:  # a DICOM folder: read the chosen series
-            from monai.data import ITKReader
-
-            reader = ITKReader(series_name=_itk_series_id(str(data[self.keys[0]]), str(uid)))
+        files = data.get("series_files") if isinstance(data, Mapping) else None
+        if reader is None and files:  # a DICOM folder: read exactly the files of the chosen series
+            reader = _series_reader(files)
         try:
             return super().__call__(data, reader)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
@@ -323,6 +323,139 @@ def foreground_or_all(img):
     voxel where there are none. MONAI's default would crop a scan without foreground to an empty volume."""
     fg = img > 0
     return fg if fg.any() else fg | True
+
+
+#: what a scan's geometry may be before ``mosmos segment`` spends any work on it: voxel sizes and the physical
+#: extent of each axis (millimetres), and the share of the available memory the planned resampled grid may take
+#: (docs/architecture.md, "Reliability"); ``mosmos segment --spacing_range 0.05,40`` etc. override them
+GEOMETRY_LIMITS = {"spacing_mm": (0.1, 30.0), "field_of_view_mm": (5.0, 2500.0), "memory_share": 0.8}
+
+
+def nifti_header_problem(path: str) -> str | None:
+    """What is wrong with a NIfTI file's geometry, read from its header alone (no voxel data): a non-finite
+    affine, zero or non-finite voxel sizes with no valid sform to stand in, or a qform and an sform that
+    disagree (readers differ in which they take, so the scan would be segmented at the wrong scale)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    header = None
+    for kind in (nib.Nifti1Header, nib.Nifti2Header):  # as written: nibabel's loader would turn pixdim 0 into 1
+        try:
+            with ImageOpener(path) as fh:
+                header = kind.from_fileobj(fh, check=False)
+            if int(header["sizeof_hdr"]) == kind.sizeof_hdr:
+                break
+        except Exception:  # noqa: BLE001 - the reader reports unreadable files itself
+            header = None
+    if header is None:
+        return None
+    zooms = np.asarray(header["pixdim"][1:4], dtype=float)
+    sform, s_code = header.get_sform(coded=True)
+    qform, q_code = header.get_qform(coded=True)
+    for name, aff in (("sform", sform), ("qform", qform)):
+        if aff is not None and not np.isfinite(aff).all():
+            return f"its {name} holds NaN/Inf values: the scan has no usable position in space"
+    valid_sform = s_code and sform is not None and abs(np.linalg.det(sform[:3, :3])) > 1e-12
+    if (not np.isfinite(zooms).all() or (zooms <= 0).any()) and not valid_sform:
+        return (
+            f"voxel sizes {zooms.round(4).tolist()} (pixdim) with no valid sform: the scan has no usable geometry; "
+            "fix the header (nibabel: img.header.set_zooms)"
+        )
+    if valid_sform:
+        s_zooms = np.linalg.norm(sform[:3, :3], axis=0)
+        if not np.allclose(s_zooms, zooms, rtol=1e-3, atol=1e-4):
+            return (
+                f"the sform gives voxel sizes {s_zooms.round(4).tolist()} mm, pixdim (and the qform) "
+                f"{zooms.round(4).tolist()}: readers differ in which they take; make them agree"
+            )
+        if q_code and qform is not None and not np.allclose(qform, sform, atol=1e-3 * max(1.0, float(s_zooms.max()))):
+            return (
+                "its qform and sform place the voxels differently: readers differ in which they take; make them agree"
+            )
+    return None
+
+
+class CheckNiftiHeaderd(MapTransform):
+    """Refuse a NIfTI input whose header geometry is impossible or ambiguous (:func:`nifti_header_problem`),
+    before it is read; other formats pass."""
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            if path.lower().endswith((".nii", ".nii.gz")):
+                problem = nifti_header_problem(path)
+                if problem:
+                    raise ValueError(f"{path}: {problem}")
+        return d
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class CheckGeometryd(MapTransform):
+    """Refuse a loaded (channel-first) image whose geometry no scan of the model's kind has, before any
+    resampling: a non-finite affine, a voxel size or a physical extent outside ``limits``
+    (:data:`GEOMETRY_LIMITS`), or a resampled grid (to ``pixdim``) whose image and ``channels`` output maps would
+    not fit in the available memory. Each error names the file, what was found and the limit.
+
+    Args:
+        keys: image keys.
+        pixdim: the grid the scan will be resampled to (mm).
+        channels: maps held per voxel of that grid besides the image (the model's outputs and the stitching
+            weights).
+        limits: overrides of :data:`GEOMETRY_LIMITS` entries.
+    """
+
+    def __init__(self, keys: KeysCollection, pixdim: Sequence[float], channels: int, limits: Mapping | None = None):
+        super().__init__(keys)
+        self.pixdim = [float(v) for v in pixdim]
+        self.channels = int(channels)
+        self.limits = {**GEOMETRY_LIMITS, **dict(limits or {})}
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img, src = d[key], _source(d, key)
+            affine = np.asarray(torch.as_tensor(img.affine).detach().cpu(), dtype=float)
+            if not np.isfinite(affine).all():
+                raise ValueError(f"{src}: its affine holds NaN/Inf values: the scan has no usable position in space")
+            shape = np.asarray(img.shape[1:], dtype=float)
+            dims = len(shape)
+            spacing = np.linalg.norm(affine[:dims, :dims], axis=0)
+            lo, hi = self.limits["spacing_mm"]
+            if (spacing < lo).any() or (spacing > hi).any():
+                raise ValueError(
+                    f"{src}: voxel size {spacing.round(4).tolist()} mm is outside {lo}-{hi} mm, not a scan this "
+                    "model can read (a header in the wrong unit?); --spacing_range overrides the limit"
+                )
+            fov = shape * spacing
+            lo, hi = self.limits["field_of_view_mm"]
+            if (fov < lo).any() or (fov > hi).any():
+                raise ValueError(
+                    f"{src}: physical extent {fov.round(1).tolist()} mm is outside {lo}-{hi} mm per axis, not a "
+                    "body part this model can read; --fov_range overrides the limit"
+                )
+            target = self.pixdim[:dims] + [1.0] * (dims - len(self.pixdim))
+            planned = np.ceil(fov / np.asarray(target[:dims]))
+            need = float(np.prod(planned)) * 4 * (img.shape[0] + self.channels)
+            have = _available_memory() * float(self.limits["memory_share"])
+            if need > have:
+                raise MemoryError(
+                    f"{src}: resampled to {self.pixdim} mm it becomes {planned.astype(int).tolist()} voxels, "
+                    f"{need / 2**30:.1f} GiB with the model's outputs; {have / 2**30:.1f} GiB is available"
+                )
+        return d
 
 
 def crop_to_body(keys: KeysCollection = "image") -> CropForegroundd:

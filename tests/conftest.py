@@ -218,18 +218,28 @@ def torchrun():
 
 
 def write_ct_series(
-    folder, n=6, uid=None, description="axial CT", skip=(), spacing=2.5, start=0, pixels=None, pixel_spacing=(0.8, 0.8)
+    folder,
+    n=6,
+    uid=None,
+    description="axial CT",
+    skip=(),
+    spacing=2.5,
+    start=0,
+    pixels=None,
+    pixel_spacing=(0.8, 0.8),
+    prefix="IM",
+    study=None,
 ):
     """A small CT series written like a scanner: no file suffix, one file per slice; ``pixels`` (n, rows, columns)
-    in HU, else a 16 x 20 ramp."""
+    in HU, else a 16 x 20 ramp. ``uid=""`` leaves SeriesInstanceUID empty, as many anonymisers do."""
     import numpy as np
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
-    uid = uid or generate_uid()
-    study, frame_of_reference = generate_uid(), generate_uid()
+    uid = generate_uid() if uid is None else uid
+    study, frame_of_reference = study or generate_uid(), generate_uid()
     for i in range(n):
         if i in skip:
             continue
@@ -254,7 +264,7 @@ def write_ct_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
         ds.PixelData = (plane + 1024).astype(np.int16).tobytes()
-        ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
+        ds.save_as(folder / f"{prefix}{i:04d}", enforce_file_format=True)
     return uid
 
 

@@ -253,17 +253,43 @@ SPECS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "experimen
 
 @pytest.mark.parametrize("name", SPECS)
 def test_shipped_specs_name_real_bundle_keys(name, repo):
-    """Every override of every shipped spec is a key of its bundle's config (a typo would be silently added)."""
-    from monai.bundle import ConfigParser
+    """Every shipped spec passes the checks a spec gets before its first cell (its overrides are keys of its
+    bundle's configs: a typo would change nothing)."""
+    assert cells_of(load_spec(repo / "experiments" / name))
 
-    spec = load_spec(repo / "experiments" / name)
-    parser = ConfigParser()
-    parser.read_config([str(repo / "bundles" / spec["bundle"] / "configs" / c) for c in spec["configs"]])
-    keys = set(parser.get())
-    inits = [{k: v for k, v in i.items() if k != "variant"} for i in spec["inits"].values()]
-    for overrides in [spec["overrides"], *inits, *spec.get("fraction_overrides", {}).values()]:
-        assert set(overrides) <= keys, (name, set(overrides) - keys)
-    assert cells_of(spec)
+
+def _spec(tmp_path, **changes):
+    spec = {"bundle": "btcv_seg", "configs": ["train.json"], "dataset_dir": "d", "inits": {"random": {"seed": 1}}}
+    spec.update(changes)
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"label_fractons": [0.25, 0.5]}, r"unknown spec key 'label_fractons' \(did you mean 'label_fractions'\?\)"),
+        ({"overrides": {"max_epoch": 1}}, r"overrides: 'max_epoch' is not a key .* \(did you mean 'max_epochs'\?\)"),
+        ({"inits": {"random": {"learning_rat": 1e-3}}}, r"init 'random': 'learning_rat' is not a key"),
+        ({"fraction_overrides": {"1.0": {"max_epoch": 2}}}, r"fraction_overrides '1.0': 'max_epoch' is not a key"),
+        ({"label_fractions": [0.5, 0]}, r"'label_fractions' holds 0; each must lie in \(0, 1\]"),
+        ({"label_fractions": [1.5]}, r"'label_fractions' holds 1.5"),
+        ({"lambdas": [0.8, 2]}, r"'lambdas' holds 2; each must lie in \[0, 1\]"),
+        ({"seeds": [0, 1, 0]}, r"'seeds' lists \[0\] more than once"),
+        ({"seeds": ["0"]}, r"'seeds' must be a non-empty list of integers"),
+    ],
+)
+def test_a_spec_with_a_typo_is_refused_before_its_first_cell(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_spec(_spec(tmp_path, **changes))
+    assert "typo.json" in str(info.value)
+
+
+def test_nested_override_keys_are_checked_against_the_configs(tmp_path):
+    assert load_spec(_spec(tmp_path, overrides={"train#augment#0#prob": 0.5}))
+    with pytest.raises(ValueError, match=r"'train#augment#9#prob' is not a key"):
+        load_spec(_spec(tmp_path, overrides={"train#augment#9#prob": 0.5}))
 
 
 def test_variant_files_set_real_keys_and_reach_the_cells(tmp_path, repo):

@@ -90,8 +90,9 @@ def test_a_checkpoint_pretrained_without_mlr_warns_that_the_decoder_is_untrained
 
     src = pretrained["mosmos-tiny-vit"]
     shutil.copy(src, tmp_path / "model.pt")
-    side = json.loads(src.with_suffix(".json").read_text())
-    (tmp_path / "model.json").write_text(json.dumps(dict(side, pretrain_losses={"irc": True, "mlr": False})))
+    from mosmos_components.checkpoint import read_sidecar, write_sidecar
+
+    write_sidecar(dict(read_sidecar(src), pretrain_losses={"irc": True, "mlr": False}), tmp_path / "model.json")
     net = MosmosUNETR(1, 3, img_size=(32, 32, 32), class_names=["background", "liver", "spleen"], **tiny_unetr)
     with pytest.warns(UserWarning, match="without L_mlr"):
         transfer_pretrained(net, tmp_path / "model.pt")

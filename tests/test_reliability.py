@@ -322,7 +322,7 @@ def test_a_dicom_series_without_suffix_is_recognised_and_read(tmp_path, ct_serie
 
     uid = ct_series(tmp_path / "scan")
     items = inference_inputs(tmp_path / "scan")
-    assert items == [{"image": str(tmp_path / "scan"), "series_uid": uid}]
+    assert [(i["image"], i["series_uid"], len(i["series_files"])) for i in items] == [(str(tmp_path / "scan"), uid, 6)]
     img = LoadImageNamed("image", image_only=True)(items[0])["image"]
     assert tuple(img.shape) == (20, 16, 6)
     np.testing.assert_allclose(img.pixdim[:3].tolist(), [0.8, 0.8, 2.5], atol=1e-4)

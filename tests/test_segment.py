@@ -291,7 +291,7 @@ def test_dicom_series_in_nifti_and_dicom_seg_out(tmp_path, ct_series):
     assert seg.get_segment_description(1).segment_label == "bright"
     from mosmos_components.dicom_seg import source_instances
 
-    sources = source_instances(tmp_path / "scan", None)
+    sources = source_instances({"image": str(tmp_path / "scan")})
     pixels = seg.get_pixels_by_source_instance([str(s.SOPInstanceUID) for s in sources], combine_segments=True)
     expected = np.stack([s.pixel_array.astype(int) - 1024 > 0 for s in sources])
     agree = (np.asarray(pixels) == expected).mean()

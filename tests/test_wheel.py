@@ -94,7 +94,7 @@ def test_cli_runs_from_the_installed_wheel_outside_the_checkout(installed, pretr
         "locate",
         scan,
         "liver",
-        "--pretrained",
+        "--model",
         pretrained["mosmos-tiny-vit"],
         "--output_dir",
         "loc",

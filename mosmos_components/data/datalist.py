@@ -386,9 +386,31 @@ def _dicom_files(folder: Path) -> list[Path]:
     return [f for f in sorted(folder.iterdir()) if f.is_file() and is_dicom_file(f)]
 
 
+def _series_key(ds) -> str:
+    """What names the series a DICOM instance belongs to: its SeriesInstanceUID, or, where an anonymiser left it
+    empty, what else identifies a series (study, series number and description, orientation, matrix size)."""
+    import hashlib
+
+    uid = str(getattr(ds, "SeriesInstanceUID", "") or "").strip()
+    if uid:
+        return uid
+    parts = [
+        getattr(ds, "StudyInstanceUID", ""),
+        getattr(ds, "SeriesNumber", ""),
+        getattr(ds, "SeriesDescription", ""),
+        [round(float(v), 3) for v in getattr(ds, "ImageOrientationPatient", []) or []],
+        getattr(ds, "Rows", ""),
+        getattr(ds, "Columns", ""),
+    ]
+    return "no-uid-" + hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
 def dicom_series(folder: str | os.PathLike) -> dict[str, dict]:
-    """The DICOM series of ``folder`` (its files, not sub-folders): UID -> ``{"description", "files",
-    "positions"}`` read from the headers (pydicom, without pixel data)."""
+    """The DICOM series of ``folder`` (its files, not sub-folders), keyed by SeriesInstanceUID, or for instances
+    without one by a key made of what else identifies their series (:func:`_series_key`, ``no-uid-...``):
+    ``{"description", "files", "positions", "orientation", "variants"}`` read from the headers (pydicom, without
+    pixel data); ``variants`` lists the values of the attributes every slice of one series must share
+    (description, acquisition number, orientation, matrix size, pixel spacing), one entry per distinct value."""
     import pydicom
 
     series: dict[str, dict] = {}
@@ -397,28 +419,62 @@ def dicom_series(folder: str | os.PathLike) -> dict[str, dict]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise OSError(f"{f}: unreadable DICOM header ({type(e).__name__}: {e})") from e
-        uid = str(getattr(ds, "SeriesInstanceUID", "") or "<no SeriesInstanceUID>")
+        key = _series_key(ds)
         s = series.setdefault(
-            uid,
+            key,
             {
                 "description": str(getattr(ds, "SeriesDescription", "") or ""),
                 "files": [],
                 "positions": [],
                 "orientation": None,
+                "variants": {},
             },
         )
         s["files"].append(str(f))
         if hasattr(ds, "ImagePositionPatient") and hasattr(ds, "ImageOrientationPatient"):
             s["positions"].append([float(v) for v in ds.ImagePositionPatient])
             s["orientation"] = [float(v) for v in ds.ImageOrientationPatient]
+        for name in _SERIES_CONSTANTS:
+            value = getattr(ds, name, None)
+            value = (
+                [round(float(v), 4) for v in value]
+                if name in ("ImageOrientationPatient", "PixelSpacing") and value
+                else value
+            )
+            s["variants"].setdefault(name, set()).add(str(value) if value is not None else "")
     return series
 
 
+# attributes every slice of one series shares: slices that differ in one of these are two series under one UID
+_SERIES_CONSTANTS = (
+    "SeriesDescription",
+    "AcquisitionNumber",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+)
+
+
+def _sorted_files(s: dict) -> list[str]:
+    """The files of a series in the order of their position along the slice normal (as ITK stacks them)."""
+    if len(s["positions"]) != len(s["files"]) or s["orientation"] is None:
+        return list(s["files"])
+    o = np.asarray(s["orientation"], dtype=float)
+    z = np.asarray(s["positions"], dtype=float) @ np.cross(o[:3], o[3:])
+    return [s["files"][i] for i in np.argsort(z, kind="stable")]
+
+
 def check_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> str:
-    """The UID of the series to read from ``folder``: its only series, or ``series_uid``; several series without a
-    choice are an error listing them (UID and description). The chosen series must have evenly spaced slices:
-    a missing slice would otherwise be read with the spacing of the first two and every position after it would
-    be wrong, so it is an error naming the gap."""
+    """The key of the series to read from ``folder`` (see :func:`dicom_series`): its only series, or
+    ``series_uid``; several series without a choice are an error listing them (key and description). The chosen
+    series must be one acquisition with evenly spaced slices: slices that disagree on description, acquisition,
+    orientation or size are two series sharing one UID, and a missing or duplicated slice would be read with the
+    wrong geometry; each is an error naming the problem."""
+    return _checked_series(folder, series_uid)[0]
+
+
+def _checked_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[str, list[str]]:
     series = dicom_series(folder)
     if not series:
         raise FileNotFoundError(f"{folder}: no DICOM file (by content: 'DICM' after the 128-byte preamble)")
@@ -432,27 +488,46 @@ def check_dicom_series(folder: str | os.PathLike, series_uid: str | None = None)
     if series_uid not in series:
         raise ValueError(f"{folder}: no DICOM series {series_uid}; it holds {listing}")
     s = series[series_uid]
-    if len(s["positions"]) >= 3 and s["orientation"] is not None:
+    mixed = {k: sorted(v) for k, v in s["variants"].items() if len(v) > 1}
+    if mixed:
+        what = "; ".join(f"{k} {v[:4]}" for k, v in mixed.items())
+        raise ValueError(
+            f"{folder}: the slices of DICOM series {series_uid} disagree on {what}: two series share one UID "
+            "(interleaved, they would be read as one volume at the wrong spacing); separate them into two folders"
+        )
+    if len(s["positions"]) >= 2 and s["orientation"] is not None:
         o = np.asarray(s["orientation"], dtype=float)
         normal = np.cross(o[:3], o[3:])
         z = np.sort(np.asarray(s["positions"], dtype=float) @ normal)
         steps = np.diff(z)
-        step = float(np.median(steps))
-        irregular = np.abs(steps - step) > max(0.01, 0.05 * abs(step))
-        if step <= 0 or irregular.any():
-            gaps = [f"{z[i]:.2f}->{z[i + 1]:.2f} mm" for i in np.flatnonzero(irregular)]
+        duplicated = np.abs(steps) < 1e-3
+        if duplicated.any():
+            at = ", ".join(f"{z[i]:.2f} mm" for i in np.flatnonzero(duplicated)[:5])
             raise ValueError(
-                f"{folder}: DICOM series {series_uid} is not evenly spaced (slice step {step:.2f} mm, "
-                f"irregular at {', '.join(gaps[:5]) or 'duplicate positions'}): a slice is missing or "
-                "duplicated; it would be read with the wrong geometry"
+                f"{folder}: DICOM series {series_uid} has several slices at one position ({at}): duplicated "
+                "slices, or two series under one UID"
             )
-    return series_uid
+        if len(steps) >= 2:
+            step = float(np.median(steps))
+            irregular = np.abs(steps - step) > max(0.01, 0.05 * abs(step))
+            if irregular.any():
+                gaps = [f"{z[i]:.2f}->{z[i + 1]:.2f} mm" for i in np.flatnonzero(irregular)]
+                raise ValueError(
+                    f"{folder}: DICOM series {series_uid} is not evenly spaced (slice step {step:.2f} mm, "
+                    f"irregular at {', '.join(gaps[:5])}): a slice is missing or duplicated; it would be read "
+                    "with the wrong geometry"
+                )
+    return series_uid, _sorted_files(s)
 
 
-def inference_inputs(path: str | os.PathLike, series_uid: str | None = None) -> list[dict]:
+def inference_inputs(path: str | os.PathLike, series_uid: str | None = None, keep_going: bool = False) -> list[dict]:
     """``[{"image": ...}]`` for a NIfTI file, a DICOM series folder, or a folder of NIfTI files and/or DICOM
     series folders. DICOM is recognised by content; each series folder is checked (:func:`check_dicom_series`:
-    one series or ``series_uid``, evenly spaced) and its item carries ``series_uid``."""
+    one series or ``series_uid``, one acquisition, evenly spaced) and its item carries ``series_uid`` (the
+    series' key) and ``series_files`` (exactly its files, in slice order: what is read).
+
+    ``keep_going``: in a folder of scans, a series that fails its check becomes ``{"image": ..., "error": why}``
+    so that the caller reports it and goes on with the others (a single scan given alone still raises)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"inference input not found: {p}")
@@ -462,12 +537,21 @@ def inference_inputs(path: str | os.PathLike, series_uid: str | None = None) -> 
 
     def item(c: Path) -> dict:
         if c.is_dir():
-            return {"image": str(c), "series_uid": check_dicom_series(c, series_uid)}
+            key, files = _checked_series(c, series_uid)
+            return {"image": str(c), "series_uid": key, "series_files": files}
         return {"image": str(c)}
+
+    def checked(c: Path) -> dict:
+        try:
+            return item(c)
+        except (OSError, ValueError) as e:
+            if not keep_going:
+                raise
+            return {"image": str(c), "error": str(e)}
 
     if p.is_file() or is_series(p):
         return [item(p)]
-    found = [item(c) for c in sorted(p.iterdir()) if (c.is_file() and _NIFTI.search(c.name)) or is_series(c)]
+    found = [checked(c) for c in sorted(p.iterdir()) if (c.is_file() and _NIFTI.search(c.name)) or is_series(c)]
     if not found:
         raise FileNotFoundError(f"no NIfTI file or DICOM series in {p}")
     return found
