@@ -3,7 +3,7 @@
 mosmos tags "No splenomegaly, left renal cyst."            # the tags found in a report (or --stdin, --file PATH)
 mosmos demo-data OUT_DIR --kind roco|btcv|amos|mmwhs|brats --n N --seed S
 mosmos clip-checkpoint clip/model.pt --clip_pretrained PATH --backbone ViT-B-16   # CLIP baselines' weights
-mosmos tag-stats CORPUS --out_dir tag_stats                  # tag frequencies of a ROCO / MedPix 2.0 corpus
+mosmos tag-stats CORPUS --output_dir tag_stats                 # tag frequencies of a ROCO / MedPix 2.0 corpus
 mosmos experiment experiments/demo_btcv.json                 # a resumable grid, aggregated
 mosmos wilcoxon A/per_case.csv B/per_case.csv --metric dice  # paired per class (--unit case: per case)
 mosmos curves runs/pretrain/eval curves.png                 # a run's training and validation curves
@@ -66,12 +66,20 @@ class MosmosCLI:
             )
         return json.dumps(extractor(text))
 
-    def demo_data(self, out_dir: str, kind: str = "roco", n: int | None = None, seed: int = 0) -> str:
+    def demo_data(
+        self,
+        output_dir: str | None = None,
+        kind: str = "roco",
+        n: int | None = None,
+        seed: int = 0,
+        out_dir: str | None = None,
+    ) -> str:
         """Write synthetic data in the real layout of KIND (roco, btcv, amos, mmwhs, brats) under OUT_DIR."""
         if kind not in DEMO_KINDS:
             raise ValueError(f"--kind must be one of {sorted(DEMO_KINDS)}, got {kind!r}")
         t = time.time()
-        root = write_demo_data(out_dir, kind=kind, n=n, seed=seed)
+        output_dir = _renamed(output_dir, out_dir, "--output_dir", "--out_dir")
+        root = write_demo_data(output_dir, kind=kind, n=n, seed=seed)
         return f"wrote {kind} demo data to {root} in {time.time() - t:.1f} s"
 
     def clip_checkpoint(
@@ -93,20 +101,26 @@ class MosmosCLI:
         return f"wrote {out_path} (+ sidecar): {backbone} from {clip_pretrained}, no MOSMOS pre-training"
 
     def tag_stats(
-        self, corpus: str, out_dir: str = "tag_stats", layout: str = "auto", vocab: str | list[str] | None = None
+        self,
+        corpus: str,
+        output_dir: str | None = None,
+        layout: str = "auto",
+        vocab: str | list[str] | None = None,
+        out_dir: str | None = None,
     ) -> str:
         """Tag statistics of an image-report CORPUS (ROCO or MedPix 2.0 folder; the paper's Fig. 2): tag
         frequencies, tags per report and the share of reports without a tag, as CSV files, JSON and a bar chart."""
         from mosmos_components.data.corpus_stats import tag_statistics
 
         files = [vocab] if isinstance(vocab, str) else vocab
-        s = tag_statistics(corpus, out_dir, layout, files)
+        output_dir = _renamed(output_dir, out_dir, "--output_dir", "--out_dir", default="tag_stats")
+        s = tag_statistics(corpus, output_dir, layout, files)
         top = sorted(s["tag_reports"].items(), key=lambda kv: -kv[1])[:5]
         return (
             f"{s['reports']} reports ({s['layout']}): {s['share_without_tag']:.1%} without a tag, "
             f"{s['mean_tags_per_report']:.2f} tags per report; most frequent: "
             + ", ".join(f"{t} {n}" for t, n in top)
-            + f"; wrote {out_dir}/tag_frequencies.csv, .png, "
+            + f"; wrote {output_dir}/tag_frequencies.csv, .png, "
             "tags_per_report.csv, tag_stats.json"
         )
 
@@ -147,10 +161,11 @@ class MosmosCLI:
         self,
         bundle: str,
         pretrained_ckpt: str,
-        out_dir: str = "demo_output",
+        output_dir: str | None = None,
         seed: int = 0,
         n: int | None = None,
         max_epochs: int | None = None,
+        out_dir: str | None = None,
     ) -> str:
         """Demo of one segmentation BUNDLE (btcv_seg, amos_seg, mmwhs_seg, brats_seg): generated data in its real
         layout, fine-tuning (demo.json) from PRETRAINED_CKPT, evaluation and inference; prints the table."""
@@ -162,7 +177,8 @@ class MosmosCLI:
         if bundle not in BUNDLE_KINDS:
             raise ValueError(f"bundle must be one of {sorted(BUNDLE_KINDS)}, got {bundle!r}")
         t = time.time()
-        stage = segmentation_stage(bundle, Path(out_dir).resolve(), Path(pretrained_ckpt), seed, n, max_epochs)
+        output_dir = _renamed(output_dir, out_dir, "--output_dir", "--out_dir", default="demo_output")
+        stage = segmentation_stage(bundle, Path(output_dir).resolve(), Path(pretrained_ckpt), seed, n, max_epochs)
         run = stage["runs"]["mosmos"]
         return (
             f"{bundle} demo: {time.time() - t:.0f} s in all, {run['train_s']:.0f} s training; held-out split "
@@ -172,8 +188,8 @@ class MosmosCLI:
     def segment(
         self,
         input: str,
-        output: str,
-        model: str,
+        output_dir: str | None = None,
+        model: str | None = None,
         device: str | None = None,
         split: bool = False,
         roi_subset: str | None = None,
@@ -190,6 +206,7 @@ class MosmosCLI:
         spacing_range: str | None = None,
         fov_range: str | None = None,
         check_geometry: bool = True,
+        output: str | None = None,
     ) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
         MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
@@ -208,6 +225,9 @@ class MosmosCLI:
         on, and the command fails at the end."""
         from mosmos_components.segment import segment
 
+        output_dir = _renamed(output_dir, output, "OUTPUT_DIR", "--output")
+        if model is None:
+            raise ValueError("--model is required: a segmentation bundle folder or name, its models/, or a model.pt")
         t = time.time()
         roi = ",".join(roi_subset) if isinstance(roi_subset, (list, tuple)) else roi_subset
         limits: dict | bool = {}
@@ -221,7 +241,7 @@ class MosmosCLI:
             limits = False
         res = segment(
             input,
-            output,
+            output_dir,
             model,
             device=device,
             split=split,
@@ -240,7 +260,7 @@ class MosmosCLI:
         )
         line = (
             f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
-            f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output}"
+            f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output_dir}"
         )
         if res["failed"]:
             raise RuntimeError(line + "; failed: " + "; ".join(f"{f['scan']}: {f['error']}" for f in res["failed"]))
@@ -282,14 +302,21 @@ class MosmosCLI:
 
         return export_onnx(resolve_model(model), out_path, opset=opset, overwrite=overwrite)
 
-    def demo(self, out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
+    def demo(
+        self, output_dir: str | None = None, seed: int = 0, quick: bool = False, out_dir: str | None = None
+    ) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""
         from mosmos_components.demo import run_demo
 
-        return run_demo(out_dir, seed=seed, quick=quick)
+        return run_demo(
+            _renamed(output_dir, out_dir, "--output_dir", "--out_dir", default="demo_output"), seed=seed, quick=quick
+        )
 
 
-def _renamed(value, old_value, name: str, old_name: str):
+_REQUIRED = object()
+
+
+def _renamed(value, old_value, name: str, old_name: str, default=_REQUIRED):
     """An option's value given under its name or, for one release, under its former name (with a warning)."""
     if old_value is not None:
         if value is not None:
@@ -297,7 +324,9 @@ def _renamed(value, old_value, name: str, old_name: str):
         logging.getLogger("mosmos").warning("%s is now %s; the old name goes in the next release", old_name, name)
         return old_value
     if value is None:
-        raise ValueError(f"{name} is required")
+        if default is _REQUIRED:
+            raise ValueError(f"{name} is required")
+        return default
     return value
 
 

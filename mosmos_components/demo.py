@@ -263,10 +263,10 @@ def _wilcoxon_line(runs: dict) -> str:
     )
 
 
-def run_demo(out_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
+def run_demo(output_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
     """Run every stage; returns the printed summary. ``quick`` shortens training (for tests)."""
     t0 = time.time()
-    out = Path(out_dir).resolve()
+    out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stage = pretrain_stage(out, seed=seed, n_pairs=64 if quick else 512, max_epochs=2 if quick else None)
     t1 = time.time()

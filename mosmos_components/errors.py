@@ -63,3 +63,13 @@ def install_summary_hook() -> None:
 
     hook._mosmos_summary = True
     sys.excepthook = hook
+
+
+def former_name(value, old: str, new: str):
+    """``value`` given under a setting's former name ``old``: returned, with a warning naming ``new`` (names are
+    kept working for one release; docs/architecture.md, "Glossary"); ``None`` when it was not given."""
+    if value is not None:
+        import logging
+
+        logging.getLogger("mosmos").warning("'%s' is now '%s'; the old name goes in the next release", old, new)
+    return value

@@ -30,6 +30,7 @@ __all__ = [
     "ProgressBarHandler",
     "MetricsHistory",
     "RunGuard",
+    "MLflowTags",
     "FinalValidation",
     "batch_files",
 ]
@@ -209,6 +210,40 @@ class MetricsHistory:
             if new:
                 fh.write(",".join(["epoch", *metrics]) + "\n")
             fh.write(",".join([str(engine.state.epoch), *(f"{v:.6g}" for v in metrics.values())]) + "\n")
+
+
+class MLflowTags:
+    """Tags for the run's MLflow record (e.g. what the network was initialised from and the weights' SHA-256),
+    written once the bundle's ``MLFlowHandler`` has opened its run (after the first epoch); nothing without one.
+
+    Args:
+        tags: a flat or nested dict; nested keys are joined with ``.`` (``initialisation.weights_sha256``).
+    """
+
+    def __init__(self, tags: dict) -> None:
+        self.tags = dict(_flat(tags))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(once=1), self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.handlers import MLFlowHandler
+
+        for handlers in engine._event_handlers.values():
+            for fn, *_ in handlers:
+                owner = getattr(fn, "__self__", None)
+                if isinstance(owner, MLFlowHandler) and getattr(owner, "cur_run", None) is not None:
+                    for k, v in self.tags.items():
+                        owner.client.set_tag(owner.cur_run.info.run_id, k, str(v))
+                    return
+
+
+def _flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 class RunGuard:

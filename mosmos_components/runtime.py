@@ -4,11 +4,11 @@
 glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it
 back to the system when it is freed, so a process that allocates and frees tensors of hundreds of megabytes, as a
 3D network's training step or a sliding-window pass does, has the kernel fault in and zero every page of them again
-at each step: about 3.3 million page faults (13 GB of pages) per paper-size training step, 40 % of its time on
-2 CPU cores (``docs/benchmarks``). :func:`keep_freed_memory` has glibc serve those blocks from its heap and keep
-freed memory for reuse, what preloading jemalloc or tcmalloc does (PyTorch's CPU performance guide recommends
-them), in the process itself through ``mallopt``. The price: memory freed by the process is not handed back to the
-system while it runs (its resident size stays at its peak, which the next step reaches again anyway).
+at each step (what that costs is measured in ``docs/benchmarks.md``). :func:`keep_freed_memory` has glibc serve
+those blocks from its heap and keep freed memory for reuse, what preloading jemalloc or tcmalloc does (PyTorch's
+CPU performance guide recommends them), in the process itself through ``mallopt``. The price: memory freed by the
+process is not handed back to the system while it runs (its resident size stays at its peak, which the next step
+reaches again anyway).
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def load_model(
 def compiled(m: SegmentationModel) -> SegmentationModel:
     """``m`` with its network compiled by ``torch.compile`` (PyTorch weights only: an exported ``.ts``/``.onnx`` model
     is a fixed graph already). The first window pays the compilation (tens of seconds on a CPU); the outputs are the
-    same to float rounding. Worth it for many scans in one process (measured in the README)."""
+    same to float rounding. Worth it for many scans in one process (``docs/benchmarks.md``)."""
     if m.path.suffix in (".ts", ".onnx"):
         raise ValueError(f"{m.path}: --compile applies to PyTorch weights (model.pt), not to an exported model")
     return replace(m, network=torch.compile(m.network))
@@ -282,10 +282,9 @@ def segment_scan(
     grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
     channel-first MetaTensor), ``affine`` (the input's) and ``seconds`` per stage. ``amp``: see :func:`autocast`
     (an ONNX model runs in the precision it was exported in). ``sw_batch_size``: windows per forward pass; by
-    default 4 on a GPU; on a CPU 8 slices of a 2D network, 2 windows of a 3D one, 1 in bf16: there 2 windows of the
-    paper's UNETR took 10x one window's time (PyTorch 2.14's CPU kernels: 7.5 s against 0.79 s; fp32 3.9 against
-    1.9 s, and small windows gain from pairs: the demo-size scan takes 34 s with 2, 50 s with 1, because PyTorch
-    sends a 3D convolution of batch 1 with few channels to its native kernel instead of oneDNN, 3-6x slower here)."""
+    default 4 on a GPU; on a CPU 8 slices of a 2D network, 2 windows of a 3D one, 1 in bf16 (PyTorch's CPU kernels
+    run a 3D convolution of batch 1 with few channels on a slower path, and bf16 windows in pairs on a slower one
+    still; the timings are in ``docs/benchmarks.md``)."""
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 

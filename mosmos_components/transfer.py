@@ -56,6 +56,9 @@ __all__ = [
     "load_imagenet_resnet",
     "load_imagenet_timm",
     "INIT_KINDS",
+    "WEIGHTS_KINDS",
+    "weights_kind",
+    "initialisation_record",
     "CLASS_QUERIES",
     "random_class_queries",
     "TRANSFER_RULES",
@@ -475,18 +478,18 @@ def load_imagenet_resnet(network: MosmosUNet2D, path: str | os.PathLike) -> Tran
 
 def transfer_pretrained(
     network: MosmosUNETR | MosmosUNet2D,
-    ckpt_path: str | os.PathLike,
+    pretrained_ckpt: str | os.PathLike,
     pretrain: MosmosPretrainNet | None = None,
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
 ) -> TransferReport:
-    """Transfer the ``mosmos_pretrain`` checkpoint at ``ckpt_path`` (+ its JSON sidecar) into ``network``.
+    """Transfer the ``mosmos_pretrain`` checkpoint at ``pretrained_ckpt`` (+ its JSON sidecar) into ``network``.
 
     With PTA in ``"decoder"`` mode (MOSMOS) the tag decoder is transferred and the class embeddings come from the
     learned prompt; in ``"score"`` mode (CLIP+DenseCLIP) only the class embeddings are computed, from
     ``prompt_template``. Returns the report (also logged); raises on a missing, corrupt or mismatched checkpoint.
     """
-    source = str(ckpt_path)
-    pre = pretrain if pretrain is not None else load_pretrain_network(ckpt_path)
+    source = str(pretrained_ckpt)
+    pre = pretrain if pretrain is not None else load_pretrain_network(pretrained_ckpt)
     report = TransferReport()
     classes = (*type(getattr(network, "encoder", None)).__mro__, *type(network).__mro__)
     rule = next((TRANSFER_RULES[c] for c in classes if c in TRANSFER_RULES), None)
@@ -507,7 +510,7 @@ def transfer_pretrained(
             network.pta.set_class_embeddings(fixed_prompt_embeddings(pre, network.pta.class_names, prompt_template))
         report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
     elif network.pta is not None:
-        side = read_sidecar(ckpt_path) if pretrain is None else {}
+        side = read_sidecar(pretrained_ckpt) if pretrain is None else {}
         if side.get("mosmos_pretrained") is False:
             warnings.warn(
                 f"{source} holds CLIP weights without MOSMOS pre-training: its tag decoder and prompt are "
@@ -558,7 +561,55 @@ def _init_mosmos(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, p
 
 # ``pretrained_kind`` -> how a checkpoint of that kind initialises a segmentation network
 # (network, checkpoint path, class prompt template); a new kind of weights is one entry here
-INIT_KINDS: dict[str, Callable[..., None]] = {"mosmos": _init_mosmos, "imagenet": _init_imagenet}
+INIT_KINDS: dict[str, Callable[..., None]] = {
+    "mosmos": _init_mosmos,
+    "clip": _init_mosmos,
+    "ssl": _init_mosmos,
+    "imagenet": _init_imagenet,
+}
+
+#: what each kind of pre-training checkpoint is, in the words of the errors
+WEIGHTS_KINDS = {
+    "mosmos": "a MOSMOS pre-training (the mosmos_pretrain bundle)",
+    "clip": "CLIP weights without MOSMOS pre-training (mosmos clip-checkpoint)",
+    "ssl": "a self-supervised pre-training (mosmos_pretrain with ssl.json)",
+}
+
+
+def weights_kind(path: str | os.PathLike) -> str:
+    """The kind of a pre-training checkpoint (a key of :data:`WEIGHTS_KINDS`), from its sidecar's
+    ``weights_kind``, or for sidecars written before it was recorded, from what they say of their training."""
+    side = read_sidecar(path)
+    if side.get("weights_kind") in WEIGHTS_KINDS:
+        return side["weights_kind"]
+    if side.get("mosmos_pretrained") is False:
+        return "ssl" if "self-supervised" in str(side.get("pretraining", "")) else "clip"
+    return "mosmos"
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def initialisation_record(
+    pretrained_ckpt: str | os.PathLike | None, pretrained_kind: str = "mosmos", use_pta: bool = False
+) -> dict:
+    """What a segmentation network starts from, for its sidecar and its MLflow run: the kind of weights, the
+    file and its SHA-256 (``{"kind": "random"}`` without weights), and whether pixel-tag attention is on."""
+    if not pretrained_ckpt or not os.path.isfile(str(pretrained_ckpt)):
+        return {"kind": "random", "use_pta": bool(use_pta)}
+    return {
+        "kind": pretrained_kind,
+        "weights": str(pretrained_ckpt),
+        "weights_sha256": _file_sha256(pretrained_ckpt),
+        "use_pta": bool(use_pta),
+    }
 
 
 CLASS_QUERIES = ("pretrained", "random")
@@ -584,14 +635,18 @@ def prepare_network(
 ) -> MosmosUNETR | MosmosUNet2D:
     """For bundle configs: load ``pretrained_ckpt`` into ``network`` (``None``: random initialisation;
     with ``use_pta=True`` the class embeddings are random vectors, with a warning: Table 4's "no pre-training" row).
-    ``pretrained_kind``: a key of :data:`INIT_KINDS`: ``"mosmos"`` (a MOSMOS, CLIP-only or SSL pre-training
-    checkpoint) or ``"imagenet"`` (timm ViT weights, :func:`load_imagenet_vit`; torchvision ResNet weights,
-    :func:`load_imagenet_resnet`).
+    ``pretrained_kind``: a key of :data:`INIT_KINDS`: ``"mosmos"``, ``"clip"`` or ``"ssl"`` (a pre-training
+    checkpoint of that kind: :func:`weights_kind` must agree, so a baseline never runs on another baseline's
+    weights) or ``"imagenet"`` (timm weights, :func:`load_imagenet_vit`, :func:`load_imagenet_timm`; torchvision
+    ResNet weights, :func:`load_imagenet_resnet`). A ``pretrained_ckpt`` that still reads ``REQUIRED: ...`` (a
+    variant that needs weights, given none) is an error quoting it.
     ``class_queries``: ``"pretrained"`` (from the checkpoint's prompt and text tower), or ``"random"``: after the
     transfer, mutually orthogonal random vectors of the same norm (:func:`random_class_queries`) — the ablation
     that keeps the pre-trained encoder and tag decoder but takes the class identity out of the maps."""
     if class_queries not in CLASS_QUERIES:
         raise ValueError(f"class_queries must be one of {CLASS_QUERIES}, got {class_queries!r}")
+    if isinstance(pretrained_ckpt, str) and pretrained_ckpt.startswith("REQUIRED"):
+        raise ValueError(f"pretrained_ckpt: {pretrained_ckpt.split(':', 1)[-1].strip()}")
     if class_queries == "random" and (network.pta is None or not pretrained_ckpt):
         raise ValueError("class_queries='random' replaces pre-trained class embeddings: it needs use_pta and weights")
     if pretrained_ckpt:
@@ -606,6 +661,14 @@ def prepare_network(
                 "pre-training checkpoints; imagenet: timm ViT / torchvision ResNet), "
                 f"got {pretrained_kind!r}"
             )
+        if pretrained_kind in WEIGHTS_KINDS:
+            found = weights_kind(pretrained_ckpt)
+            if found != pretrained_kind:
+                raise ValueError(
+                    f"{pretrained_ckpt} holds {WEIGHTS_KINDS[found]}, but this run expects "
+                    f"{WEIGHTS_KINDS[pretrained_kind]} (pretrained_kind '{pretrained_kind}', set by the baseline "
+                    "or ablation file): give the matching --pretrained_ckpt"
+                )
         INIT_KINDS[pretrained_kind](network, pretrained_ckpt, prompt_template)
         if class_queries == "random":
             with torch.no_grad():
@@ -645,8 +708,10 @@ def save_clip_checkpoint(
     if not clip_pretrained:
         raise ValueError("save_clip_checkpoint needs clip_pretrained: a local CLIP weights file or an open_clip tag")
     net = MosmosPretrainNet(
-        backbone, pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu, text_tower=text_tower
+        backbone, clip_pretrained=clip_pretrained, force_quick_gelu=force_quick_gelu, text_tower=text_tower
     )
-    save_network(net, path, extra={"mosmos_pretrained": False, "clip_pretrained": str(clip_pretrained)})
+    save_network(
+        net, path, extra={"mosmos_pretrained": False, "weights_kind": "clip", "clip_pretrained": str(clip_pretrained)}
+    )
     logger.info("CLIP weights %s (%s) written to %s without MOSMOS pre-training", clip_pretrained, backbone, path)
     return net

@@ -328,3 +328,41 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(tiny_unetr, ro
         seg.encoder.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
         pre.clip.visual.transformer.state_dict()["resblocks.1.mlp.c_fc.weight"],
     )
+
+
+def test_a_baseline_refuses_missing_or_mismatched_weights_and_records_them(pretrained, btcv_dir, tmp_path, bundle_run):
+    """A variant that needs weights requires them: forgetting --pretrained_ckpt no longer loads the sibling
+    MOSMOS checkpoint under the baseline's name; weights of another kind are refused; the model's sidecar records
+    what it started from and the weights' SHA-256."""
+    import hashlib
+    import json
+
+    over = bundle_run.overrides("btcv_seg", btcv_dir, tmp_path, max_epochs=1)
+    without = {k: v for k, v in over.items() if k != "pretrained_ckpt"}
+    for variant, message in (
+        ("baselines/ssl.json", "needs --pretrained_ckpt, a self-supervised pre-training"),
+        ("baselines/clip.json", "needs --pretrained_ckpt, a `mosmos clip-checkpoint` of CLIP weights"),
+    ):
+        with pytest.raises(Exception) as info:
+            bundle_run.rerun("btcv_seg", ["train.json", "demo.json", variant], without)
+        assert message in str(info.value) or any(message in str(e) for e in _chain(info.value)), info.value
+    mosmos = pretrained["mosmos-tiny-vit"]
+    with pytest.raises(Exception) as info:
+        bundle_run.rerun(
+            "btcv_seg", ["train.json", "demo.json", "baselines/ssl.json"], over | {"pretrained_ckpt": str(mosmos)}
+        )
+    assert any(
+        "holds a MOSMOS pre-training" in str(e) and "expects a self-supervised" in str(e) for e in _chain(info.value)
+    )
+    bundle_run("btcv_seg", ["train.json", "demo.json"], btcv_dir, tmp_path, mosmos, max_epochs=1)
+    side = json.loads((tmp_path / "models" / "model.json").read_text())
+    assert side["initialisation"]["kind"] == "mosmos" and side["initialisation"]["use_pta"] is True
+    assert side["initialisation"]["weights_sha256"] == hashlib.sha256(mosmos.read_bytes()).hexdigest()
+
+
+def _chain(e):
+    out = []
+    while e is not None:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out

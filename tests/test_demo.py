@@ -56,7 +56,7 @@ def test_bundle_demo_cli(tmp_path, pretrained, repo):
             "brats_seg",
             "--pretrained_ckpt",
             str(pretrained["mosmos-tiny-vit"]),
-            "--out_dir",
+            "--output_dir",
             str(tmp_path),
             "--n",
             "4",

@@ -147,13 +147,13 @@ def test_clip_initialisation_from_local_file(tmp_path):
     src = create_clip("mosmos-tiny-rn", warn_random=False)
     f = tmp_path / "clip_weights.pt"
     torch.save(src.state_dict(), f)
-    net = MosmosPretrainNet("mosmos-tiny-rn", pretrained=str(f), decoder_heads=4)
+    net = MosmosPretrainNet("mosmos-tiny-rn", clip_pretrained=str(f), decoder_heads=4)
     for k, v in src.state_dict().items():
         torch.testing.assert_close(net.clip.state_dict()[k], v)
     with pytest.warns(UserWarning, match="RANDOMLY"):
         MosmosPretrainNet("mosmos-tiny-rn", decoder_heads=4)
     with pytest.raises(FileNotFoundError, match="neither an existing file nor an open_clip tag"):
-        MosmosPretrainNet("mosmos-tiny-rn", pretrained="/no/such/weights.pt")
+        MosmosPretrainNet("mosmos-tiny-rn", clip_pretrained="/no/such/weights.pt")
 
 
 def test_held_out_retrieval_counts_ties_against_the_image_and_gives_intervals():

@@ -321,7 +321,7 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
         MosmosCLI().locate(
             str(tmp_path / "scan.nii.gz"),
             "liver",
-            pretrained=str(pretrained["mosmos-tiny-vit"]),
+            model=str(pretrained["mosmos-tiny-vit"]),
             output_dir=str(tmp_path / "out"),
         )
     line = MosmosCLI().locate(

@@ -78,7 +78,7 @@ def test_an_open_clip_folder_loads_with_its_weights_and_tokenizer(openclip_folde
     from safetensors.torch import load_file
     from transformers import BertTokenizerFast
 
-    net = MosmosPretrainNet("ignored", pretrained=f"local-dir:{openclip_folder}", decoder_heads=4)
+    net = MosmosPretrainNet("ignored", clip_pretrained=f"local-dir:{openclip_folder}", decoder_heads=4)
     assert net.model_name == f"local-dir:{openclip_folder}" and net.hf_text and net.context_length == 32
     saved = load_file(str(openclip_folder / "open_clip_model.safetensors"))
     state = net.clip.state_dict()
@@ -87,7 +87,7 @@ def test_an_open_clip_folder_loads_with_its_weights_and_tokenizer(openclip_folde
     ref = BertTokenizerFast.from_pretrained(openclip_folder)("the liver is enlarged")["input_ids"]
     assert ids[: len(ref)].tolist() == ref and int(ids[len(ref)]) == 0
     with pytest.raises(FileNotFoundError, match="no open_clip_config.json"):
-        MosmosPretrainNet("x", pretrained=f"local-dir:{openclip_folder.parent}")
+        MosmosPretrainNet("x", clip_pretrained=f"local-dir:{openclip_folder.parent}")
     # the CLIP baselines' checkpoint (mosmos clip-checkpoint) from the folder: weights, sidecar and tokenizer files
     from mosmos_components.transfer import save_clip_checkpoint
 
@@ -100,7 +100,7 @@ def test_an_open_clip_folder_loads_with_its_weights_and_tokenizer(openclip_folde
 def test_hf_prompts_go_through_inputs_embeds(openclip_folder):
     """Without context vectors a prompt is [CLS] name [SEP]: through inputs_embeds it equals the text tower on the
     same ids; with them, the context vectors are what the tower sees at their positions (and get gradients)."""
-    net = MosmosPretrainNet("x", pretrained=f"local-dir:{openclip_folder}", decoder_heads=4).eval()
+    net = MosmosPretrainNet("x", clip_pretrained=f"local-dir:{openclip_folder}", decoder_heads=4).eval()
     names = ["liver", "left ventricle"]
     plain = TagPromptLearner(names, 32, net.context_length, learnable_context=False, tokenizer=net.tokenizer)
     with torch.no_grad():

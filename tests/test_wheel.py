@@ -74,7 +74,7 @@ def test_cli_runs_from_the_installed_wheel_outside_the_checkout(installed, pretr
         "btcv_seg",
         "--pretrained_ckpt",
         pretrained["mosmos-tiny-vit"],
-        "--out_dir",
+        "--output_dir",
         "out",
         "--n",
         4,

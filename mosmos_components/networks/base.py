@@ -29,8 +29,8 @@ SEGMENTATION_NETWORKS: dict[str, type] = {}
 class TrainingOutput(NamedTuple):
     """A network's output in ``train()`` mode with pixel-tag attention: the segmentation logits and the PTA logits
     ``LI(A) / tau_2``, both ``(B, K, *size)``, read by :class:`~mosmos_components.losses.MosmosSegLoss`. Two tensors,
-    not one stacked ``(B, 2, K, *size)``: stacking copies both full-resolution outputs forward and their gradients
-    backward (0.2-0.3 s of a 10 s paper-size training step on 2 CPU cores, measured)."""
+    not one stacked ``(B, 2, K, *size)``: stacking would copy both full-resolution outputs forward and their
+    gradients backward at every step."""
 
     segmentation: torch.Tensor
     pta: torch.Tensor

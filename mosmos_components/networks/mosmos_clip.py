@@ -257,8 +257,8 @@ def resolve_clip(
             tags = open_clip.list_pretrained_tags_by_model(model_name)
             if pretrained not in tags:
                 raise FileNotFoundError(
-                    f"pretrained='{pretrained}' is neither an existing file nor an open_clip tag of '{model_name}' "
-                    f"(tags: {tags})"
+                    f"clip_pretrained='{pretrained}' is neither an existing file nor an open_clip tag of "
+                    f"'{model_name}' (tags: {tags})"
                 )
             try:
                 model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=force_quick_gelu)
@@ -490,7 +490,7 @@ class MosmosPretrainNet(nn.Module):
     Args:
         model_name: open_clip architecture (``"RN50"``, ``"ViT-B-16"``, ``"mosmos-tiny-vit"``, ``"mosmos-lite"``,
             ...) or a whole model, ``"local-dir:/path"`` / ``"hf-hub:org/name"`` (:func:`resolve_clip`).
-        pretrained: CLIP weights: ``None`` (random, warned), a local file, an open_clip tag, or a
+        clip_pretrained: CLIP weights: ``None`` (random, warned), a local file, an open_clip tag, or a
             ``local-dir:``/``hf-hub:`` model.
         tags: the K tag names (the 20 of docs/method.md §2 by default).
         n_ctx: learnable context length M.
@@ -518,7 +518,7 @@ class MosmosPretrainNet(nn.Module):
     def __init__(
         self,
         model_name: str = "RN50",
-        pretrained: str | None = None,
+        clip_pretrained: str | None = None,
         tags: Sequence[str] | None = None,
         n_ctx: int = 16,
         learnable_context: bool = True,
@@ -531,9 +531,14 @@ class MosmosPretrainNet(nn.Module):
         image_tower_weights: str | None = None,
         ctx_init: str | None = None,
         _warn_random: bool = True,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         register_model_configs()
+        if pretrained is not None:  # the former name, kept for one release
+            warnings.warn("MosmosPretrainNet(pretrained=...) is now clip_pretrained=...", FutureWarning, stacklevel=2)
+            clip_pretrained = clip_pretrained or pretrained
+        pretrained = clip_pretrained
         if pretrained and str(pretrained).startswith(SCHEMAS):
             model_name, pretrained = str(pretrained), None
         self.model_name = model_name
@@ -719,7 +724,7 @@ class MosmosPretrainNet(nn.Module):
             text["hf_model_name"] = text["hf_tokenizer_name"] = str(folder)
         return cls(
             model_name=cfg["backbone"],
-            pretrained=None,
+            clip_pretrained=None,
             tags=cfg["tags"],
             n_ctx=cfg["n_ctx"],
             learnable_context=cfg["learnable_context"],
