@@ -34,6 +34,12 @@ as Fig. 7).
 ``fraction_overrides`` (``{"0.1": {"max_epochs": 100}}``) gives some label fractions their own overrides, e.g. the
 same number of training iterations at every fraction (or set ``epoch_length`` once for all), and
 ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some initialisations at a fraction.
+
+Relative paths in a spec (``dataset_dir``, ``output_dir``, ``pretrained_ckpt``) are taken from its ``root``, a
+folder relative to the spec file (the shipped specs say ``".."``: the repository), or from the spec's own folder
+when it names none, never from the folder the command runs in. Before the first cell the whole spec is checked
+(:func:`load_spec`): unknown keys, override keys that are not keys of the bundle's configs, label fractions outside
+(0, 1], lambdas outside [0, 1] and repeated values are errors naming the spec file.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +133,7 @@ def load_spec(path: str | Path) -> dict:
     _check_spec(spec, path, configs)
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
+    _resolve_paths(spec, path)
     spec.setdefault("label_fractions", [1.0])
     spec.setdefault("seeds", [0])
     spec.setdefault("lambdas", [None])
@@ -154,7 +162,31 @@ SPEC_KEYS = (
     "tracking",
     "unit",
     "panel_cases",
+    "root",
 )
+
+
+#: spec entries (and override keys) that hold paths: relative ones are taken from the spec's root
+PATH_KEYS = ("dataset_dir", "output_dir", "pretrained_ckpt")
+
+
+def _resolve_paths(spec: dict, path: Path) -> None:
+    """Relative paths of the spec (:data:`PATH_KEYS`, at the top and in overrides and inits) made absolute against
+    the spec's ``root`` (a folder relative to the spec file; the spec's own folder when absent), so a spec means
+    the same files from whatever folder it is run."""
+    root = Path(os.path.normpath(path.resolve().parent / str(spec.get("root", "."))))
+    spec["root"] = str(root)
+
+    def fix(d: dict) -> None:
+        for key in PATH_KEYS:
+            value = d.get(key)
+            if isinstance(value, str) and value and not value.startswith("$") and not os.path.isabs(value):
+                d[key] = str(root / value)
+
+    fix(spec)
+    for group in (spec.get("overrides"), *(spec.get("fraction_overrides") or {}).values(), *spec["inits"].values()):
+        if isinstance(group, dict):
+            fix(group)
 
 
 def _check_spec(spec: dict, path: Path, configs: Path) -> None:

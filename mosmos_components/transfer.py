@@ -657,8 +657,8 @@ def prepare_network(
             )
         if pretrained_kind not in INIT_KINDS:
             raise ValueError(
-                f"pretrained_kind must be one of {sorted(INIT_KINDS)} (mosmos: MOSMOS, CLIP or SSL "
-                "pre-training checkpoints; imagenet: timm ViT / torchvision ResNet), "
+                f"pretrained_kind must be one of {sorted(INIT_KINDS)} (mosmos, clip, ssl: pre-training "
+                "checkpoints of that kind; imagenet: timm or torchvision weights), "
                 f"got {pretrained_kind!r}"
             )
         if pretrained_kind in WEIGHTS_KINDS:

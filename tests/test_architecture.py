@@ -102,7 +102,7 @@ def test_recipe_add_a_baseline(tmp_path, monkeypatch, repo):
     monkeypatch.delitem(transfer.INIT_KINDS, "toy")
     with pytest.raises(RuntimeError) as info:  # the kind is gone: refused, naming the known ones
         ConfigParser(parser.get()).get_parsed_content("initialised_network")
-    assert "pretrained_kind must be one of ['imagenet', 'mosmos']" in str(info.value.__cause__)
+    assert "pretrained_kind must be one of ['clip', 'imagenet', 'mosmos', 'ssl']" in str(info.value.__cause__)
 
 
 def test_recipe_add_an_encoder(tmp_path, pretrained):

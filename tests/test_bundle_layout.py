@@ -27,6 +27,27 @@ def test_required_files(bundle):
     assert not missing, f"{bundle.name} lacks {missing}"
 
 
+ZOO_HEADINGS = [
+    "Overview",
+    "Data",
+    "Training configuration",
+    "Input",
+    "Output",
+    "Performance",
+    "Commands",
+    "References",
+    "License",
+]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_bundle_readme_has_the_model_zoo_headings(bundle):
+    headings = [
+        line[3:].strip() for line in (bundle / "docs" / "README.md").read_text().splitlines() if line.startswith("## ")
+    ]
+    assert headings == ZOO_HEADINGS, headings
+
+
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_large_files_say_where_the_trained_weights_go(bundle):
     text = (bundle / "large_files.yml").read_text()

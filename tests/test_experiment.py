@@ -286,6 +286,25 @@ def test_a_spec_with_a_typo_is_refused_before_its_first_cell(tmp_path, changes, 
     assert "typo.json" in str(info.value)
 
 
+def test_relative_paths_are_taken_from_the_spec_not_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    spec = {
+        "bundle": "btcv_seg",
+        "configs": ["train.json"],
+        "dataset_dir": "data/btcv",
+        "inits": {"mosmos": {"pretrained_ckpt": "weights/model.pt"}, "abs": {"pretrained_ckpt": "/w/model.pt"}},
+    }
+    (tmp_path / "specs" / "a.json").write_text(json.dumps(spec))
+    (tmp_path / "specs" / "b.json").write_text(json.dumps(dict(spec, root="..")))
+    monkeypatch.chdir("/")
+    a, b = load_spec(tmp_path / "specs" / "a.json"), load_spec(tmp_path / "specs" / "b.json")
+    assert a["dataset_dir"] == str(tmp_path / "specs" / "data" / "btcv")
+    assert b["dataset_dir"] == str(tmp_path / "data" / "btcv")
+    assert b["output_dir"] == str(tmp_path / "experiments" / "out" / "b")
+    assert b["inits"]["mosmos"]["pretrained_ckpt"] == str(tmp_path / "weights" / "model.pt")
+    assert b["inits"]["abs"]["pretrained_ckpt"] == "/w/model.pt"
+
+
 def test_nested_override_keys_are_checked_against_the_configs(tmp_path):
     assert load_spec(_spec(tmp_path, overrides={"train#augment#0#prob": 0.5}))
     with pytest.raises(ValueError, match=r"'train#augment#9#prob' is not a key"):
