@@ -223,7 +223,8 @@ class MosmosCLI:
         change the limits, --nocheck_geometry skips the checks. A scan whose outputs all exist is skipped unless
         --overwrite (one with some of them gets the missing ones); a scan that fails is reported, the others go
         on, and the command fails at the end."""
-        from mosmos_components.segment import segment
+        from mosmos_components.inference import segment
+        from mosmos_components.inference.run import report
 
         output_dir = _renamed(output_dir, output, "OUTPUT_DIR", "--output")
         if model is None:
@@ -258,13 +259,7 @@ class MosmosCLI:
             crop_foreground=crop_foreground,
             geometry_limits=limits,
         )
-        line = (
-            f"mosmos segment: {len(res['done'])} scan(s) segmented, {len(res['skipped'])} skipped, "
-            f"{len(res['failed'])} failed in {time.time() - t:.1f} s on {res['device']} -> {output_dir}"
-        )
-        if res["failed"]:
-            raise RuntimeError(line + "; failed: " + "; ".join(f"{f['scan']}: {f['error']}" for f in res["failed"]))
-        return line
+        return "mosmos segment: " + report(res, time.time() - t)
 
     def locate(
         self,
@@ -298,7 +293,7 @@ class MosmosCLI:
         """Export the segmentation MODEL (a model.pt with its model.json, or a folder holding one) to OUT_PATH
         (.onnx, with its sidecar beside it), checked against PyTorch with ONNX Runtime; mosmos segment runs it."""
         from mosmos_components.export import export_onnx
-        from mosmos_components.segment import resolve_model
+        from mosmos_components.inference import resolve_model
 
         return export_onnx(resolve_model(model), out_path, opset=opset, overwrite=overwrite)
 

@@ -76,7 +76,7 @@ def _preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mosmos_components.segment import _to_ras
+    from mosmos_components.inference.writers import _to_ras
     from mosmos_components.visualize import radiological_view
 
     img, zooms = _to_ras(intensity, affine)
@@ -108,7 +108,7 @@ def locate(
     pretrained: str | os.PathLike,
     output_dir: str | os.PathLike,
     modality: str = "ct",
-    ct_range: tuple[float, float] = (-175.0, 250.0),
+    ct_range: tuple[float, float] | None = None,
     series_uid: str | None = None,
     overwrite: bool = False,
     batch: int = 16,
@@ -123,9 +123,11 @@ def locate(
 
     from mosmos_components.checkpoint import atomic_json_save, load_pretrain_network
     from mosmos_components.data.datalist import inference_inputs
-    from mosmos_components.segment import _write_nifti, case_name, file_names, resolve_model
-    from mosmos_components.transforms import RAS_LABELS, LoadImageNamed, ModalityIntensityd
+    from mosmos_components.inference import case_name, file_names, resolve_model
+    from mosmos_components.inference.writers import _write_nifti
+    from mosmos_components.transforms import CT_WINDOW, RAS_LABELS, LoadImageNamed, ModalityIntensityd
 
+    ct_range = tuple(CT_WINDOW if ct_range is None else ct_range)
     names = list(dict.fromkeys(n.strip() for n in names if n and n.strip()))
     if not names:
         raise ValueError("give at least one structure name, e.g. mosmos locate scan.nii.gz liver --model ...")

@@ -28,11 +28,15 @@ __all__ = [
     "foreground_or_all",
     "crop_to_body",
     "RAS_LABELS",
+    "CT_WINDOW",
     "GEOMETRY_LIMITS",
     "CheckNiftiHeaderd",
     "CheckGeometryd",
     "nifti_header_problem",
 ]
+
+#: the CT intensity window (HU) of the BTCV recipe, mapped to [0, 1]: the default wherever a window is not given
+CT_WINDOW = (-175.0, 250.0)
 
 #: MONAI's axis labels for RAS, passed to ``Orientationd`` explicitly (its default argument warns on every use)
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -482,7 +486,7 @@ class ModalityIntensityd(MapTransform):
         keys: KeysCollection = "image",
         modality_key: str = "modality",
         default: str = "ct",
-        ct_range: Sequence[float] = (-175.0, 250.0),
+        ct_range: Sequence[float] = CT_WINDOW,
         mri_percentiles: Sequence[float] = (0.5, 99.5),
         allow_missing_keys: bool = False,
     ) -> None:

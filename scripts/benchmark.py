@@ -28,10 +28,10 @@ import torch
 from monai.networks.nets import UNETR
 from torch.utils.flop_counter import FlopCounterMode
 
+from mosmos_components.inference import autocast  # AMP as mosmos segment uses it: fp16 on a GPU, bf16 on a CPU
 from mosmos_components.losses import MosmosPretrainLoss
 from mosmos_components.networks import MosmosPretrainNet, MosmosUNETR, TrainingOutput
 from mosmos_components.runtime import keep_freed_memory
-from mosmos_components.segment import autocast  # AMP as mosmos segment uses it: fp16 on a GPU, bf16 on a CPU
 
 SIZES = {
     "tiny": {
@@ -342,7 +342,7 @@ def scan_benchmark(
     import numpy as np
 
     from mosmos_components.checkpoint import save_network
-    from mosmos_components.segment import load_model, segment
+    from mosmos_components.inference import load_model, segment
 
     u = SIZES[size]["unetr"]
     out = {
@@ -475,7 +475,7 @@ def fast_mode_benchmark(model: str, datalist: str, device: torch.device, split: 
     from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
-    from mosmos_components.segment import load_model, preprocessing, segment_scan
+    from mosmos_components.inference import load_model, preprocessing, segment_scan
 
     cases = _json_load(datalist)[split]
     m = load_model(model, device)
