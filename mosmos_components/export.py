@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mosmos_components.checkpoint import is_2d_network, load_segmentation_network, read_sidecar, write_sidecar
+from mosmos_components.checkpoint import load_segmentation_network, read_sidecar, write_sidecar
 
 __all__ = ["export_onnx", "OnnxNetwork"]
 
@@ -67,12 +67,13 @@ def export_onnx(
     for f in (out, side):
         if f.exists() and not overwrite and not (f == side and shared):
             raise FileExistsError(f"{f} exists (--overwrite to replace it)")
+    from mosmos_components.inference.model import ModelCard
+
     cfg = read_sidecar(model_pt)
+    card = ModelCard.read(model_pt, cfg)
     net = load_segmentation_network(model_pt).eval()
-    roi = cfg.get("inference", {}).get("roi_size") or cfg.get("img_size")
-    if is_2d_network(cfg) or cfg.get("inference", {}).get("slice_inference"):
-        roi = list(roi)[:2]
-    x = torch.rand(2, int(cfg.get("in_channels", 1)), *[int(v) for v in roi])
+    roi = card.roi_size[:2] if card.slice_inference else card.roi_size
+    x = torch.rand(2, card.in_channels, *roi)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         # with gradients on: under no_grad, nn.MultiheadAttention takes a fused kernel that ONNX cannot express

@@ -8,9 +8,10 @@ A report is scanned once with one regular expression built from the vocabulary i
 * sided organs (kidney, adrenal gland, atrium, ventricle) take their side from the nearest side word in the
   same phrase ("left renal cyst", "L kidney"); a plural or bilateral mention ("kidneys", "both adrenals")
   tags both sides; an unsided singular mention tags both sides unless ``unsided="none"`` -- or unless the same
-  sentence names that organ with a side ("Renal cell carcinoma in the left kidney": the left kidney only);
-* phrases that contain an organ word without naming the organ are ignored: brain ventricles by number or name
-  ("4th ventricle", "lateral ventricles"), imaging phases ("portal venous phase");
+  sentence names that organ with a side ("Renal cell carcinoma in the left kidney": the left kidney only; clauses
+  joined by ``;`` or ``:`` are one sentence: "cyst in the left kidney; renal function is normal");
+* phrases that contain an organ word without naming the organ are ignored, with their plurals: brain ventricles
+  by number or name ("4th ventricle", "lateral ventricles"), imaging phases ("portal venous phase(s)");
 * ambiguous abbreviations count only in a sentence with a word of their context and none of a conflicting
   one (``abbreviation_contexts``): "RA" is the right atrium next to "atrial" or "heart", not in "History of RA";
   "PV" is the portal vein next to "liver" or "splenic", not beside "pulmonary vein";
@@ -34,7 +35,7 @@ import torch
 __all__ = ["TagVocabulary", "TagExtractor", "extract_tags", "tags_to_multi_hot", "default_vocabulary", "DEFAULT_TAGS"]
 
 _PHRASE_BREAK = re.compile(r"[,.;:()\[\]!?\n]")
-_SENTENCE_END = re.compile(r"[.;!?](?=\s|$)|\n")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")  # ";" and ":" join clauses of one sentence
 _MAX_SIDE_GAP_WORDS = 2  # "left lower pole renal cyst": the side word may precede the organ word by two words
 _MIN_WORDS_FOR_LANGUAGE = 5  # shorter texts ("Leber", "CT abdomen") say too little about their language
 _SIDE_WINDOW = 256  # characters looked back for a side word: bounded, so extraction stays linear in the text
@@ -141,8 +142,10 @@ class TagExtractor:
         self._warned_language = False  # said once per extractor
         v = self.vocabulary
         alternatives = []  # (length, pattern); longest first makes the regex take the longest phrase
-        for phrase in set(v.phrases) | set(v.sided) | v.ignore:
+        for phrase in set(v.phrases) | set(v.sided):
             alternatives.append((len(phrase), "(?i:" + self._pattern(phrase) + ")"))
+        for phrase in v.ignore:  # "portal venous phase" covers "... phases" too: plurals of what is ignored
+            alternatives.append((len(phrase) + 2, "(?i:" + self._pattern(phrase) + "(?:e?s)?)"))
         for abbr in v.abbreviations:
             alternatives.append((len(abbr), self._pattern(abbr)))
         alternatives.sort(key=lambda a: -a[0])
@@ -197,7 +200,8 @@ class TagExtractor:
 
     @staticmethod
     def _sentences(text: str):
-        """(start, end) of each sentence: split after ``. ; ! ?`` followed by a space, and at line breaks."""
+        """(start, end) of each sentence: split after ``. ! ?`` followed by a space, and at line breaks; clauses
+        joined by ``;`` or ``:`` stay one sentence (a sided mention in one wins over an unsided one in another)."""
         start = 0
         for m in _SENTENCE_END.finditer(text):
             yield start, m.end()
@@ -226,7 +230,7 @@ class TagExtractor:
                 found.update(v.abbreviations[raw])
                 continue
             key = self._space.sub(" ", raw.lower())
-            if key in v.ignore:
+            if key in v.ignore or re.sub(r"e?s$", "", key) in v.ignore:
                 continue
             if key in v.phrases:
                 found.update(v.phrases[key])

@@ -267,6 +267,7 @@ def test_clip_baselines_through_the_bundle(btcv_dir, clip_weights, tmp_path, use
         clip_weights["ckpt"],
         use_pta=use_pta,
         pta_mode="score",
+        pretrained_kind="clip",  # as baselines/clip.json and clip_denseclip.json say
         max_epochs=1,
     )
     net = load_segmentation_network(tmp_path / "models" / "model.pt")
@@ -377,3 +378,8 @@ def test_mlflow_records_losses_and_per_organ_dice(btcv_dir, pretrained, tmp_path
     keys = set().union(*(r.data.metrics.keys() for r in runs))
     assert {"train_loss", "val_mean_dice", "dice_liver", "dice_spleen"} <= keys
     assert any(r.data.params.get("max_epochs") == "1" for r in runs)  # run parameters are recorded
+    import hashlib
+
+    sha = hashlib.sha256(pretrained["mosmos-tiny-vit"].read_bytes()).hexdigest()
+    tags = [r.data.tags for r in runs]  # what the network started from, with the weights' SHA-256
+    assert any(t.get("initialisation.kind") == "mosmos" and t.get("initialisation.weights_sha256") == sha for t in tags)

@@ -166,3 +166,23 @@ def test_a_report_in_another_language_says_so_once():
         extract("Hígado aumentado de tamaño, quiste en el riñón izquierdo.")  # said once already
         TagExtractor()("The liver is enlarged.")  # English with a tag
         TagExtractor()("CT abdomen")  # too short to tell
+
+
+def test_the_sidecar_is_read_once_into_a_typed_card(tmp_path):
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.inference import ModelCard
+    from mosmos_components.transforms import CT_WINDOW
+
+    extra = {
+        "class_names": ["background", "liver"],
+        "data": {"pixdim": [1, 1, 2], "modality": "ct"},
+        "inference": {"roi_size": [32, 32, 16]},
+    }
+    save_network(torch.nn.Linear(2, 2), tmp_path / "model.pt", extra=extra)
+    card = ModelCard.read(tmp_path / "model.pt")
+    assert (card.intensity_range, card.overlap, card.axcodes, card.sigmoid) == (list(CT_WINDOW), 0.5, "RAS", False)
+    assert (card.pixdim, card.roi_size, card.output_labels) == ([1.0, 1.0, 2.0], [32, 32, 16], None)
+    bad = dict(extra, inference={"roi_size": [32, 32, 16], "output_labels": "msd_brats"})
+    save_network(torch.nn.Linear(2, 2), tmp_path / "bad.pt", extra=bad)
+    with pytest.raises(ValueError, match="'msd_brats' does not fit softmax outputs"):
+        ModelCard.read(tmp_path / "bad.pt")

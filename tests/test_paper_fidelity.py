@@ -82,7 +82,10 @@ def test_pretraining_without_mlr_is_an_override_recorded_in_the_sidecar(repo):
     parser["use_mlr"] = False
     loss = parser.get_parsed_content("loss")
     assert loss.use_mlr is False and loss.use_irc is True
-    assert parser.get_parsed_content("validate#best_saver#extra") == {"pretrain_losses": {"irc": True, "mlr": False}}
+    assert parser.get_parsed_content("validate#best_saver#extra") == {
+        "weights_kind": "mosmos",
+        "pretrain_losses": {"irc": True, "mlr": False},
+    }
 
 
 def test_a_checkpoint_pretrained_without_mlr_warns_that_the_decoder_is_untrained(tiny_unetr, pretrained, tmp_path):

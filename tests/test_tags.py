@@ -138,3 +138,17 @@ def test_extraction_work_is_linear_in_text_length(monkeypatch):
         TagExtractor()(unit * repeats)
         assert sum(scanned) <= 300 * len(scanned)  # each look-up scans a bounded window, whatever the text length
     assert len(scanned) == 2000  # two sided-organ mentions per sentence, 1000 sentences
+
+
+@pytest.mark.parametrize(
+    "text, tags",
+    [
+        ("Acquired in the arterial and portal venous phases.", []),  # plural imaging phases: not the portal vein
+        ("Nephrographic phases were obtained; the portal vein is patent.", ["portal vein and splenic vein"]),
+        ("Cyst in the left kidney; renal function is normal.", ["left kidney"]),  # clauses of one sentence
+        ("Cyst in the left kidney: renal function is normal.", ["left kidney"]),
+        ("Cyst in the left kidney. Renal function is normal.", ["right kidney", "left kidney"]),  # two sentences
+    ],
+)
+def test_plurals_of_ignored_phrases_and_clauses_of_one_sentence(text, tags):
+    assert extract_tags(text) == tags
