@@ -76,14 +76,14 @@ def _preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mosmos_components.inference.writers import _to_ras
+    from mosmos_components.inference import to_ras
     from mosmos_components.visualize import radiological_view
 
-    img, zooms = _to_ras(intensity, affine)
+    img, zooms = to_ras(intensity, affine)
     lo, hi = window if window is not None else np.percentile(img, [1, 99])
     fig, axes = plt.subplots(len(names), 2, figsize=(6.4, 3.0 * len(names)), squeeze=False)
     for r, name in enumerate(names):
-        m, _ = _to_ras(maps[r], affine)
+        m, _ = to_ras(maps[r], affine)
         peak = np.unravel_index(int(np.argmax(m)), m.shape)
         views = [
             ("axial", img[:, :, peak[2]], m[:, :, peak[2]], zooms[1] / zooms[0]),
@@ -123,8 +123,7 @@ def locate(
 
     from mosmos_components.checkpoint import atomic_json_save, load_pretrain_network
     from mosmos_components.data.datalist import inference_inputs
-    from mosmos_components.inference import case_name, file_names, resolve_model
-    from mosmos_components.inference.writers import _write_nifti
+    from mosmos_components.inference import case_name, file_names, resolve_model, write_nifti
     from mosmos_components.transforms import CT_WINDOW, RAS_LABELS, LoadImageNamed, ModalityIntensityd
 
     ct_range = tuple(CT_WINDOW if ct_range is None else ct_range)
@@ -175,7 +174,7 @@ def locate(
     affine = np.asarray(raw.affine, dtype=float)
     found = {}
     for k, name in enumerate(names):
-        _write_nifti(maps_np[k], item, affine, targets[name])  # float32 already
+        write_nifti(maps_np[k], item, affine, targets[name])  # float32 already
         peak = np.unravel_index(int(np.argmax(maps_np[k])), maps_np[k].shape)
         world = (affine @ np.array([*peak, 1.0]))[:3]
         found[name] = {

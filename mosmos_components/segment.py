@@ -3,4 +3,5 @@
 
 from mosmos_components.inference import *  # noqa: F403
 from mosmos_components.inference import __all__  # noqa: F401
-from mosmos_components.inference.writers import _to_ras, _write_nifti  # noqa: F401 - used by earlier callers
+from mosmos_components.inference.writers import to_ras as _to_ras  # noqa: F401 - the former private names
+from mosmos_components.inference.writers import write_nifti as _write_nifti  # noqa: F401

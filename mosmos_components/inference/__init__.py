@@ -25,6 +25,8 @@ from mosmos_components.inference.writers import (
     planned_outputs,
     plot_preview,
     structure_statistics,
+    to_ras,
+    write_nifti,
 )
 
 __all__ = [
@@ -46,4 +48,6 @@ __all__ = [
     "planned_outputs",
     "structure_statistics",
     "plot_preview",
+    "to_ras",
+    "write_nifti",
 ]

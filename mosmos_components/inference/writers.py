@@ -28,7 +28,7 @@ def case_name(item: dict) -> str:
     return _NIFTI.sub("", p.name) if p.is_file() else p.name
 
 
-def _write_nifti(array: np.ndarray, item: dict, affine: np.ndarray, path: Path) -> None:
+def write_nifti(array: np.ndarray, item: dict, affine: np.ndarray, path: Path) -> None:
     """``array`` on the input grid: a NIfTI input's own header (qform/sform codes, units) is kept."""
     import nibabel as nib
 
@@ -123,7 +123,7 @@ def _write_statistics(rows: list[dict], case: str, out: Path, extra: dict, wante
     return written + [str(cs)]
 
 
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``array`` (x, y, z) reoriented to the closest RAS axes, and its voxel sizes (for display only)."""
     import nibabel as nib
 
@@ -154,8 +154,8 @@ def plot_preview(
 
     from mosmos_components.visualize import draw_labels, radiological_view
 
-    img, zooms = _to_ras(intensity, affine)
-    lab, _ = _to_ras(label, affine)
+    img, zooms = to_ras(intensity, affine)
+    lab, _ = to_ras(label, affine)
     found = [(int((lab == k).sum()), k) for k in range(1, len(names) + 1)]
     found = [k for n, k in sorted(found, reverse=True) if n > 0][:max_rows]
     colours = plt.get_cmap("tab20")(np.arange(len(names)) % 20)
@@ -256,11 +256,11 @@ def _write_outputs(
     if not split:
         if str(planned[0]) not in wanted:
             return []
-        _write_nifti(label, item, res["affine"], planned[0])
+        write_nifti(label, item, res["affine"], planned[0])
         return [str(planned[0])]
     written = []
     for k, path in zip(keep, planned):
         if str(path) in wanted:
-            _write_nifti((label == k).astype(np.uint8), item, res["affine"], path)
+            write_nifti((label == k).astype(np.uint8), item, res["affine"], path)
             written.append(str(path))
     return written
