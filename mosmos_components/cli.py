@@ -316,8 +316,9 @@ def _renamed(value, old_value, name: str, old_name: str, default=_REQUIRED):
     if old_value is not None:
         if value is not None:
             raise ValueError(f"{old_name} is the former name of {name}: give one of them")
-        logging.getLogger("mosmos").warning("%s is now %s; the old name goes in the next release", old_name, name)
-        return old_value
+        from mosmos_components.errors import former_name
+
+        return former_name(old_value, old_name, name)
     if value is None:
         if default is _REQUIRED:
             raise ValueError(f"{name} is required")
