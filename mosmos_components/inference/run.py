@@ -44,7 +44,7 @@ def _subset(names: list[str], roi_subset: str | list[str] | tuple | None) -> lis
 
 def segment(
     input: str | os.PathLike,
-    output: str | os.PathLike,
+    output_dir: str | os.PathLike,
     model: str | os.PathLike | SegmentationModel,
     device: str | None = None,
     split: bool = False,
@@ -67,7 +67,7 @@ def segment(
     output_labels: str | None = None,
 ) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
-    OUTPUT (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
+    OUTPUT_DIR (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
     fails is reported and the others go on; the returned summary lists both (``failed``). ``amp``: mixed precision
     (:func:`autocast`; default on a GPU only); ``compile``: the network through ``torch.compile`` (:func:`compiled`);
     ``crop_foreground``, ``geometry_limits``, ``nonfinite``: see :func:`preprocessing`. ``modality``: ``"ct"`` or
@@ -98,7 +98,7 @@ def segment(
     items = inference_inputs(input, series_uid, keep_going=True)
     if modality is not None:
         items = [dict(i, modality=modality) for i in items]
-    out = Path(output)
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     done, skipped, failed = [], [], []
     pre = preprocessing(
