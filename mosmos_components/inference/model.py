@@ -22,7 +22,7 @@ from mosmos_components.inference.labels import LABEL_DECODINGS, decoding_of
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelCard:
     """A segmentation model's sidecar (``model.json``) as inference reads it, in one place: how a scan is read
     for the model and what its outputs mean. Sidecars written before an entry was recorded get the documented
@@ -39,7 +39,7 @@ class ModelCard:
     axcodes: str
     slice_inference: bool  # 2D networks: windows are slices of the volume
     sigmoid: bool  # overlapping regions (one channel per region, no background channel)
-    output_labels: str | None  # a key of LABEL_DECODINGS; None: argmax (softmax) or regions (sigmoid)
+    output_labels: str | None = None  # a key of LABEL_DECODINGS; None: argmax (softmax) or regions (sigmoid)
 
     @classmethod
     def read(cls, path: str | os.PathLike, cfg: dict | None = None) -> ModelCard:
@@ -83,24 +83,13 @@ class ModelCard:
         )
 
 
-@dataclass
-class SegmentationModel:
-    """A loaded segmentation network and what it needs to read a scan (its :class:`ModelCard`'s entries)."""
+@dataclass(kw_only=True)
+class SegmentationModel(ModelCard):
+    """A loaded segmentation network with its :class:`ModelCard` (what it needs to read a scan)."""
 
     network: torch.nn.Module
     path: Path
-    class_names: list[str]  # channel order; index 0 is the background for softmax models
-    in_channels: int
-    pixdim: list[float]
-    modality: str
-    intensity_range: list[float]
-    roi_size: list[int]
-    overlap: float
-    axcodes: str
-    slice_inference: bool  # 2D networks: windows are slices of the volume
-    sigmoid: bool  # BraTS-style overlapping regions (one channel per region, no background channel)
     sidecar: dict = field(repr=False, default_factory=dict)
-    output_labels: str | None = None  # see ModelCard
 
     @property
     def decoding(self) -> str:
