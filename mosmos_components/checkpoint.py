@@ -147,18 +147,24 @@ def checkpoint_assets(path: str | os.PathLike, sidecar: dict[str, Any]) -> dict[
     return out
 
 
-def _check_pair(path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
-    """The weights at ``path`` are the ones its sidecar was written with (when the sidecar records a hash)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MB chunks (memory bounded whatever its size)."""
     import hashlib
 
-    want = sidecar.get("weights_sha256")
-    if want is None or not Path(path).is_file():
-        return
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    if h.hexdigest() != want:
+    return h.hexdigest()
+
+
+def _check_pair(path: str | os.PathLike, sidecar: dict[str, Any]) -> None:
+    """The weights at ``path`` are the ones its sidecar was written with (when the sidecar records a hash)."""
+
+    want = sidecar.get("weights_sha256")
+    if want is None or not Path(path).is_file():
+        return
+    if file_sha256(path) != want:
         load_state_dict(path)  # a file that is no checkpoint at all says so first
         raise RuntimeError(
             f"{path} and {Path(path).with_suffix('.json')} are not from the same save (weights "

@@ -32,7 +32,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from mosmos_components.checkpoint import load_pretrain_network, read_sidecar, save_network
+from mosmos_components.checkpoint import file_sha256, load_pretrain_network, read_sidecar, save_network
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResNetEncoder
 from mosmos_components.networks.timm_encoder import TimmCNNEncoder, read_weight_file
@@ -587,16 +587,6 @@ def weights_kind(path: str | os.PathLike) -> str:
     return "mosmos"
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def initialisation_record(
     pretrained_ckpt: str | os.PathLike | None, pretrained_kind: str = "mosmos", use_pta: bool = False
 ) -> dict:
@@ -607,7 +597,7 @@ def initialisation_record(
     return {
         "kind": pretrained_kind,
         "weights": str(pretrained_ckpt),
-        "weights_sha256": _file_sha256(pretrained_ckpt),
+        "weights_sha256": file_sha256(pretrained_ckpt),
         "use_pta": bool(use_pta),
     }
 
