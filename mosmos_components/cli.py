@@ -92,7 +92,7 @@ class MosmosCLI:
     ) -> str:
         """Write CLIP (or PubMedCLIP, BiomedCLIP) weights, without MOSMOS pre-training, as a checkpoint the
         segmentation bundles take as --pretrained_ckpt: the CLIP baseline (--use_pta False) and CLIP+DenseCLIP
-        (--pta_mode score). CLIP_PRETRAINED: a local weights file, a local-dir:/path open_clip model folder
+        (--pta_mode denseclip). CLIP_PRETRAINED: a local weights file, a local-dir:/path open_clip model folder
         (BiomedCLIP as released), or an open_clip tag or hf-hub:org/name when online. TEXT_TOWER: the local folder
         of a Hugging Face text tower's config and tokenizer, when the model folder names one that is not on disk."""
         from mosmos_components.transfer import save_clip_checkpoint
@@ -124,14 +124,18 @@ class MosmosCLI:
             "tags_per_report.csv, tag_stats.json"
         )
 
-    def experiment(self, spec: str, output_dir: str | None = None, max_cells: int | None = None) -> str:
-        """Run the grid of an experiment SPEC (initialisations x label fractions x seeds x lambda) through the
-        bundles, skipping finished cells and resuming interrupted ones, then aggregate it into tables and figures
-        (see mosmos_components.experiment)."""
+    def experiment(
+        self, spec: str, output_dir: str | None = None, max_cells: int | None = None, pretrain_dir: str | None = None
+    ) -> str:
+        """Run the grid of an experiment SPEC (blocks x initialisations x label fractions x seeds x lambda) through
+        the bundles, each cell after the pre-training its initialisation consumes, skipping finished cells and
+        resuming interrupted ones, then aggregate it into tables and figures (see mosmos_components.experiment).
+        PRETRAIN_DIR: where chained pre-trainings are written and found (default OUTPUT_DIR/pretrain; specs that
+        share one reuse a pre-training of the same name and definition)."""
         from mosmos_components.experiment import run_experiment
 
         t = time.time()
-        r = run_experiment(spec, output_dir, max_cells)
+        r = run_experiment(spec, output_dir, max_cells, pretrain_dir)
         return (
             f"{r['ran']} cell(s) run, {r['skipped']} already done, of {r['cells']} ({time.time() - t:.0f} s); "
             f"results in {r['results']}: " + ", ".join(Path(t).name for t in r["tables"])

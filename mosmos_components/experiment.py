@@ -35,11 +35,31 @@ as Fig. 7).
 same number of training iterations at every fraction (or set ``epoch_length`` once for all), and
 ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some initialisations at a fraction.
 
+``blocks`` (``{"unet_resnet50": {"configs": ["unet2d.json"], "inits": {"imagenet": {...}}}, "unetr_vitb16": {}}``)
+runs several grids from one spec, each in ``<output_dir>/<block>/`` with its own split, cells and results: a
+block may name its own ``bundle``, ``dataset_dir``, ``output_dir`` (another spec's block folder, whose finished
+cells it then shares), ``reference``, ``open_set``, ``positioning`` and ``results`` folder; its ``configs`` come
+after the spec's, its ``overrides`` over the spec's, and per init its entries over the spec's (``null`` drops that
+init from the block). Table 2's two backbones, AMOS's CT and MRI, Table 5's data sets and patch sizes are blocks.
+
+``pretrainings`` (``{"mosmos_vitb16": {"configs": ["train.json"], "dataset_dir": "/data/roco", "overrides":
+{"backbone": "ViT-B-16", ...}}, "clip_vitb16": {"clip_checkpoint": {"clip_pretrained": "/weights/ViT-B-16.pt",
+"backbone": "ViT-B-16"}}}``) chains pre-training and fine-tuning: an init that says ``"pretraining": "<name>"``
+fine-tunes from that pre-training's checkpoint, which the runner writes once (a ``mosmos_pretrain`` run, resumable,
+or a ``mosmos clip-checkpoint`` of the user's CLIP weights) in ``<output_dir>/pretrain/<name>/`` (or the
+``pretrain_dir`` given to :func:`run_experiment`, which specs may share: a pre-training of the same name and
+definition is written once) before the first cell that consumes it. ``open_set`` marks classes the pre-training's
+tags do not name (``†`` in the tables); ``positioning`` (``{"init": "mosmos", "names": [["right kidney", "left
+kidney"]]}``) draws the tag decoder's attention of that init's pre-training for those names on the first test scan
+(``results/positioning/``, the paper's Fig. 7).
+
 Relative paths in a spec (``dataset_dir``, ``output_dir``, ``pretrained_ckpt``) are taken from its ``root``, a
 folder relative to the spec file (the shipped specs say ``".."``: the repository), or from the spec's own folder
-when it names none, never from the folder the command runs in. Before the first cell the whole spec is checked
-(:func:`load_spec`): unknown keys, override keys that are not keys of the bundle's configs, label fractions outside
-(0, 1], lambdas outside [0, 1] and repeated values are errors naming the spec file.
+when it names none, never from the folder the command runs in (so are a pre-training's weights and towers where
+they look like paths). Before the first cell the whole spec is checked (:func:`load_spec`): unknown keys (of the
+spec, a block, a pre-training), override keys that are not keys of the bundle's configs (of the pre-training
+bundle's, for a pre-training), variants and pre-trainings that do not exist, label fractions outside (0, 1],
+lambdas outside [0, 1] and repeated values are errors naming the spec file and the block.
 """
 
 from __future__ import annotations
@@ -69,6 +89,7 @@ class Cell:
     fraction: float
     seed: int
     lam: float | None
+    block: str | None = None  # the block of a spec with blocks (its cells live in the block's own folder)
 
     @property
     def name(self) -> str:
@@ -76,11 +97,55 @@ class Cell:
         return f"{self.init}__frac{self.fraction:g}__seed{self.seed}__lambda{lam}"
 
     def coords(self) -> dict:
-        return {"init": self.init, "label_fraction": self.fraction, "seed": self.seed, "lambda_pta": self.lam}
+        coords = {"init": self.init, "label_fraction": self.fraction, "seed": self.seed, "lambda_pta": self.lam}
+        return coords if self.block is None else {"block": self.block, **coords}
 
 
 def load_spec(path: str | Path) -> dict:
-    """Read and check a spec (see the module docstring); errors name the file and the key."""
+    """Read and check a spec (see the module docstring); errors name the file and the key. A spec with ``blocks``
+    comes back with each block's own spec, checked and resolved like a spec of its own, in ``spec["_blocks"]``."""
+    path = _find_spec(path)
+    spec = _read_spec(path)
+    unknown = [k for k in spec if k not in SPEC_KEYS and not str(k).startswith("_")]
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown spec key '{unknown[0]}'{_close(unknown[0], SPEC_KEYS)}; a spec holds {list(SPEC_KEYS)}"
+        )
+    spec.setdefault("name", path.stem)
+    spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
+    root = _spec_root(spec, path)
+    _fix_paths(spec, root)
+    _check_pretrainings(spec, path, root)
+    blocks = spec.get("blocks")
+    if blocks is None:
+        spec = _load_block(spec, path, path, root)
+        spec["_pretrain_dir"] = str(Path(spec["output_dir"]) / "pretrain")
+        spec["_path"] = str(path)
+        return spec
+    if not isinstance(blocks, dict) or not blocks:
+        raise ValueError(f"{path}: 'blocks' must map block names to their settings, got {blocks!r}")
+    spec["_blocks"] = {}
+    for name, block in blocks.items():
+        where = f"{path} (block '{name}')"
+        if not isinstance(block, dict):
+            raise ValueError(f"{where}: a block must map settings to values, got {block!r}")
+        wrong = [k for k in block if k not in BLOCK_KEYS]
+        if wrong:
+            raise ValueError(
+                f"{where}: unknown block key '{wrong[0]}'{_close(wrong[0], BLOCK_KEYS)}; a block holds "
+                f"{list(BLOCK_KEYS)}"
+            )
+        _fix_paths(block, root)
+        sub = _block_spec(spec, name, block)
+        spec["_blocks"][name] = _load_block(sub, path, where, root)
+    spec["_pretrain_dir"] = str(Path(spec["output_dir"]) / "pretrain")
+    for sub in spec["_blocks"].values():
+        sub["_pretrain_dir"] = spec["_pretrain_dir"]
+    spec["_path"] = str(path)
+    return spec
+
+
+def _find_spec(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file() and not path.suffix and len(path.parts) == 1:  # a shipped spec by name: "demo_btcv"
         here = Path(__file__).resolve().parent
@@ -94,6 +159,10 @@ def load_spec(path: str | Path) -> dict:
         )
     if not path.is_file():
         raise FileNotFoundError(f"experiment spec not found: {path}")
+    return path
+
+
+def _read_spec(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         try:
@@ -106,40 +175,103 @@ def load_spec(path: str | Path) -> dict:
             spec = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a spec is a mapping of keys to values, got {type(spec).__name__}")
+    return spec
+
+
+def _close(word, options) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _block_spec(spec: dict, name: str, block: dict) -> dict:
+    """A block's own spec: the spec's settings, the block's configs after the spec's, its overrides over the
+    spec's, and per init its entries over the spec's (``null`` drops that init from the block); its output in
+    ``<output_dir>/<block>`` unless it names one."""
+    sub = {k: v for k, v in spec.items() if k not in ("blocks", "_blocks", "description")}
+    sub["name"] = f"{spec['name']}/{name}"
+    sub["configs"] = list(spec.get("configs") or []) + list(block.get("configs") or [])
+    sub["overrides"] = {**(spec.get("overrides") or {}), **(block.get("overrides") or {})}
+    inits = {k: dict(v) for k, v in (spec.get("inits") or {}).items()}
+    for init, entries in (block.get("inits") or {}).items():
+        if entries is None:
+            inits.pop(init, None)
+        else:
+            inits[init] = {**inits.get(init, {}), **entries}
+    sub["inits"] = inits
+    for key in ("bundle", "dataset_dir", "open_set", "positioning", "reference", "results"):
+        if key in block:
+            sub[key] = block[key]
+    sub["output_dir"] = block.get("output_dir") or str(Path(spec["output_dir"]) / name)
+    sub["_borrowed"] = bool(block.get("output_dir"))  # another spec's grid folder: its cells are shared
+    if "description" in block:
+        sub["description"] = block["description"]
+    return sub
+
+
+def _load_block(spec: dict, path: Path, where, root: Path) -> dict:
+    """The checks and defaults of one grid (a spec without blocks, or one block); ``where`` names it in errors."""
     for key in ("bundle", "configs", "dataset_dir", "inits"):
         if key not in spec:
-            raise ValueError(f"{path}: the spec has no '{key}'")
+            raise ValueError(f"{where}: the spec has no '{key}'")
     if not isinstance(spec["inits"], dict) or not spec["inits"]:
-        raise ValueError(f"{path}: 'inits' must map names to override sets")
+        raise ValueError(f"{where}: 'inits' must map names to override sets")
     for ref in _references(spec):
         if ref not in spec["inits"]:
-            raise ValueError(f"{path}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
+            raise ValueError(f"{where}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
     for key, names in (spec.get("fraction_inits") or {}).items():
         unknown = sorted(set(names) - set(spec["inits"]))
         if unknown:
             raise ValueError(
-                f"{path}: fraction_inits '{key}' names {unknown}, not among the inits {sorted(spec['inits'])}"
+                f"{where}: fraction_inits '{key}' names {unknown}, not among the inits {sorted(spec['inits'])}"
             )
     from mosmos_components.bundle_runner import bundles_dir
 
     configs = bundles_dir() / str(spec["bundle"]) / "configs"
+    if not configs.is_dir():
+        there = sorted(p.name for p in bundles_dir().iterdir() if (p / "configs").is_dir())
+        raise ValueError(f"{where}: no bundle '{spec['bundle']}' (bundles: {there})")
     for name, init in spec["inits"].items():
+        if not isinstance(init, dict):
+            raise ValueError(f"{where}: init '{name}' must map config keys to values, got {init!r}")
         for f in _variants(init):
             if not (configs / f).is_file():
                 raise ValueError(
-                    f"{path}: init '{name}' names the variant {f}, which {configs} does not have "
+                    f"{where}: init '{name}' names the variant {f}, which {configs} does not have "
                     f"(there: {sorted(str(p.relative_to(configs)) for p in configs.glob('*/*.json'))})"
                 )
-    _check_spec(spec, path, configs)
-    spec.setdefault("name", path.stem)
-    spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
-    _resolve_paths(spec, path)
+        pre = init.get("pretraining")
+        if pre is not None:
+            if pre not in (spec.get("pretrainings") or {}):
+                raise ValueError(
+                    f"{where}: init '{name}' names the pre-training '{pre}', not among the spec's pretrainings "
+                    f"{sorted(spec.get('pretrainings') or {})}"
+                )
+            if "pretrained_ckpt" in init:
+                raise ValueError(f"{where}: init '{name}' names both a pre-training and a pretrained_ckpt")
+    _check_spec(spec, where, configs)
+    for cls in spec.get("open_set") or []:
+        names = _class_names(spec, configs)
+        if names is not None and cls not in names:
+            raise ValueError(f"{where}: open_set names '{cls}', not a class of {spec['bundle']} {names}")
     spec.setdefault("label_fractions", [1.0])
     spec.setdefault("seeds", [0])
     spec.setdefault("lambdas", [None])
     spec.setdefault("overrides", {})
-    spec["_path"] = str(path)
+    spec["root"] = str(root)
     return spec
+
+
+def _class_names(spec: dict, configs: Path) -> list[str] | None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(configs / f) for f in spec["configs"]])
+    names = parser.get("class_names")
+    return list(names) if isinstance(names, list) else None
 
 
 #: what a spec may hold (the module docstring says what each means)
@@ -163,53 +295,130 @@ SPEC_KEYS = (
     "unit",
     "panel_cases",
     "root",
+    "blocks",
+    "pretrainings",
+    "open_set",
+    "positioning",
+    "results",
 )
+
+#: what a block of a spec may hold: its own bundle, data and output, configs added to the spec's, overrides and
+#: per-init entries over the spec's
+BLOCK_KEYS = (
+    "description",
+    "bundle",
+    "configs",
+    "dataset_dir",
+    "output_dir",
+    "overrides",
+    "inits",
+    "reference",
+    "open_set",
+    "positioning",
+    "results",
+)
+
+#: what a pre-training of a spec may hold: a mosmos_pretrain run (``configs``, ``dataset_dir``, ``overrides``), or a
+#: ``clip_checkpoint`` of a user's CLIP weights (``mosmos clip-checkpoint``'s arguments)
+PRETRAINING_KEYS = ("description", "configs", "dataset_dir", "overrides", "clip_checkpoint")
+
+#: the keys of an init that are the runner's, not the bundle's: its variant files and the pre-training it consumes
+INIT_KEYS = ("variant", "pretraining")
 
 
 #: spec entries (and override keys) that hold paths: relative ones are taken from the spec's root
 PATH_KEYS = ("dataset_dir", "output_dir", "pretrained_ckpt")
 
+#: override keys that hold a path or a name (an open_clip tag, ``local-dir:``/``hf-hub:`` models): relative ones are
+#: taken from the spec's root only where they look like a path (hold a "/" and no ":")
+NAME_OR_PATH_KEYS = ("clip_pretrained", "text_tower", "image_tower_weights")
 
-def _resolve_paths(spec: dict, path: Path) -> None:
-    """Relative paths of the spec (:data:`PATH_KEYS`, at the top and in overrides and inits) made absolute against
-    the spec's ``root`` (a folder relative to the spec file; the spec's own folder when absent), so a spec means
-    the same files from whatever folder it is run."""
-    root = Path(os.path.normpath(path.resolve().parent / str(spec.get("root", "."))))
-    spec["root"] = str(root)
+
+def _spec_root(spec: dict, path: Path) -> Path:
+    """The folder relative paths of the spec are taken from: its ``root``, relative to the spec file (the spec's
+    own folder when absent), so a spec means the same files from whatever folder it is run."""
+    return Path(os.path.normpath(path.resolve().parent / str(spec.get("root", "."))))
+
+
+def _fix_paths(spec: dict, root: Path) -> None:
+    """Relative paths of a spec, a block or a pre-training (:data:`PATH_KEYS` at the top and in its overrides, inits
+    and ``clip_checkpoint``; :data:`NAME_OR_PATH_KEYS` where they look like paths) made absolute against ``root``."""
 
     def fix(d: dict) -> None:
         for key in PATH_KEYS:
             value = d.get(key)
             if isinstance(value, str) and value and not value.startswith("$") and not os.path.isabs(value):
                 d[key] = str(root / value)
+        for key in NAME_OR_PATH_KEYS:
+            value = d.get(key)
+            if isinstance(value, str) and "/" in value and ":" not in value and not os.path.isabs(value):
+                d[key] = str(root / value)
 
     fix(spec)
-    for group in (spec.get("overrides"), *(spec.get("fraction_overrides") or {}).values(), *spec["inits"].values()):
+    groups = [spec.get("overrides"), spec.get("clip_checkpoint"), *(spec.get("fraction_overrides") or {}).values()]
+    groups += list(spec["inits"].values()) if isinstance(spec.get("inits"), dict) else []
+    pretrainings = spec.get("pretrainings")
+    for pre in pretrainings.values() if isinstance(pretrainings, dict) else []:
+        if isinstance(pre, dict):
+            fix(pre)
+            groups += [pre.get("overrides"), pre.get("clip_checkpoint")]
+    for group in groups:
         if isinstance(group, dict):
             fix(group)
 
 
-def _check_spec(spec: dict, path: Path, configs: Path) -> None:
-    """Everything a spec says, checked before its first cell: its keys, the override keys (each must be a key of
-    the bundle's configs, nested ones as ``a#b``), label fractions in (0, 1], λ in [0, 1], no value twice. Errors
-    name the spec file and, for a misspelt key, the closest valid one."""
-    import difflib
+def _check_pretrainings(spec: dict, path: Path, root: Path) -> None:
+    """A spec's ``pretrainings``: each a mosmos_pretrain run whose configs exist and whose overrides are keys of
+    them, or a ``clip_checkpoint`` naming its weights."""
+    from mosmos_components.bundle_runner import bundles_dir
 
-    from monai.bundle import ConfigParser
+    table = spec.get("pretrainings")
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: 'pretrainings' must map names to pre-trainings, got {table!r}")
+    configs = bundles_dir() / "mosmos_pretrain" / "configs"
+    for name, pre in table.items():
+        where = f"{path} (pre-training '{name}')"
+        if not isinstance(pre, dict):
+            raise ValueError(f"{where}: a pre-training must map settings to values, got {pre!r}")
+        wrong = [k for k in pre if k not in PRETRAINING_KEYS]
+        if wrong:
+            raise ValueError(
+                f"{where}: unknown key '{wrong[0]}'{_close(wrong[0], PRETRAINING_KEYS)}; a pre-training holds "
+                f"{list(PRETRAINING_KEYS)}"
+            )
+        if "clip_checkpoint" in pre:
+            args = pre["clip_checkpoint"]
+            allowed = ("clip_pretrained", "backbone", "force_quick_gelu", "text_tower")
+            if not isinstance(args, dict) or not args.get("clip_pretrained"):
+                raise ValueError(f"{where}: clip_checkpoint needs its clip_pretrained weights, got {args!r}")
+            bad = [k for k in args if k not in allowed]
+            if bad:
+                raise ValueError(
+                    f"{where}: clip_checkpoint takes {list(allowed)}, not '{bad[0]}'{_close(bad[0], allowed)}"
+                )
+            continue
+        files = list(pre.get("configs") or ["train.json"])
+        missing = [f for f in files if not (configs / f).is_file()]
+        if missing:
+            raise ValueError(
+                f"{where}: mosmos_pretrain has no config {missing[0]} "
+                f"(there: {sorted(str(p.relative_to(configs)) for p in configs.rglob('*.json'))})"
+            )
+        if not pre.get("dataset_dir") and not spec.get("dataset_dir"):
+            raise ValueError(f"{where}: no dataset_dir (the image-report corpus it pre-trains on)")
+        _check_keys([configs / f for f in files], [("overrides", pre.get("overrides") or {})], where, "mosmos_pretrain")
 
-    def close(word, options) -> str:
-        match = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-        return f" (did you mean '{match[0]}'?)" if match else ""
 
-    unknown = [k for k in spec if k not in SPEC_KEYS and not str(k).startswith("_")]
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown spec key '{unknown[0]}'{close(unknown[0], SPEC_KEYS)}; a spec holds {list(SPEC_KEYS)}"
-        )
+def _check_spec(spec: dict, where, configs: Path) -> None:
+    """Everything a grid says, checked before its first cell: the override keys (each must be a key of the bundle's
+    configs, nested ones as ``a#b``), label fractions in (0, 1], λ in [0, 1], no value twice. Errors name the spec
+    file (and block) and, for a misspelt key, the closest valid one."""
     for key, low, high, low_open in (("label_fractions", 0.0, 1.0, True), ("lambdas", 0.0, 1.0, False)):
         values = spec.get(key, [1.0] if key == "label_fractions" else [None])
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{path}: '{key}' must be a non-empty list, got {values!r}")
+            raise ValueError(f"{where}: '{key}' must be a non-empty list, got {values!r}")
         for v in values:
             if v is None and key == "lambdas":
                 continue
@@ -219,7 +428,7 @@ def _check_spec(spec: dict, path: Path, configs: Path) -> None:
                 or not (low < v <= high if low_open else low <= v <= high)
             ):
                 raise ValueError(
-                    f"{path}: '{key}' holds {v!r}; each must lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+                    f"{where}: '{key}' holds {v!r}; each must lie in {'(' if low_open else '['}{low:g}, {high:g}]"
                 )
     seeds = spec.get("seeds", [0])
     if (
@@ -227,37 +436,51 @@ def _check_spec(spec: dict, path: Path, configs: Path) -> None:
         or not seeds
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)
     ):
-        raise ValueError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+        raise ValueError(f"{where}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
     for key in ("label_fractions", "seeds", "lambdas"):
         values = [v for v in spec.get(key) or [] if v is not None and not isinstance(v, (list, dict))]
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:
-            raise ValueError(f"{path}: '{key}' lists {twice} more than once (each cell would run twice)")
+            raise ValueError(f"{where}: '{key}' lists {twice} more than once (each cell would run twice)")
     files = [configs / f for f in spec["configs"]]
     files += [configs / f for init in spec["inits"].values() for f in _variants(init)]
+    groups = [("overrides", spec.get("overrides") or {})]
+    groups += [(f"fraction_overrides '{k}'", v) for k, v in (spec.get("fraction_overrides") or {}).items()]
+    groups += [(f"init '{k}'", {a: b for a, b in v.items() if a not in INIT_KEYS}) for k, v in spec["inits"].items()]
+    _check_keys(files, groups, where, spec["bundle"])
+
+
+def _check_keys(files: list[Path], groups: list[tuple[str, dict]], where, bundle: str) -> None:
+    """Each override key of ``groups`` must be a key of the config ``files`` (merged): a misspelt key would change
+    nothing."""
+    from monai.bundle import ConfigParser
+
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise ValueError(f"{path}: the bundle has no config {missing[0]}")
+        raise ValueError(f"{where}: the bundle has no config {missing[0]}")
     parser = ConfigParser()
     parser.read_config([str(f) for f in dict.fromkeys(files)])
     top = [k for k in parser.get() if not str(k).startswith("_")]
-    groups = [("overrides", spec.get("overrides") or {})]
-    groups += [(f"fraction_overrides '{k}'", v) for k, v in (spec.get("fraction_overrides") or {}).items()]
-    groups += [(f"init '{k}'", {a: b for a, b in v.items() if a != "variant"}) for k, v in spec["inits"].items()]
-    for where, over in groups:
+    for name, over in groups:
         if not isinstance(over, dict):
-            raise ValueError(f"{path}: {where} must map config keys to values, got {over!r}")
+            raise ValueError(f"{where}: {name} must map config keys to values, got {over!r}")
         for key in over:
             if key not in parser:
                 raise ValueError(
-                    f"{path}: {where}: '{key}' is not a key of the {spec['bundle']} configs{close(key, top)}; "
+                    f"{where}: {name}: '{key}' is not a key of the {bundle} configs{_close(key, top)}; "
                     "it would change nothing"
                 )
 
 
 def cells_of(spec: dict) -> list[Cell]:
-    """The spec's cells, seed-major: a run cut short leaves whole seeds (every method at every fraction).
-    ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some inits at a label fraction."""
+    """The spec's cells, block by block, each block seed-major: a run cut short leaves whole seeds (every method at
+    every fraction). ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some inits at a fraction."""
+    if "_blocks" in spec:
+        return [
+            Cell(c.init, c.fraction, c.seed, c.lam, name)
+            for name, sub in spec["_blocks"].items()
+            for c in cells_of(sub)
+        ]
     return [
         Cell(i, float(f), int(s), None if lam is None else float(lam))
         for s in spec["seeds"]
@@ -265,6 +488,11 @@ def cells_of(spec: dict) -> list[Cell]:
         for lam in spec["lambdas"]
         for i in _inits_at(spec, float(f))
     ]
+
+
+def grid_of(spec: dict, cell: Cell) -> dict:
+    """The spec of the grid a cell belongs to: its block's, or the spec itself."""
+    return spec["_blocks"][cell.block] if cell.block is not None else spec
 
 
 def _inits_at(spec: dict, fraction: float) -> list[str]:
@@ -300,7 +528,7 @@ def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
         "dataset_dir": spec["dataset_dir"],
         **spec["overrides"],
         **_fraction_overrides(spec, cell.fraction),
-        **{k: v for k, v in spec["inits"][cell.init].items() if k != "variant"},
+        **{k: v for k, v in spec["inits"][cell.init].items() if k not in INIT_KEYS},
         "ckpt_dir": str(folder / "models"),
         "output_dir": str(folder / "eval"),
         "datalist_file": str(out / "datalist.json"),
@@ -310,13 +538,16 @@ def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
         "overwrite": True,
         "show_progress": False,
     }
+    pre = spec["inits"][cell.init].get("pretraining")
+    if pre is not None:
+        over["pretrained_ckpt"] = str(pretraining_checkpoint(spec, pre))
     if cell.lam is not None:
         over["lambda_pta"] = cell.lam
     if spec.get("tracking") == "mlflow":
         over.update(
             tracking="mlflow",
-            experiment_name=spec["name"],
-            run_name=cell.name,
+            experiment_name=spec["name"].split("/")[0],
+            run_name=cell.name if cell.block is None else f"{cell.block}/{cell.name}",
             tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}",
         )
     return over
@@ -364,27 +595,128 @@ def _training_units(spec: dict, configs: list[str], over: dict) -> list[str]:
     return training_units(got["datalist"], got["split_group_key"])
 
 
-def run_experiment(spec_path: str | Path, output_dir: str | None = None, max_cells: int | None = None) -> dict:
-    """Run every cell of the spec not yet done (at most ``max_cells`` of them), then aggregate what is done."""
+def pretraining_checkpoint(spec: dict, name: str) -> Path:
+    """Where the spec's pre-training ``name`` writes the checkpoint its inits consume."""
+    folder = Path(spec["_pretrain_dir"]) / name
+    return folder / ("model.pt" if "clip_checkpoint" in spec["pretrainings"][name] else "models/model.pt")
+
+
+def run_pretraining(spec: dict, name: str) -> Path:
+    """Run the spec's pre-training ``name`` unless it is done (``done.json`` beside it); an interrupted one resumes
+    from its checkpoint. Returns its checkpoint."""
+    from mosmos_components.bundle_runner import run_bundle
+
+    pre = spec["pretrainings"][name]
+    folder = Path(spec["_pretrain_dir"]) / name
+    ckpt = pretraining_checkpoint(spec, name)
+    if (folder / "done.json").is_file() and ckpt.is_file():
+        made_from = json.loads((folder / "done.json").read_text(encoding="utf-8")).get("definition")
+        if made_from is not None and made_from != pre:
+            raise ValueError(
+                f"{folder} holds a pre-training '{name}' made from another definition ({made_from}) than the spec's "
+                f"({pre}); rename the spec's pre-training or move that folder away"
+            )
+        return ckpt
+    logger.warning("experiment %s: pre-training %s", spec["name"].split("/")[0], name)
+    print(f"[pre-training] {name}", flush=True)
+    t0 = time.time()
+    if "clip_checkpoint" in pre:
+        from mosmos_components.transfer import save_clip_checkpoint
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_clip_checkpoint(ckpt, **pre["clip_checkpoint"])
+    else:
+        over = {
+            "dataset_dir": pre.get("dataset_dir") or spec["dataset_dir"],
+            **(pre.get("overrides") or {}),
+            "ckpt_dir": str(folder / "models"),
+            "output_dir": str(folder / "eval"),
+            "overwrite": True,
+            "show_progress": False,
+        }
+        if spec.get("tracking") == "mlflow":
+            over.update(
+                tracking="mlflow",
+                experiment_name=spec["name"].split("/")[0],
+                run_name=f"pretrain/{name}",
+                tracking_uri=f"sqlite:///{(Path(spec['_pretrain_dir']).parent / 'mlruns.db').resolve()}",
+            )
+        run_bundle("mosmos_pretrain", list(pre.get("configs") or ["train.json"]), **over)
+    atomic_json_save(
+        {"pretraining": name, "definition": pre, "checkpoint": str(ckpt), "train_s": round(time.time() - t0, 1)},
+        folder / "done.json",
+    )
+    return ckpt
+
+
+def run_experiment(
+    spec_path: str | Path, output_dir: str | None = None, max_cells: int | None = None, pretrain_dir: str | None = None
+) -> dict:
+    """Run every cell of the spec not yet done (at most ``max_cells`` of them), each after the pre-training its
+    init consumes, then aggregate what is done (per block, for a spec with blocks). ``pretrain_dir``: where the
+    spec's pre-trainings are written and found (default ``<output_dir>/pretrain``); specs sharing one reuse a
+    pre-training of the same name and definition."""
     spec = load_spec(spec_path)
-    out = Path(output_dir or spec["output_dir"])
+    if output_dir is not None:
+        _move_output(spec, Path(output_dir))
+    if pretrain_dir is not None:
+        spec["_pretrain_dir"] = str(Path(pretrain_dir).resolve())
+        for grid in (spec.get("_blocks") or {}).values():
+            grid["_pretrain_dir"] = spec["_pretrain_dir"]
+    out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    atomic_json_save({k: v for k, v in spec.items() if not k.startswith("_")}, out / "spec.json")
+    atomic_json_save(_public(spec), out / "spec.json")
+    grids = spec.get("_blocks") or {None: spec}
+    for grid in grids.values():
+        Path(grid["output_dir"]).mkdir(parents=True, exist_ok=True)
+        if not grid.get("_borrowed"):  # a folder shared with another spec keeps that spec's own record
+            atomic_json_save(_public(grid), Path(grid["output_dir"]) / "spec.json")
     cells = cells_of(spec)
     ran = skipped = 0
     for i, cell in enumerate(cells, 1):
-        if (out / "cells" / cell.name / "done.json").is_file():
+        grid = grid_of(spec, cell)
+        cell_out = Path(grid["output_dir"])
+        if (cell_out / "cells" / cell.name / "done.json").is_file():
             skipped += 1
             continue
         if max_cells is not None and ran >= max_cells:
             break
-        logger.warning("experiment %s: cell %d/%d %s", spec["name"], i, len(cells), cell.name)
-        print(f"[{i}/{len(cells)}] {cell.name}", flush=True)
-        _run_cell(spec, cell, out)
+        pre = grid["inits"][cell.init].get("pretraining")
+        if pre is not None:
+            run_pretraining(grid, pre)
+        where = cell.name if cell.block is None else f"{cell.block}/{cell.name}"
+        logger.warning("experiment %s: cell %d/%d %s", spec["name"], i, len(cells), where)
+        print(f"[{i}/{len(cells)}] {where}", flush=True)
+        _run_cell(grid, cell, cell_out)
         ran += 1
-    result = aggregate(out, spec)
-    result.update(ran=ran, skipped=skipped, cells=len(cells))
-    return result
+    tables, results = [], []
+    for grid in grids.values():
+        result = aggregate(grid["output_dir"], grid)
+        tables += result["tables"]
+        results.append(result["results"])
+    return {
+        "tables": tables,
+        "results": results[0] if len(results) == 1 else str(out),
+        "ran": ran,
+        "skipped": skipped,
+        "cells": len(cells),
+    }
+
+
+def _public(spec: dict) -> dict:
+    """A spec as written beside its results: without the runner's own ``_`` entries."""
+    return {k: v for k, v in spec.items() if not k.startswith("_")}
+
+
+def _move_output(spec: dict, out: Path) -> None:
+    """``--output_dir``: the spec's results (and the blocks' that name no folder of their own) go under ``out``."""
+    old = Path(spec["output_dir"])
+    spec["output_dir"] = str(out)
+    spec["_pretrain_dir"] = str(out / "pretrain")
+    for name, grid in (spec.get("_blocks") or {}).items():
+        if Path(grid["output_dir"]) == old / name:
+            grid["output_dir"] = str(out / name)
+        grid["_pretrain_dir"] = spec["_pretrain_dir"]
 
 
 def _done_cells(out: Path) -> list[dict]:
@@ -410,8 +742,15 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     """Collect the done cells of ``out`` into ``results/`` (see the module docstring); returns what it wrote."""
     out = Path(out)
     spec = spec or json.loads((out / "spec.json").read_text(encoding="utf-8"))
+    if spec.get("blocks") and "_blocks" not in spec:  # the folder of a spec with blocks: each block's own
+        tables = []
+        for name, block in spec["blocks"].items():
+            folder = Path(block.get("output_dir") or out / name)
+            if (folder / "spec.json").is_file():
+                tables += aggregate(folder)["tables"]
+        return {"tables": tables, "results": str(out)}
     done = _done_cells(out)
-    res = out / "results"
+    res = out / str(spec.get("results") or "results")
     res.mkdir(exist_ok=True)
     if not done:
         return {"tables": [], "results": str(res)}
@@ -430,12 +769,38 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     tables = []
     for frac in sorted({d["label_fraction"] for d in done}):
         for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
-            tables.append(_table(res, done, inits, classes, frac, lam, refs, unit, unit_of))
+            tables.append(_table(res, done, inits, classes, frac, lam, refs, unit, unit_of, spec.get("open_set")))
     _label_efficiency(res, done, inits, unit if spec.get("unit") else "case")
     _qualitative_panel(res, done, inits)
     if len({d["lambda_pta"] for d in done}) > 1:
         _lambda_box(res, done, inits)
+    if spec.get("positioning"):
+        _positioning(res, out, spec)
     return {"tables": tables, "results": str(res)}
+
+
+def _positioning(res: Path, out: Path, spec: dict) -> str | None:
+    """The paper's weakly supervised positioning maps (Fig. 7): the tag decoder's attention for each name of
+    ``positioning["names"]`` (left/right pairs) on the first test scan, from the pre-training the init
+    ``positioning["init"]`` consumed (``mosmos locate``), in ``results/positioning/``."""
+    from mosmos_components.locate import locate
+
+    pos = spec["positioning"]
+    init = spec["inits"].get(pos.get("init", "mosmos"), {})
+    pre = init.get("pretraining")
+    ckpt = pretraining_checkpoint(spec, pre) if pre and "_pretrain_dir" in spec else init.get("pretrained_ckpt")
+    split = out / "datalist.json"
+    if not ckpt or not Path(ckpt).is_file() or not split.is_file():
+        logger.warning("positioning maps skipped: no pre-training checkpoint (%s) or no split (%s)", ckpt, split)
+        return None
+    test = json.loads(split.read_text(encoding="utf-8")).get("test") or []
+    if not test:
+        return None
+    names = [n for group in pos["names"] for n in ([group] if isinstance(group, str) else group)]
+    found = locate(
+        test[0]["image"], names, ckpt, res / "positioning", modality=pos.get("modality", "ct"), overwrite=True
+    )
+    return found["preview"]
 
 
 def _class_means(cells: list[dict], classes: list[str], metric: str) -> dict[str, list[float]]:
@@ -496,10 +861,12 @@ def _unit_map(out: Path, spec: dict) -> dict[str, str]:
     return {Path(it["label"]).name: str(it[key]) for it in test if key in it}
 
 
-def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of: dict[str, str]) -> str:
+def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of: dict[str, str], open_set=None) -> str:
     lam_name = "default" if lam is None else f"{lam:g}"
     stem = res / f"table_frac{frac:g}_lambda{lam_name}"
-    header = ["method", *[f"{c} Dice" for c in classes], "mean Dice", *[f"{c} HD95" for c in classes], "mean HD95"]
+    open_set = set(open_set or [])
+    shown = [f"{c}†" if c in open_set else c for c in classes]
+    header = ["method", *[f"{c} Dice" for c in shown], "mean Dice", *[f"{c} HD95" for c in shown], "mean HD95"]
     header += ["n seeds", f"n {unit}s"]
     for ref in refs:
         header += [
@@ -556,7 +923,12 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
         f"cases and classes, averaged over seeds; smallest possible p {_min_p(n_units):.3g}) with the mean "
         f"difference in Dice points and its bootstrap 95 % CI over {unit}s (BCa, 10,000 resamples); and, for "
         f"parity with the paper, paired per class on the seed-averaged class means (with {len(classes)} classes "
-        f"its smallest possible p is {_min_p(len(classes)):.3g}).",
+        f"its smallest possible p is {_min_p(len(classes)):.3g})."
+        + (
+            " † open set: a class the pre-training's tags do not name (its query is its name alone)."
+            if open_set
+            else ""
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -11,7 +11,8 @@
   the pre-trained prompt + frozen text encoder, and stored as a buffer.
 * Baselines (docs/method.md §5): :func:`save_clip_checkpoint` writes plain CLIP (or PubMedCLIP) weights in the
   pre-training checkpoint format, so the same transfer gives the CLIP baseline (``use_pta=False``) and, with
-  ``pta_mode="score"``, CLIP+DenseCLIP (class embeddings from a fixed prompt, no tag decoder).
+  ``pta_mode="denseclip"``, CLIP+DenseCLIP (class embeddings from a fixed prompt, made image-specific by
+  DenseCLIP's context decoder; no tag decoder); ``"score"``, the same score maps without the context decoder.
 
 Every tensor of the segmentation network is reported as transferred, inflated or left at its initial value;
 a checkpoint that does not fit is an error, never a silent partial load.
@@ -485,7 +486,7 @@ def transfer_pretrained(
     """Transfer the ``mosmos_pretrain`` checkpoint at ``pretrained_ckpt`` (+ its JSON sidecar) into ``network``.
 
     With PTA in ``"decoder"`` mode (MOSMOS) the tag decoder is transferred and the class embeddings come from the
-    learned prompt; in ``"score"`` mode (CLIP+DenseCLIP) only the class embeddings are computed, from
+    learned prompt; in ``"denseclip"`` and ``"score"`` modes (CLIP+DenseCLIP) only the class embeddings are computed, from
     ``prompt_template``. Returns the report (also logged); raises on a missing, corrupt or mismatched checkpoint.
     """
     source = str(pretrained_ckpt)
@@ -515,7 +516,7 @@ def transfer_pretrained(
             warnings.warn(
                 f"{source} holds CLIP weights without MOSMOS pre-training: its tag decoder and prompt are "
                 "untrained, so pixel-tag attention starts from random queries (for the CLIP+DenseCLIP "
-                "baseline set pta_mode to 'score')",
+                "baseline set pta_mode to 'denseclip')",
                 stacklevel=2,
             )
         elif side.get("pretrain_losses", {}).get("mlr") is False:
@@ -693,7 +694,7 @@ def save_clip_checkpoint(
     """Write CLIP weights (a local file, or an open_clip tag when online) as a pre-training checkpoint
     (``model.pt`` + ``model.json``) *without* MOSMOS pre-training: the CLIP / PubMedCLIP baselines'
     initialisation. The prompt context and the tag decoder stay at their initial values (only the DenseCLIP
-    score mode, which uses neither, should be combined with PTA). ``clip_pretrained=None`` refuses: a
+    DenseCLIP modes, which use neither, should be combined with PTA). ``clip_pretrained=None`` refuses: a
     "CLIP" baseline from random weights would be the random baseline under another name."""
     if not clip_pretrained:
         raise ValueError("save_clip_checkpoint needs clip_pretrained: a local CLIP weights file or an open_clip tag")

@@ -43,6 +43,31 @@ def test_score_maps_are_pixel_text_cosine_similarities():
         PixelTagAttention(3, 16, mode="densecrf")
 
 
+def test_denseclip_context_aware_prompting_makes_the_class_embeddings_image_specific():
+    """DenseCLIP's post-model prompting: t + gamma * decoder(t, [global, tokens]) per image, gamma started at 1e-4
+    (so the first maps are the fixed-prompt score maps), trained with the rest."""
+    torch.manual_seed(0)
+    pta = PixelTagAttention(3, 16, mode="denseclip", class_names=NAMES)
+    fixed = PixelTagAttention(3, 16, mode="score", class_names=NAMES)
+    emb = torch.randn(3, 16)
+    pta.set_class_embeddings(emb)
+    fixed.set_class_embeddings(emb)
+    feats = torch.randn(2, 12, 16)
+    maps = pta.eval()(feats, (3, 4))
+    torch.testing.assert_close(maps, fixed(feats, (3, 4)), atol=1e-3, rtol=0)  # gamma = 1e-4 at the start
+    with torch.no_grad():
+        pta.context.gamma.fill_(1.0)
+    text = pta.context(emb, feats)
+    assert text.shape == (2, 3, 16) and not torch.allclose(text[0], text[1], atol=1e-3)  # per image
+    swapped = pta.context(emb, feats.flip(0))
+    torch.testing.assert_close(swapped, text.flip(0))  # each image's own context, nothing shared in the batch
+    pta.train()(feats, (3, 4)).sum().backward()
+    assert (
+        pta.context.gamma.grad.abs().sum() > 0
+        and pta.context.layers[0].multihead_attn.in_proj_weight.grad.abs().sum() > 0
+    )
+
+
 def test_clip_initialisation_of_the_segmentation_encoder(tiny_unetr, clip_weights):
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr)
     report = transfer_pretrained(net, clip_weights["ckpt"])
@@ -53,9 +78,10 @@ def test_clip_initialisation_of_the_segmentation_encoder(tiny_unetr, clip_weight
 
 
 def test_clip_denseclip_baseline_uses_fixed_prompts_and_no_decoder(tiny_unetr, clip_weights):
-    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="score", **tiny_unetr)
+    net = MosmosUNETR(1, 3, img_size=(32, 32, 16), class_names=NAMES, pta_mode="denseclip", **tiny_unetr)
     report = transfer_pretrained(net, clip_weights["ckpt"])
     assert not any(k.startswith("pta.decoder") for k in net.state_dict())
+    assert "pta.context.gamma" in report.initial  # DenseCLIP's context decoder is new: it trains from scratch
     assert "pta.class_embeddings" in report.computed
     pre = load_pretrain_network(clip_weights["ckpt"])
     expected = fixed_prompt_embeddings(pre, NAMES, "a medical image of the {}.")

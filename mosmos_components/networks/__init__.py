@@ -16,11 +16,12 @@ from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResN
 from mosmos_components.networks.ssl import SSLPretrainNet
 from mosmos_components.networks.tag_decoder import GroupWiseLinear, TagDecoder, sine_position_encoding
 from mosmos_components.networks.timm_encoder import TimmCNNEncoder
-from mosmos_components.networks.unet import MosmosUNet, MosmosUNet2D
+from mosmos_components.networks.unet import MosmosUNet, MosmosUNet2D, StockUNet
 from mosmos_components.networks.unetr import MosmosUNETR
 from mosmos_components.networks.vit3d import ClipViT3DEncoder
 
 __all__ = [
+    "StockUNet",
     "CLIP_MEAN",
     "CLIP_STD",
     "ENCODERS",

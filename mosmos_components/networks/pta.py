@@ -21,18 +21,49 @@ from torch import nn
 
 from mosmos_components.networks.tag_decoder import TagDecoder
 
-__all__ = ["PTA_MODES", "PixelTagAttention"]
+__all__ = ["PTA_MODES", "PixelTagAttention", "ContextDecoder"]
 
 
-PTA_MODES = ("decoder", "score")
+PTA_MODES = ("decoder", "score", "denseclip")
+
+
+class ContextDecoder(nn.Module):
+    """DenseCLIP's post-model, context-aware prompting (Rao et al., CVPR 2022, §3.3): the class text embeddings
+    attend to the image's visual context ``[global, tokens]`` through a small transformer decoder, and each class
+    embedding becomes ``t + gamma * decoder(t, context)`` for that image, ``gamma`` a per-channel scale started at
+    1e-4 (so training starts from the fixed-prompt embeddings). Its width, depth and heads are DenseCLIP's (256,
+    3, 4), the layers torch's pre-norm ``TransformerDecoderLayer``.
+
+    ``forward(text (K, d), tokens (B, N, d))`` -> the per-image class embeddings ``(B, K, d)``."""
+
+    def __init__(self, embed_dim: int, width: int = 256, layers: int = 3, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.memory_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, width), nn.LayerNorm(width))
+        self.text_proj = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, width))
+        self.layers = nn.ModuleList(
+            nn.TransformerDecoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
+            for _ in range(layers)
+        )
+        self.out_proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+        self.gamma = nn.Parameter(torch.full((embed_dim,), 1e-4))
+
+    def forward(self, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        context = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)  # [global, tokens]
+        memory = self.memory_proj(context)
+        x = self.text_proj(text.to(tokens.dtype)).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        for layer in self.layers:
+            x = layer(x, memory)
+        return text.to(tokens.dtype).unsqueeze(0) + self.gamma * self.out_proj(x)
 
 
 class PixelTagAttention(nn.Module):
     """Class queries x spatial features -> attention maps and the auxiliary PTA logits.
 
-    ``mode="decoder"`` is MOSMOS: the pre-trained tag decoder's last cross-attention. ``mode="score"`` is the
-    CLIP+DenseCLIP baseline (docs/method.md §5): no decoder, the maps are DenseCLIP's pixel-text score maps,
-    the cosine similarity of every spatial feature with every class embedding (from fixed class prompts).
+    ``mode="decoder"`` is MOSMOS: the pre-trained tag decoder's last cross-attention. ``mode="denseclip"`` is the
+    CLIP+DenseCLIP baseline (docs/method.md §5): DenseCLIP's pixel-text score maps, the cosine similarity of
+    every spatial feature with every class embedding, the embeddings from fixed class prompts made
+    image-specific by DenseCLIP's context-aware prompting (:class:`ContextDecoder`, trained from scratch).
+    ``mode="score"``: the same score maps with the fixed-prompt embeddings alone (no context decoder).
 
     Args:
         num_classes: K, output classes including background.
@@ -41,7 +72,8 @@ class PixelTagAttention(nn.Module):
         decoder_heads: heads of the tag decoder (as pre-trained).
         tau_init: initial temperature tau_2 (0.07).
         class_names: names of the K classes (kept for the sidecar; embeddings are set by the transfer).
-        mode: ``"decoder"`` (MOSMOS) or ``"score"`` (DenseCLIP score maps; no decoder parameters).
+        mode: ``"decoder"`` (MOSMOS), ``"denseclip"`` (score maps with context-aware prompting) or ``"score"``
+            (score maps of the fixed-prompt embeddings; no parameters).
         sigmoid_offset: for a branch read with a sigmoid (BraTS's overlapping regions) the logits are
             ``(LI(A) - 1/N)/tau_2 + b_k``: the maps centred on the uniform attention ``1/N`` (N tokens) plus a
             learnable per-class offset ``b_k`` (zero-initialised). Attention weights are >= 0, so ``LI(A)/tau_2``
@@ -80,6 +112,7 @@ class PixelTagAttention(nn.Module):
             if mode == "decoder"
             else None
         )
+        self.context = ContextDecoder(embed_dim) if mode == "denseclip" else None
         # persistent: an exported or saved model carries the embeddings, not the text encoder
         self.register_buffer("class_embeddings", torch.zeros(num_classes, embed_dim))
         self.register_buffer("embeddings_ready", torch.zeros((), dtype=torch.bool))
@@ -117,7 +150,10 @@ class PixelTagAttention(nn.Module):
                 "pixel-tag attention has no class embeddings: load pre-trained MOSMOS weights "
                 "(mosmos_components.transfer.transfer_pretrained) or a fine-tuned checkpoint first"
             )
-        if self.decoder is None:  # DenseCLIP: cosine similarity of each pixel with each class (B, K, N)
+        if self.context is not None:  # DenseCLIP: image-specific class embeddings, then score maps (B, K, N)
+            text = F.normalize(self.context(self.class_embeddings, features), dim=-1)
+            attn = text @ F.normalize(features, dim=-1).transpose(1, 2)
+        elif self.decoder is None:  # the fixed-prompt score maps: cosine of each pixel with each class (B, K, N)
             attn = F.normalize(features, dim=-1) @ F.normalize(self.class_embeddings, dim=-1).t().to(features.dtype)
             attn = attn.transpose(1, 2)
         else:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetResBlock
+from monai.networks.nets import UNet
 from monai.networks.layers import Conv
 from torch import nn
 
@@ -16,7 +17,7 @@ from mosmos_components.networks.base import SegmentationNetMixin
 from mosmos_components.networks.encoders import build_encoder
 from mosmos_components.networks.resnet import ClipResNetEncoder, TorchvisionResNetEncoder
 
-__all__ = ["MosmosUNet", "MosmosUNet2D", "RESNET_STYLES"]
+__all__ = ["MosmosUNet", "MosmosUNet2D", "RESNET_STYLES", "StockUNet"]
 
 RESNET_STYLES = {"clip": ClipResNetEncoder.encoder_name, "torchvision": TorchvisionResNetEncoder.encoder_name}
 
@@ -45,8 +46,9 @@ class MosmosUNet(SegmentationNetMixin, nn.Module):
         decoder_channels: widths of the decoder stages, deepest first, one per skip.
         use_pta: ``False`` gives the plain network.
         class_names: names of the K classes.
-        pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention) or ``"score"`` (the CLIP+DenseCLIP baseline's
-            pixel-text score maps; see :class:`~mosmos_components.networks.pta.PixelTagAttention`).
+        pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention), ``"denseclip"`` (the CLIP+DenseCLIP baseline's
+            pixel-text score maps with context-aware prompting) or ``"score"`` (the score maps of fixed prompts);
+            see :class:`~mosmos_components.networks.pta.PixelTagAttention`.
         pta_sigmoid: the outputs are read with a sigmoid (overlapping regions, BraTS): the PTA branch gets a
             learnable per-class offset so that it can predict a region as absent.
         decoder_layers: PTA tag-decoder layers (as pre-trained).
@@ -198,3 +200,39 @@ class MosmosUNet2D(MosmosUNet):
             radiological_flip,
         )
         self.resnet_style = resnet_style
+
+
+class StockUNet(SegmentationNetMixin, UNet):
+    """MONAI's stock :class:`monai.networks.nets.UNet` (residual units, strided convolutions), as a reference arm:
+    no pre-trained encoder and no pixel-tag attention, saved, reloaded and run for inference like the project's
+    networks (its sidecar records these arguments and ``class_names``). It answers "is it the network or the pipeline?" when a
+    MOSMOS network trails a stock one on the same data and budget.
+
+    >>> net = StockUNet(2, 1, 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+    >>> net(torch.zeros(1, 1, 32, 32)).shape, net.config()["network"]
+    (torch.Size([1, 4, 32, 32]), 'StockUNet')
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        num_res_units: int = 2,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=tuple(channels),
+            strides=tuple(strides),
+            num_res_units=num_res_units,
+        )
+        self.pta = None
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def config(self) -> dict:
+        return dict(self._config, format="mosmos-seg/1", network=type(self).__name__)

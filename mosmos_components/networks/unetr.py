@@ -33,8 +33,9 @@ class MosmosUNETR(SegmentationNetMixin, nn.Module):
         feature_size: UNETR decoder base width (16).
         use_pta: ``False`` gives the plain network (Random/CLIP baselines).
         class_names: names of the K classes (their embeddings come with the pre-trained weights).
-        pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention) or ``"score"`` (the CLIP+DenseCLIP baseline's
-            pixel-text score maps; see :class:`~mosmos_components.networks.pta.PixelTagAttention`).
+        pta_mode: ``"decoder"`` (MOSMOS pixel-tag attention), ``"denseclip"`` (the CLIP+DenseCLIP baseline's
+            pixel-text score maps with context-aware prompting) or ``"score"`` (the score maps of fixed prompts);
+            see :class:`~mosmos_components.networks.pta.PixelTagAttention`.
         pta_sigmoid: the outputs are read with a sigmoid (overlapping regions, BraTS): the PTA branch gets a
             learnable per-class offset so that it can predict a region as absent.
         decoder_layers: PTA tag-decoder layers (as pre-trained).
