@@ -486,8 +486,9 @@ def transfer_pretrained(
     """Transfer the ``mosmos_pretrain`` checkpoint at ``pretrained_ckpt`` (+ its JSON sidecar) into ``network``.
 
     With PTA in ``"decoder"`` mode (MOSMOS) the tag decoder is transferred and the class embeddings come from the
-    learned prompt; in ``"denseclip"`` and ``"score"`` modes (CLIP+DenseCLIP) only the class embeddings are computed, from
-    ``prompt_template``. Returns the report (also logged); raises on a missing, corrupt or mismatched checkpoint.
+    learned prompt; in ``"denseclip"`` and ``"score"`` modes (CLIP+DenseCLIP) only the class embeddings are
+    computed, from ``prompt_template``. Returns the report (also logged); raises on a missing, corrupt or
+    mismatched checkpoint.
     """
     source = str(pretrained_ckpt)
     pre = pretrain if pretrain is not None else load_pretrain_network(pretrained_ckpt)

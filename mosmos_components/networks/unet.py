@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetResBlock
-from monai.networks.nets import UNet
 from monai.networks.layers import Conv
+from monai.networks.nets import UNet
 from torch import nn
 
 from mosmos_components.networks.base import SegmentationNetMixin
@@ -203,10 +203,10 @@ class MosmosUNet2D(MosmosUNet):
 
 
 class StockUNet(SegmentationNetMixin, UNet):
-    """MONAI's stock :class:`monai.networks.nets.UNet` (residual units, strided convolutions), as a reference arm:
-    no pre-trained encoder and no pixel-tag attention, saved, reloaded and run for inference like the project's
-    networks (its sidecar records these arguments and ``class_names``). It answers "is it the network or the pipeline?" when a
-    MOSMOS network trails a stock one on the same data and budget.
+    """MONAI's stock :class:`monai.networks.nets.UNet` (residual units, strided convolutions) as a reference
+    arm: no pre-trained encoder and no pixel-tag attention, saved, reloaded and run for inference like the
+    project's networks (its sidecar records these arguments and ``class_names``). It answers "is it the network
+    or the pipeline?" when a MOSMOS network trails a stock one on the same data and budget.
 
     >>> net = StockUNet(2, 1, 4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
     >>> net(torch.zeros(1, 1, 32, 32)).shape, net.config()["network"]
