@@ -106,11 +106,7 @@ def load_spec(path: str | Path) -> dict:
     comes back with each block's own spec, checked and resolved like a spec of its own, in ``spec["_blocks"]``."""
     path = _find_spec(path)
     spec = _read_spec(path)
-    unknown = [k for k in spec if k not in SPEC_KEYS and not str(k).startswith("_")]
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown spec key '{unknown[0]}'{_close(unknown[0], SPEC_KEYS)}; a spec holds {list(SPEC_KEYS)}"
-        )
+    _refuse_unknown_keys(path, [k for k in spec if not str(k).startswith("_")], SPEC_KEYS, "spec")
     spec.setdefault("name", path.stem)
     spec.setdefault("output_dir", str(Path("experiments") / "out" / spec["name"]))
     root = _spec_root(spec, path)
@@ -127,14 +123,7 @@ def load_spec(path: str | Path) -> dict:
     spec["_blocks"] = {}
     for name, block in blocks.items():
         where = f"{path} (block '{name}')"
-        if not isinstance(block, dict):
-            raise ValueError(f"{where}: a block must map settings to values, got {block!r}")
-        wrong = [k for k in block if k not in BLOCK_KEYS]
-        if wrong:
-            raise ValueError(
-                f"{where}: unknown block key '{wrong[0]}'{_close(wrong[0], BLOCK_KEYS)}; a block holds "
-                f"{list(BLOCK_KEYS)}"
-            )
+        _check_entry(where, block, BLOCK_KEYS, "block")
         _fix_paths(block, root)
         sub = _block_spec(spec, name, block)
         spec["_blocks"][name] = _load_block(sub, path, where, root)
@@ -178,6 +167,22 @@ def _read_spec(path: Path) -> dict:
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a spec is a mapping of keys to values, got {type(spec).__name__}")
     return spec
+
+
+def _refuse_unknown_keys(where, keys, allowed, what: str) -> None:
+    """A key that is not one of ``allowed`` is an error naming the closest valid one."""
+    wrong = [k for k in keys if k not in allowed]
+    if wrong:
+        raise ValueError(
+            f"{where}: unknown {what} key '{wrong[0]}'{_close(wrong[0], allowed)}; a {what} holds {list(allowed)}"
+        )
+
+
+def _check_entry(where, entry, allowed, what: str) -> None:
+    """An entry of a spec's named table (a block, a pre-training): a mapping of its ``allowed`` keys."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: a {what} must map settings to values, got {entry!r}")
+    _refuse_unknown_keys(where, entry, allowed, what)
 
 
 def _close(word, options) -> str:
@@ -253,8 +258,8 @@ def _load_block(spec: dict, path: Path, where, root: Path) -> dict:
             if "pretrained_ckpt" in init:
                 raise ValueError(f"{where}: init '{name}' names both a pre-training and a pretrained_ckpt")
     _check_spec(spec, where, configs)
+    names = _class_names(spec, configs) if spec.get("open_set") else None
     for cls in spec.get("open_set") or []:
-        names = _class_names(spec, configs)
         if names is not None and cls not in names:
             raise ValueError(f"{where}: open_set names '{cls}', not a class of {spec['bundle']} {names}")
     spec.setdefault("label_fractions", [1.0])
@@ -380,14 +385,7 @@ def _check_pretrainings(spec: dict, path: Path, root: Path) -> None:
     configs = bundles_dir() / "mosmos_pretrain" / "configs"
     for name, pre in table.items():
         where = f"{path} (pre-training '{name}')"
-        if not isinstance(pre, dict):
-            raise ValueError(f"{where}: a pre-training must map settings to values, got {pre!r}")
-        wrong = [k for k in pre if k not in PRETRAINING_KEYS]
-        if wrong:
-            raise ValueError(
-                f"{where}: unknown key '{wrong[0]}'{_close(wrong[0], PRETRAINING_KEYS)}; a pre-training holds "
-                f"{list(PRETRAINING_KEYS)}"
-            )
+        _check_entry(where, pre, PRETRAINING_KEYS, "pre-training")
         if "clip_checkpoint" in pre:
             args = pre["clip_checkpoint"]
             allowed = ("clip_pretrained", "backbone", "force_quick_gelu", "text_tower")

@@ -341,3 +341,78 @@ def test_a_shipped_spec_is_found_by_name():
     assert load_spec("demo_btcv")["name"] == "demo_btcv"
     with pytest.raises(FileNotFoundError, match="experiment spec not found: no_such_spec"):
         load_spec("no_such_spec")
+
+
+def _blocks_spec(tmp_path, **changes):
+    spec = {
+        "bundle": "btcv_seg",
+        "configs": ["train.json"],
+        "dataset_dir": "d",
+        "output_dir": "out",
+        "overrides": {"max_epochs": 2, "batch_size": 2},
+        "inits": {"random": {"variant": "baselines/random.json"}, "mosmos": {"pretraining": "full"}},
+        "pretrainings": {"full": {"dataset_dir": "corpus", "overrides": {"max_epochs": 3}}},
+        "blocks": {
+            "unet": {
+                "configs": ["unet2d.json"],
+                "overrides": {"batch_size": 4},
+                "inits": {"random": {"learning_rate": 0.01}, "mosmos": None},
+                "open_set": ["stomach"],
+            },
+            "unetr": {},
+        },
+    }
+    spec.update(changes)
+    path = tmp_path / "blocks.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_blocks_are_grids_of_their_own_over_the_specs_settings(tmp_path):
+    """A block's configs follow the spec's, its overrides and per-init entries win over the spec's, ``null`` drops
+    an init, and each block writes to its own folder; the pre-training's paths are taken from the spec's root."""
+    spec = load_spec(_blocks_spec(tmp_path))
+    unet, unetr = spec["_blocks"]["unet"], spec["_blocks"]["unetr"]
+    assert unet["configs"] == ["train.json", "unet2d.json"] and unetr["configs"] == ["train.json"]
+    assert unet["overrides"] == {"max_epochs": 2, "batch_size": 4}
+    assert unet["inits"] == {"random": {"variant": "baselines/random.json", "learning_rate": 0.01}}
+    assert sorted(unetr["inits"]) == ["mosmos", "random"]
+    assert unet["output_dir"] == str(tmp_path / "out" / "unet") and unet["open_set"] == ["stomach"]
+    assert unet["_pretrain_dir"] == unetr["_pretrain_dir"] == str(tmp_path / "out" / "pretrain")
+    assert spec["pretrainings"]["full"]["dataset_dir"] == str(tmp_path / "corpus")
+    cells = cells_of(spec)
+    assert sorted({(c.block, c.init) for c in cells}) == [("unet", "random"), ("unetr", "mosmos"), ("unetr", "random")]
+    assert all(c.coords()["block"] == c.block for c in cells)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"blocks": {"unet": {"config": ["unet2d.json"]}}}, r"\(block 'unet'\): unknown block key 'config' \(did you"),
+        ({"blocks": {"unet": ["unet2d.json"]}}, r"\(block 'unet'\): a block must map settings to values"),
+        ({"blocks": {}}, r"'blocks' must map block names to their settings"),
+        (
+            {"pretrainings": {"full": {"dataset": "corpus"}}},
+            r"\(pre-training 'full'\): unknown pre-training key 'dataset'",
+        ),
+        ({"pretrainings": {"full": {"configs": ["nope.json"]}}}, r"mosmos_pretrain has no config nope.json"),
+        (
+            {"pretrainings": {"full": {"overrides": {"max_epoch": 1}}}},
+            r"'max_epoch' is not a key of the mosmos_pretrain",
+        ),
+        (
+            {"pretrainings": {"full": {"clip_checkpoint": {"clip_pretrained": "w.pt", "backbon": "RN50"}}}},
+            r"clip_checkpoint takes .* not 'backbon' \(did you mean 'backbone'\?\)",
+        ),
+        ({"pretrainings": {"other": {}}}, r"init 'mosmos' names the pre-training 'full', not among .*\['other'\]"),
+        (
+            {"inits": {"mosmos": {"pretraining": "full", "pretrained_ckpt": "w.pt"}}},
+            r"init 'mosmos' names both a pre-training and a pretrained_ckpt",
+        ),
+        ({"blocks": {"unet": {"open_set": ["spleen", "heart"]}}}, r"open_set names 'heart', not a class of btcv_seg"),
+    ],
+)
+def test_a_block_or_pretraining_that_cannot_run_is_refused_naming_it(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_spec(_blocks_spec(tmp_path, **changes))
+    assert "blocks.json" in str(info.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_PRETRAIN, TINY_RUN
 
 from mosmos_components.experiment import _overrides, cell_configs, cells_of, grid_of, load_spec, run_experiment
 
@@ -25,20 +26,14 @@ TINY_BACKBONES = {"RN50": "mosmos-tiny-rn", "ViT-B-16": "mosmos-tiny-vit", "ViT-
 
 #: every cell: one iteration on tiny crops (cubes of 32 voxels, so that a 32-voxel patch fits), validated once
 SMOKE_RUN = {
+    **TINY_RUN,
     "pixdim": [8.0, 8.0, 8.0],
     "roi_size": [32, 32, 32],
-    "slice_size": 32,
-    "max_epochs": 1,
     "epoch_length": 1,
-    "val_interval": 1,
-    "warmup_epochs": 1,
     "batch_size": 1,
     "num_samples": 2,  # two slices per 2D batch: batch norm needs more than one value per channel
-    "sw_batch_size": 1,
-    "num_workers": 0,
-    "cache_rate": 0.0,
 }
-SMOKE_PRETRAIN = {"batch_size": 16, "num_workers": 0, "max_epochs": 1}
+SMOKE_PRETRAIN = {**TINY_PRETRAIN, "max_epochs": 1}
 
 
 @pytest.fixture(scope="module")
