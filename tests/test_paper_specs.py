@@ -7,6 +7,7 @@ here, not a day into a GPU run. The generated data and the pre-trainings are sha
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -252,5 +253,5 @@ def test_every_shipped_spec_runs_end_to_end_at_smoke_size(name, smoke, tiny_pret
     with capsys.disabled():
         print(
             f"\n{name}: {result['ran']} cell(s) run, {copied} copied from an earlier spec, {len(grids)} grid(s): "
-            + ", ".join(Path(t).parent.parent.name + "/" + Path(t).name for t in result["tables"])
+            + ", ".join(os.path.relpath(t, smoke["root"]) for t in result["tables"])
         )
