@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     net = load_segmentation_network(f"{args.cell}/models/model.pt").eval()
-    classes = list(range(1, len(net.pta.class_names) if net.pta is not None else net.out.conv.conv.out_channels))
+    sidecar = json.load(open(f"{args.cell}/models/model.json", encoding="utf-8"))
+    classes = list(range(1, len(sidecar["class_names"])))  # any network: the sidecar names its classes
     pre = Compose(
         [
             LoadImaged(["image", "label"]),

@@ -143,3 +143,32 @@ def test_acdc_bundle_trains_evaluates_and_infers_on_the_real_sample(acdc, pretra
     bundle_run.rerun("acdc_seg", [*cfg, "inference.json"], dict(over, dataset_dir=str(src)))
     pred = nib.load(next((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz")))
     assert pred.shape[:3] == nib.load(src).shape and np.allclose(pred.affine, nib.load(src).affine, atol=1e-4)
+
+
+def test_field_of_view_script_scores_any_saved_network(acdc, tmp_path, repo):
+    """scripts/eval_field_of_view.py reads the class count from the sidecar, so it scores the stock reference
+    arm (which has neither a PTA branch nor the U-Net's output block) like the project's networks."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.networks import StockUNet
+
+    torch.manual_seed(0)
+    names = ["background", "right ventricle", "myocardium", "left ventricle"]
+    net = StockUNet(2, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0, class_names=names)
+    (tmp_path / "cell" / "models").mkdir(parents=True)
+    save_network(net, tmp_path / "cell" / "models" / "model.pt")
+    frame = acdc / "database" / "training" / "patient001" / "patient001_frame01"
+    item = {"image": f"{frame}.nii.gz", "label": f"{frame}_gt.nii.gz"}
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": [item]}))
+    script = repo / "scripts" / "eval_field_of_view.py"
+    args = [str(tmp_path / "cell"), str(tmp_path / "datalist.json"), "--json", str(tmp_path / "rows.json")]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["case"] for r in rows] == ["patient001_frame01_gt.nii.gz"]
+    assert all(len(rows[0][k]) == 3 for k in ("whole", "centre", "largest"))
+    assert "mean" in done.stdout
