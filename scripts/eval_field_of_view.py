@@ -21,7 +21,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 from scipy import ndimage
 
-from mosmos_components.checkpoint import load_segmentation_network
+from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
 from mosmos_components.transforms import ModalityIntensityd
 
 
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     net = load_segmentation_network(f"{args.cell}/models/model.pt").eval()
-    sidecar = json.load(open(f"{args.cell}/models/model.json", encoding="utf-8"))
-    classes = list(range(1, len(sidecar["class_names"])))  # any network: the sidecar names its classes
+    classes = list(range(1, len(read_sidecar(f"{args.cell}/models/model.pt")["class_names"])))  # any network
     pre = Compose(
         [
             LoadImaged(["image", "label"]),
