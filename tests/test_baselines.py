@@ -392,3 +392,24 @@ def _chain(e):
         out.append(e)
         e = e.__cause__ or e.__context__
     return out
+
+
+def test_stock_unet_baseline_trains_and_segments_like_the_project_networks(tmp_path, btcv_dir, bundle_run):
+    """baselines/stock_unet.json with unet2d.json: MONAI's stock 2D UNet trains through the 2D bundle, and its
+    checkpoint (arguments and class names in the sidecar) reloads and segments a scan slice by slice."""
+    import nibabel as nib
+
+    from mosmos_components.checkpoint import load_segmentation_network
+    from mosmos_components.cli import MosmosCLI
+    from mosmos_components.networks import StockUNet
+
+    configs = ["train.json", "unet2d.json", "demo.json", "baselines/stock_unet.json"]
+    bundle_run("btcv_seg", configs, btcv_dir, tmp_path, max_epochs=1, batch_size=2, num_samples=2)
+    net = load_segmentation_network(tmp_path / "models" / "model.pt")
+    assert type(net) is StockUNet and net.config()["channels"] == [16, 32, 64, 128, 256]
+    assert net.class_names[1:4] == ["spleen", "right kidney", "left kidney"]
+    scan = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
+    line = MosmosCLI().segment(str(scan), str(tmp_path / "out"), str(tmp_path), device="cpu")
+    assert "1 scan(s) segmented" in line
+    labels = nib.load(next((tmp_path / "out").glob("img*.nii.gz")))
+    assert labels.shape == nib.load(scan).shape
