@@ -2,11 +2,14 @@
 evaluate.json does), on a 160 x 160 field around the image centre (how a field-limited evaluation sees it), and
 with only the largest connected component of each class kept (fragments away from the organ removed).
 
-    python scripts/eval_field_of_view.py CELL_DIR DATALIST [--modality mri] [--json out.json]
+    python scripts/eval_field_of_view.py CELL_DIR DATALIST [--modality mri] [--norm_stats batch] [--json out.json]
 
 CELL_DIR: a trained run (``models/model.pt`` + sidecar, e.g. an experiment cell's folder); DATALIST: the split it
 was trained on (its ``test`` items are scored; relative paths resolve from the working directory). Images go
 through the bundles' orientation (RAS) and intensity handling; slices through MONAI's SliceInferer.
+``--norm_stats batch`` normalises each batch-norm layer with the statistics of the batch of slices being
+segmented instead of the running statistics of training: when that scores much higher, the training images'
+statistics do not describe the test patients' (few training patients, other scanners).
 """
 
 from __future__ import annotations
@@ -46,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("datalist")
     parser.add_argument("--modality", default="mri")
     parser.add_argument("--field", type=int, default=160)
+    parser.add_argument("--norm_stats", choices=("running", "batch"), default="running")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     net = load_segmentation_network(f"{args.cell}/models/model.pt").eval()
+    if args.norm_stats == "batch":
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.track_running_stats = False  # F.batch_norm with the batch's own mean and variance
+                m.running_mean = m.running_var = None
     classes = list(range(1, len(read_sidecar(f"{args.cell}/models/model.pt")["class_names"])))  # any network
     pre = Compose(
         [

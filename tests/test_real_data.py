@@ -172,3 +172,38 @@ def test_field_of_view_script_scores_any_saved_network(acdc, tmp_path, repo):
     assert [r["case"] for r in rows] == ["patient001_frame01_gt.nii.gz"]
     assert all(len(rows[0][k]) == 3 for k in ("whole", "centre", "largest"))
     assert "mean" in done.stdout
+
+
+def test_field_of_view_script_can_normalise_with_the_batch_statistics(acdc, tmp_path, repo):
+    """``--norm_stats batch``: batch-norm layers normalise with the statistics of the slices being segmented, not
+    with the running statistics of training (here made useless), so the scores change."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.networks import MosmosUNet
+
+    torch.manual_seed(0)
+    names = ["background", "right ventricle", "myocardium", "left ventricle"]
+    net = MosmosUNet(1, 4, "timm_cnn", {"model_name": "efficientnet_lite0"}, use_pta=False, class_names=names)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(1e8)  # every running-statistics activation ~0
+    (tmp_path / "cell" / "models").mkdir(parents=True)
+    save_network(net, tmp_path / "cell" / "models" / "model.pt")
+    frame = acdc / "database" / "training" / "patient001" / "patient001_frame01"
+    (tmp_path / "datalist.json").write_text(
+        json.dumps({"test": [{"image": f"{frame}.nii.gz", "label": f"{frame}_gt.nii.gz"}]})
+    )
+    rows = {}
+    for stats in ("running", "batch"):
+        out = tmp_path / f"{stats}.json"
+        args = [str(tmp_path / "cell"), str(tmp_path / "datalist.json"), "--norm_stats", stats, "--json", str(out)]
+        done = subprocess.run(
+            [sys.executable, str(repo / "scripts" / "eval_field_of_view.py"), *args], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        rows[stats] = json.loads(out.read_text())[0]["whole"]
+    assert rows["running"] != rows["batch"]
