@@ -25,8 +25,9 @@ Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and cla
 a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds) and, against
 each ``reference`` (one init or a list), the tests: per unit of analysis (``"unit"``: a key of the datalist's items
 such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice difference with its bootstrap
-95 % CI, each unit the mean over its cases and classes averaged over seeds; and, for parity with the paper, the
-Wilcoxon p paired per class on the seed-averaged test-set means. Figures: ``label_efficiency.png`` (mean Dice
+95 % CI, each unit the mean over its cases and classes averaged over the seeds both inits ran (a seed may draw
+the training cases, so only the same seeds pair); and, for parity with the paper, the Wilcoxon p paired per class
+on the test-set means over those seeds. Figures: ``label_efficiency.png`` (mean Dice
 against the label fraction, as the paper's Fig. 6), with several lambdas ``lambda_box.png`` (per-class Dice for
 each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
 as Fig. 7).
@@ -889,22 +890,24 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
         row = [init, *[_fmt(dice[c], True) for c in classes], _fmt(mean_dice, True)]
         row += [*[_fmt(hd[c], False) for c in classes], _fmt(mean_hd, False), str(len(cells)), str(len(mine))]
         for ref in refs:
-            ref_cells = select(ref)
+            shared = {d["seed"] for d in cells} & {d["seed"] for d in select(ref)}  # a seed draws its patients
+            ref_cells = [d for d in select(ref) if d["seed"] in shared]
             if init == ref or not ref_cells:
                 row += ["-"] * 4
                 continue
-            for m, vals in (("dice", dice), ("hd95", hd)):  # per class, on the seed-averaged class means
-                theirs = _class_means(ref_cells, classes, m)
+            paired = [d for d in cells if d["seed"] in shared]
+            for m in ("dice", "hd95"):  # per class, on the class means averaged over the shared seeds
+                vals, theirs = _class_means(paired, classes, m), _class_means(ref_cells, classes, m)
                 x = [float(np.nanmean(vals[c])) for c in classes]
                 y = [float(np.nanmean(theirs[c])) for c in classes]
                 ok = [i for i in range(len(classes)) if not (math.isnan(x[i]) or math.isnan(y[i]))]
                 row.append(
                     f"{wilcoxon_paired([x[i] for i in ok], [y[i] for i in ok])['p']:.3g}" if len(ok) >= 2 else "-"
                 )
-            theirs = _unit_means(ref_cells, "dice", unit_of)
-            common = sorted(set(mine) & set(theirs))
+            ours, theirs = _unit_means(paired, "dice", unit_of), _unit_means(ref_cells, "dice", unit_of)
+            common = sorted(set(ours) & set(theirs))
             if len(common) >= 2:
-                a, b = [mine[u] for u in common], [theirs[u] for u in common]
+                a, b = [ours[u] for u in common], [theirs[u] for u in common]
                 mean, lo, hi = bootstrap_mean_ci(np.subtract(a, b))
                 row += [f"{wilcoxon_paired(a, b)['p']:.3g}", f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"]
             else:
@@ -918,10 +921,10 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
     lines = [
         f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds. Against "
         f"{against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
-        f"cases and classes, averaged over seeds; smallest possible p {_min_p(n_units):.3g}) with the mean "
-        f"difference in Dice points and its bootstrap 95 % CI over {unit}s (BCa, 10,000 resamples); and, for "
-        f"parity with the paper, paired per class on the seed-averaged class means (with {len(classes)} classes "
-        f"its smallest possible p is {_min_p(len(classes)):.3g})."
+        f"cases and classes, averaged over the seeds both ran; smallest possible p {_min_p(n_units):.3g}) with "
+        f"the mean difference in Dice points and its bootstrap 95 % CI over {unit}s (BCa, 10,000 resamples); and, "
+        f"for parity with the paper, paired per class on the class means over the seeds both ran (with "
+        f"{len(classes)} classes its smallest possible p is {_min_p(len(classes)):.3g})."
         + (
             " † open set: a class the pre-training's tags do not name (its query is its name alone)."
             if open_set

@@ -137,21 +137,19 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     )
 
 
-def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
-    """Aggregation from written cells alone: the per-case p is scipy's on the cases' seed-averaged mean Dice."""
-    from scipy.stats import wilcoxon
-
+def _write_cells(folder: Path, seeds_of: dict[str, tuple], cases: list[str], classes: list[str]) -> dict:
+    """Finished cells as a run leaves them (done.json + eval/report/per_case.csv), random values; an unscored class
+    in one case of each. Returns the rows written, by (init, seed)."""
     from mosmos_components.evaluation import summarize
 
     rng = np.random.default_rng(0)
-    classes, cases = ["rv", "myo", "lv"], [f"case{i:02d}" for i in range(12)]
     values = {}
-    for init in ("random", "mosmos"):
-        for seed in (0, 1, 2):
+    for init, seeds in seeds_of.items():
+        for seed in seeds:
             name = f"{init}__frac1__seed{seed}__lambdadefault"
-            cell = tmp_path / "cells" / name
-            folder = cell / "eval" / "report"  # where a cell's evaluation writes per_case.csv
-            folder.mkdir(parents=True)
+            cell = folder / "cells" / name
+            report = cell / "eval" / "report"  # where a cell's evaluation writes per_case.csv
+            report.mkdir(parents=True)
             rows = [
                 {
                     "case": c,
@@ -162,38 +160,62 @@ def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
                 for c in cases
                 for k in classes
             ]
-            rows[0]["dice"] = float("nan")  # an unscored class of one case
+            rows[0]["dice"] = float("nan")
             values[(init, seed)] = rows
-            with open(folder / "per_case.csv", "w", newline="") as fh:
+            with open(report / "per_case.csv", "w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=["case", "class", "dice", "hd95"])
                 w.writeheader()
                 w.writerows(rows)
-            (cell / "done.json").write_text(
-                json.dumps(
-                    {
-                        "init": init,
-                        "label_fraction": 1.0,
-                        "seed": seed,
-                        "lambda_pta": None,
-                        "cell": name,
-                        "per_case": str(folder / "per_case.csv"),
-                        "summary": summarize(rows, classes),
-                    }
-                )
-            )
+            done = {"init": init, "label_fraction": 1.0, "seed": seed, "lambda_pta": None, "cell": name}
+            done.update(per_case=str(report / "per_case.csv"), summary=summarize(rows, classes))
+            (cell / "done.json").write_text(json.dumps(done))
+    return values
+
+
+def _per_case_means(values: dict, init: str, seeds, cases: list[str]) -> list[float]:
+    """Per case: the mean Dice over its scored classes, averaged over ``seeds``."""
+    return [
+        np.mean([np.nanmean([r["dice"] for r in values[(init, s)] if r["case"] == c]) for s in seeds]) for c in cases
+    ]
+
+
+def test_per_case_wilcoxon_pairs_test_cases_averaged_over_seeds(tmp_path):
+    """Aggregation from written cells alone: the per-case p is scipy's on the cases' seed-averaged mean Dice."""
+    from scipy.stats import wilcoxon
+
+    classes, cases = ["rv", "myo", "lv"], [f"case{i:02d}" for i in range(12)]
+    values = _write_cells(tmp_path, {"random": (0, 1, 2), "mosmos": (0, 1, 2)}, cases, classes)
     aggregate(tmp_path, {"inits": {"random": {}, "mosmos": {}}, "reference": "random"})
     row = list(csv.DictReader(open(tmp_path / "results" / "table_frac1_lambdadefault.csv")))[1]
-
-    def per_case(init):
-        return [
-            np.mean([np.nanmean([r["dice"] for r in values[(init, s)] if r["case"] == c]) for s in (0, 1, 2)])
-            for c in cases
-        ]
-
     assert float(row["Wilcoxon p Dice per case vs random"]) == pytest.approx(
-        wilcoxon(per_case("mosmos"), per_case("random")).pvalue, rel=1e-3
+        wilcoxon(
+            _per_case_means(values, "mosmos", (0, 1, 2), cases), _per_case_means(values, "random", (0, 1, 2), cases)
+        ).pvalue,
+        rel=1e-3,
     )
     assert "smallest possible p is 0.25" in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
+
+
+def test_comparisons_pair_only_the_seeds_both_methods_ran(tmp_path):
+    """A grid cut short (or a pilot) holds three seeds of one init and one of the reference: the paired tests and
+    the difference use the shared seed only (the patients a seed draws differ), while the method's own row still
+    averages its three seeds."""
+    from scipy.stats import wilcoxon
+
+    classes, cases = ["rv", "myo", "lv"], [f"case{i:02d}" for i in range(12)]
+    values = _write_cells(tmp_path, {"random": (1,), "mosmos": (0, 1, 2), "other": (2,)}, cases, classes)
+    aggregate(tmp_path, {"inits": {"random": {}, "mosmos": {}, "other": {}}, "reference": "random"})
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "results" / "table_frac1_lambdadefault.csv"))}
+    mine, theirs = _per_case_means(values, "mosmos", (1,), cases), _per_case_means(values, "random", (1,), cases)
+    assert float(rows["mosmos"]["Wilcoxon p Dice per case vs random"]) == pytest.approx(
+        wilcoxon(mine, theirs).pvalue, rel=1e-3
+    )
+    assert rows["mosmos"]["Δ mean Dice per case vs random [95% CI]"].startswith(
+        f"{100 * np.mean(np.subtract(mine, theirs)):+.2f} ["
+    )
+    assert rows["mosmos"]["n seeds"] == "3"
+    assert rows["other"]["Wilcoxon p Dice per case vs random"] == "-"  # no seed in common: nothing to pair
+    assert "over the seeds both ran" in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
 
 
 def test_cells_run_seed_major_so_a_cut_run_leaves_whole_seeds(spec_file):
