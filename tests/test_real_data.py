@@ -145,44 +145,48 @@ def test_acdc_bundle_trains_evaluates_and_infers_on_the_real_sample(acdc, pretra
     assert pred.shape[:3] == nib.load(src).shape and np.allclose(pred.affine, nib.load(src).affine, atol=1e-4)
 
 
-def test_field_of_view_script_scores_any_saved_network(acdc, tmp_path, repo):
-    """scripts/eval_field_of_view.py reads the class count from the sidecar, so it scores the stock reference
-    arm (which has neither a PTA branch nor the U-Net's output block) like the project's networks."""
+def _field_of_view(net, acdc, tmp_path, repo, *options) -> tuple[list[dict], str]:
+    """``net`` saved as a cell and scored by scripts/eval_field_of_view.py on patient001's first frame: the rows
+    it writes and its standard output."""
     import subprocess
     import sys
 
-    import torch
-
     from mosmos_components.checkpoint import save_network
-    from mosmos_components.networks import StockUNet
 
-    torch.manual_seed(0)
-    names = ["background", "right ventricle", "myocardium", "left ventricle"]
-    net = StockUNet(2, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0, class_names=names)
-    (tmp_path / "cell" / "models").mkdir(parents=True)
+    (tmp_path / "cell" / "models").mkdir(parents=True, exist_ok=True)
     save_network(net, tmp_path / "cell" / "models" / "model.pt")
     frame = acdc / "database" / "training" / "patient001" / "patient001_frame01"
     item = {"image": f"{frame}.nii.gz", "label": f"{frame}_gt.nii.gz"}
     (tmp_path / "datalist.json").write_text(json.dumps({"test": [item]}))
     script = repo / "scripts" / "eval_field_of_view.py"
-    args = [str(tmp_path / "cell"), str(tmp_path / "datalist.json"), "--json", str(tmp_path / "rows.json")]
+    out = tmp_path / "rows.json"
+    args = [str(tmp_path / "cell"), str(tmp_path / "datalist.json"), *options, "--json", str(out)]
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    rows = json.loads((tmp_path / "rows.json").read_text())
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_field_of_view_script_scores_any_saved_network(acdc, tmp_path, repo):
+    """scripts/eval_field_of_view.py reads the class count from the sidecar, so it scores the stock reference
+    arm (which has neither a PTA branch nor the U-Net's output block) like the project's networks."""
+    import torch
+
+    from mosmos_components.networks import StockUNet
+
+    torch.manual_seed(0)
+    names = ["background", "right ventricle", "myocardium", "left ventricle"]
+    net = StockUNet(2, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0, class_names=names)
+    rows, stdout = _field_of_view(net, acdc, tmp_path, repo)
     assert [r["case"] for r in rows] == ["patient001_frame01_gt.nii.gz"]
     assert all(len(rows[0][k]) == 3 for k in ("whole", "centre", "largest"))
-    assert "mean" in done.stdout
+    assert "mean" in stdout
 
 
 def test_field_of_view_script_can_normalise_with_the_batch_statistics(acdc, tmp_path, repo):
     """``--norm_stats batch``: batch-norm layers normalise with the statistics of the slices being segmented, not
     with the running statistics of training (here made useless), so the scores change."""
-    import subprocess
-    import sys
-
     import torch
 
-    from mosmos_components.checkpoint import save_network
     from mosmos_components.networks import MosmosUNet
 
     torch.manual_seed(0)
@@ -191,19 +195,8 @@ def test_field_of_view_script_can_normalise_with_the_batch_statistics(acdc, tmp_
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_var.fill_(1e8)  # every running-statistics activation ~0
-    (tmp_path / "cell" / "models").mkdir(parents=True)
-    save_network(net, tmp_path / "cell" / "models" / "model.pt")
-    frame = acdc / "database" / "training" / "patient001" / "patient001_frame01"
-    (tmp_path / "datalist.json").write_text(
-        json.dumps({"test": [{"image": f"{frame}.nii.gz", "label": f"{frame}_gt.nii.gz"}]})
-    )
-    rows = {}
-    for stats in ("running", "batch"):
-        out = tmp_path / f"{stats}.json"
-        args = [str(tmp_path / "cell"), str(tmp_path / "datalist.json"), "--norm_stats", stats, "--json", str(out)]
-        done = subprocess.run(
-            [sys.executable, str(repo / "scripts" / "eval_field_of_view.py"), *args], capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        rows[stats] = json.loads(out.read_text())[0]["whole"]
+    rows = {
+        stats: _field_of_view(net, acdc, tmp_path, repo, "--norm_stats", stats)[0][0]["whole"]
+        for stats in ("running", "batch")
+    }
     assert rows["running"] != rows["batch"]
