@@ -15,10 +15,14 @@ Every cell runs in its own folder (``<output_dir>/cells/<init>__frac<f>__seed<s>
 bundle's ``evaluate.json`` on the test split, then ``done.json`` written atomically with the cell's coordinates,
 the units it trained on and its per-class results. A cell with ``done.json`` is skipped; an interrupted one
 resumes from its training checkpoint (the bundles' ``checkpoint.pt``) and is evaluated again, so no cell is
-trained twice and no result mixes two runs. All cells share one split (``<output_dir>/datalist.json``); a label
-fraction below 1 keeps the first units of an order drawn with the cell's seed (nested across fractions for one
-seed; the bundle's ``split_group_key`` unit, e.g. ACDC's patients with both frames, dealt over its
-``split_strata_key`` strata), so the seeds vary which cases are labelled. With ``tracking: mlflow`` each cell is
+trained twice and no result mixes two runs. Each cell records its recipe (``recipe.json``, and in ``done.json``:
+its configs, overrides and pre-training, paths left out); before the first cell, a cell already in the output
+folder whose recipe differs from what the spec now gives it (a changed budget, rate or variant) is refused,
+naming the cell and each changed setting, so results of two settings never share a table. All cells share one
+split (``<output_dir>/datalist.json``); a label fraction below 1 keeps the first units of an order drawn with
+the cell's seed (nested across fractions for one seed; the bundle's ``split_group_key`` unit, e.g. ACDC's
+patients with both frames, dealt over its ``split_strata_key`` strata), so the seeds vary which cases are
+labelled. With ``tracking: mlflow`` each cell is
 one MLflow run (named by its coordinates) in ``<output_dir>/mlruns.db``.
 
 Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class), per label fraction and lambda
@@ -552,12 +556,90 @@ def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
     return over
 
 
+def cell_recipe(spec: dict, cell: Cell) -> dict:
+    """What decides a cell's result apart from where it reads and writes: its bundle and configs, its overrides
+    (the spec's, its fraction's, its init's), the split seed and the pre-training it starts from (by name and
+    definition). Paths are left out, so a grid's cells copied to another machine still match their spec."""
+    init = spec["inits"][cell.init]
+    paths = PATH_KEYS + NAME_OR_PATH_KEYS
+
+    def settings(over: dict) -> dict:
+        return {k: v for k, v in over.items() if k not in paths}
+
+    over = {**spec["overrides"], **_fraction_overrides(spec, cell.fraction)}
+    over.update({k: v for k, v in init.items() if k not in INIT_KEYS})
+    pre = init.get("pretraining")
+    if pre is not None:
+        definition = spec["pretrainings"][pre]
+        pre = {
+            "name": pre,
+            "configs": definition.get("configs"),
+            "overrides": settings(definition.get("overrides") or {}),
+            "clip_checkpoint": settings(definition.get("clip_checkpoint") or {}) or None,
+        }
+    recipe = {
+        "bundle": spec["bundle"],
+        "configs": cell_configs(spec, cell),
+        "overrides": settings(over),
+        "split_seed": int(spec.get("split_seed", 0)),
+        "pretraining": pre,
+    }
+    return json.loads(json.dumps(recipe))  # as it reads back from a file
+
+
+def _recipe_changes(recorded: dict, now: dict, prefix: str = "") -> list[str]:
+    """The settings in which two recipes differ, as ``key: recorded -> now`` (nested keys joined by dots)."""
+    changes = []
+    for key in sorted(set(recorded) | set(now), key=str):
+        old, new = recorded.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _recipe_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {json.dumps(old)} -> {json.dumps(new)}")
+    return changes
+
+
+def _check_recorded_recipes(spec: dict, cells: list[Cell]) -> None:
+    """Refuse, before any cell runs, to go on with a grid whose output folder holds cells (finished, or started
+    and resumable) made with other settings than the spec now gives them. Cells recorded before recipes were kept
+    cannot be checked: they are counted in a warning."""
+    changed, unchecked = [], 0
+    for cell in cells:
+        grid = grid_of(spec, cell)
+        folder = Path(grid["output_dir"]) / "cells" / cell.name
+        recorded = None
+        if (folder / "done.json").is_file():
+            recorded = json.loads((folder / "done.json").read_text(encoding="utf-8")).get("recipe")
+            unchecked += recorded is None
+        elif (folder / "recipe.json").is_file():
+            recorded = json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
+        if recorded is None:
+            continue
+        diff = _recipe_changes(recorded, cell_recipe(grid, cell))
+        if diff:
+            changed.append(f"{folder}: {'; '.join(diff)}")
+    if unchecked:
+        logger.warning(
+            "experiment %s: %d finished cell(s) predate recorded recipes; kept unchecked", spec["name"], unchecked
+        )
+    if changed:
+        shown = "\n  ".join(changed[:5]) + (f"\n  ... and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ValueError(
+            f"{spec['_path']}: {len(changed)} cell(s) in the output folder were run with other settings than the spec "
+            f"now gives them:\n  {shown}\nWrite the grid to a new output folder (--output_dir), or remove those cell "
+            "folders to run them again."
+        )
+
+
 def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
     from mosmos_components.bundle_runner import run_bundle
 
     folder = out / "cells" / cell.name
     over = _overrides(spec, cell, folder, out)
     configs = cell_configs(spec, cell)
+    recipe = cell_recipe(spec, cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_json_save(recipe, folder / "recipe.json")
     units = _training_units(spec, configs, over)
     logger.warning("experiment %s: %s trains on %d unit(s): %s", spec["name"], cell.name, len(units), ", ".join(units))
     t0 = time.time()
@@ -578,6 +660,7 @@ def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
         "eval_s": round(time.time() - t1, 1),
         "per_case": str(per_case),
         "summary": summarize(rows, names),
+        "recipe": recipe,
     }
     atomic_json_save(done, folder / "done.json")
     return done
@@ -671,6 +754,7 @@ def run_experiment(
         if not grid.get("_borrowed"):  # a folder shared with another spec keeps that spec's own record
             atomic_json_save(_public(grid), Path(grid["output_dir"]) / "spec.json")
     cells = cells_of(spec)
+    _check_recorded_recipes(spec, cells)
     ran = skipped = 0
     for i, cell in enumerate(cells, 1):
         grid = grid_of(spec, cell)

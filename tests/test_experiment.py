@@ -68,6 +68,37 @@ def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
     assert (again["ran"], again["skipped"]) == (0, 4)
 
 
+def test_a_grid_refuses_cells_made_with_other_settings_than_its_spec_gives(finished, tmp_path):
+    """Changing a spec's budget and going on in the same output folder would mix two settings in one table: the
+    runner refuses before any cell, naming the cells and the changed settings; a change of description does not
+    count, nor do paths (a grid copied elsewhere keeps its cells)."""
+    import shutil
+
+    spec, _, third = finished
+    out = tmp_path / "out"
+    shutil.copytree(spec["output_dir"], out)
+    raw = json.loads(Path(spec["_path"]).read_text())
+    recipe = json.loads((out / "cells" / third.name / "done.json").read_text())["recipe"]
+    assert recipe["overrides"]["max_epochs"] == 2 and "dataset_dir" not in recipe["overrides"]
+
+    moved = dict(raw, output_dir=str(out), description="the same grid, elsewhere")
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    assert (run_experiment(tmp_path / "moved.json")["skipped"]) == 4
+
+    longer = dict(moved, fraction_overrides={"1.0": {"max_epochs": 3}})
+    (tmp_path / "longer.json").write_text(json.dumps(longer))
+    (out / "cells" / third.name / "done.json").unlink()  # a started cell (recipe.json only) is checked as well
+    with pytest.raises(ValueError, match=r"longer.json: 4 cell\(s\) .* other settings") as err:
+        run_experiment(tmp_path / "longer.json")
+    assert "overrides.max_epochs: 2 -> 3" in str(err.value) and third.name in str(err.value)
+    assert not (out / "cells" / third.name / "done.json").exists()  # nothing ran
+
+    other = dict(moved, inits={**raw["inits"], "random": {"use_pretrained": False, "use_pta": True}})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"overrides.use_pta: false -> true"):
+        run_experiment(tmp_path / "other.json")
+
+
 def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     from scipy.stats import wilcoxon
 
