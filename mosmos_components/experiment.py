@@ -558,8 +558,8 @@ def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
 
 def cell_recipe(spec: dict, cell: Cell) -> dict:
     """What decides a cell's result apart from where it reads and writes: its bundle and configs, its overrides
-    (the spec's, its fraction's, its init's), the split seed and the pre-training it starts from (by name and
-    definition). Paths are left out, so a grid's cells copied to another machine still match their spec."""
+    (the spec's, its fraction's, its init's), the split seed and the definition of the pre-training it starts
+    from. Paths are left out, so a grid's cells copied to another machine still match their spec."""
     init = spec["inits"][cell.init]
     paths = PATH_KEYS + NAME_OR_PATH_KEYS
 
@@ -571,8 +571,7 @@ def cell_recipe(spec: dict, cell: Cell) -> dict:
     pre = init.get("pretraining")
     if pre is not None:
         definition = spec["pretrainings"][pre]
-        pre = {
-            "name": pre,
+        pre = {  # by definition, not name: specs that share cells may name one pre-training differently
             "configs": definition.get("configs"),
             "overrides": settings(definition.get("overrides") or {}),
             "clip_checkpoint": settings(definition.get("clip_checkpoint") or {}) or None,
