@@ -22,8 +22,8 @@ naming the cell and each changed setting, so results of two settings never share
 split (``<output_dir>/datalist.json``); a label fraction below 1 keeps the first units of an order drawn with
 the cell's seed (nested across fractions for one seed; the bundle's ``split_group_key`` unit, e.g. ACDC's
 patients with both frames, dealt over its ``split_strata_key`` strata), so the seeds vary which cases are
-labelled. With ``tracking: mlflow`` each cell is
-one MLflow run (named by its coordinates) in ``<output_dir>/mlruns.db``.
+labelled. With ``tracking: mlflow`` each cell is one MLflow run (named by its coordinates) in
+``<output_dir>/mlruns.db``.
 
 Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class), per label fraction and lambda
 a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds) and, against
