@@ -18,8 +18,9 @@ resumes from its training checkpoint (the bundles' ``checkpoint.pt``) and is eva
 trained twice and no result mixes two runs. Each cell records its recipe (``recipe.json``, and in ``done.json``:
 its configs, overrides and pre-training, paths left out); before the first cell, a cell already in the output
 folder whose recipe differs from what the spec now gives it (a changed budget, rate or variant) is refused,
-naming the cell and each changed setting, so results of two settings never share a table. All cells share one
-split (``<output_dir>/datalist.json``); a label fraction below 1 keeps the first units of an order drawn with
+naming the cell and each changed setting, so results of two settings never share a table; a finished
+pre-training is matched by its settings the same way (:func:`pretraining_recipe`), not by its folders. All cells
+share one split (``<output_dir>/datalist.json``); a label fraction below 1 keeps the first units of an order drawn with
 the cell's seed (nested across fractions for one seed; the bundle's ``split_group_key`` unit, e.g. ACDC's
 patients with both frames, dealt over its ``split_strata_key`` strata), so the seeds vary which cases are
 labelled. With ``tracking: mlflow`` each cell is one MLflow run (named by its coordinates) in
@@ -561,29 +562,35 @@ def cell_recipe(spec: dict, cell: Cell) -> dict:
     (the spec's, its fraction's, its init's), the split seed and the definition of the pre-training it starts
     from. Paths are left out, so a grid's cells copied to another machine still match their spec."""
     init = spec["inits"][cell.init]
-    paths = PATH_KEYS + NAME_OR_PATH_KEYS
-
-    def settings(over: dict) -> dict:
-        return {k: v for k, v in over.items() if k not in paths}
-
     over = {**spec["overrides"], **_fraction_overrides(spec, cell.fraction)}
     over.update({k: v for k, v in init.items() if k not in INIT_KEYS})
     pre = init.get("pretraining")
-    if pre is not None:
-        definition = spec["pretrainings"][pre]
-        pre = {  # by definition, not name: specs that share cells may name one pre-training differently
-            "configs": definition.get("configs"),
-            "overrides": settings(definition.get("overrides") or {}),
-            "clip_checkpoint": settings(definition.get("clip_checkpoint") or {}) or None,
-        }
     recipe = {
         "bundle": spec["bundle"],
         "configs": cell_configs(spec, cell),
-        "overrides": settings(over),
+        "overrides": _settings(over),
         "split_seed": int(spec.get("split_seed", 0)),
-        "pretraining": pre,
+        # by definition, not name: specs that share cells may name one pre-training differently
+        "pretraining": None if pre is None else pretraining_recipe(spec["pretrainings"][pre]),
     }
     return json.loads(json.dumps(recipe))  # as it reads back from a file
+
+
+def _settings(over: dict) -> dict:
+    """``over`` without the entries that name files or folders (:data:`PATH_KEYS`, :data:`NAME_OR_PATH_KEYS`)."""
+    return {k: v for k, v in over.items() if k not in PATH_KEYS + NAME_OR_PATH_KEYS}
+
+
+def pretraining_recipe(definition: dict) -> dict:
+    """What decides a pre-training's weights: its configs, its overrides and its ``clip_checkpoint`` settings, without
+    paths (its corpus folder, its tower files) or description, so that a finished pre-training copied with its grid to
+    another machine still matches the spec that made it."""
+    recipe = {
+        "configs": definition.get("configs"),
+        "overrides": _settings(definition.get("overrides") or {}),
+        "clip_checkpoint": _settings(definition.get("clip_checkpoint") or {}) or None,
+    }
+    return json.loads(json.dumps(recipe))
 
 
 def _recipe_changes(recorded: dict, now: dict, prefix: str = "") -> list[str]:
@@ -692,10 +699,11 @@ def run_pretraining(spec: dict, name: str) -> Path:
     ckpt = pretraining_checkpoint(spec, name)
     if (folder / "done.json").is_file() and ckpt.is_file():
         made_from = json.loads((folder / "done.json").read_text(encoding="utf-8")).get("definition")
-        if made_from is not None and made_from != pre:
+        diff = [] if made_from is None else _recipe_changes(pretraining_recipe(made_from), pretraining_recipe(pre))
+        if diff:
             raise ValueError(
-                f"{folder} holds a pre-training '{name}' made from another definition ({made_from}) than the spec's "
-                f"({pre}); rename the spec's pre-training or move that folder away"
+                f"{folder} holds a pre-training '{name}' made with other settings than the spec gives it: "
+                f"{'; '.join(diff)}; rename the spec's pre-training or move that folder away"
             )
         return ckpt
     logger.warning("experiment %s: pre-training %s", spec["name"].split("/")[0], name)

@@ -469,3 +469,29 @@ def test_a_block_or_pretraining_that_cannot_run_is_refused_naming_it(tmp_path, c
     with pytest.raises(ValueError, match=message) as info:
         load_spec(_blocks_spec(tmp_path, **changes))
     assert "blocks.json" in str(info.value)
+
+
+def test_a_finished_pretraining_is_kept_wherever_its_grid_was_made_and_refused_if_made_otherwise(tmp_path):
+    """A grid's finished pre-training is matched to the spec by its settings: moved with its grid to another machine
+    (other corpus folder, other description) it is reused; made with another budget it is refused, naming the
+    setting."""
+    from mosmos_components.experiment import pretraining_checkpoint, run_pretraining
+
+    spec = load_spec(_blocks_spec(tmp_path))
+    spec["pretrainings"]["full"]["description"] = "the corpus at this site"
+    ckpt = pretraining_checkpoint(spec, "full")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    elsewhere = {"dataset_dir": "/another/machine/corpus", "overrides": {"max_epochs": 3}, "description": "there"}
+    done = ckpt.parent.parent / "done.json"
+    done.write_text(json.dumps({"pretraining": "full", "definition": elsewhere}))
+    assert run_pretraining(spec, "full") == ckpt
+
+    done.write_text(json.dumps({"pretraining": "full", "definition": dict(elsewhere, overrides={"max_epochs": 2})}))
+    with pytest.raises(
+        ValueError,
+        match=r"pretrain/full holds a pre-training 'full' made with other settings .*"
+        r"overrides\.max_epochs: 2 -> 3",
+    ):
+        run_pretraining(spec, "full")
+    assert ckpt.read_bytes() == b"weights"
