@@ -125,15 +125,24 @@ class MosmosCLI:
         )
 
     def experiment(
-        self, spec: str, output_dir: str | None = None, max_cells: int | None = None, pretrain_dir: str | None = None
+        self,
+        spec: str,
+        output_dir: str | None = None,
+        max_cells: int | None = None,
+        pretrain_dir: str | None = None,
+        status: bool = False,
     ) -> str:
         """Run the grid of an experiment SPEC (blocks x initialisations x label fractions x seeds x lambda) through
         the bundles, each cell after the pre-training its initialisation consumes, skipping finished cells and
         resuming interrupted ones, then aggregate it into tables and figures (see mosmos_components.experiment).
         PRETRAIN_DIR: where chained pre-trainings are written and found (default OUTPUT_DIR/pretrain; specs that
-        share one reuse a pre-training of the same name and definition)."""
-        from mosmos_components.experiment import run_experiment
+        share one reuse a pre-training of the same name and definition). --status: list each cell (done with its
+        mean Dice and wall time, started with its checkpoint's iteration, or pending) and the time left, running
+        nothing."""
+        from mosmos_components.experiment import grid_status, run_experiment
 
+        if status:
+            return grid_status(spec, output_dir)
         t = time.time()
         r = run_experiment(spec, output_dir, max_cells, pretrain_dir)
         return (

@@ -775,8 +775,9 @@ def run_experiment(
         if pre is not None:
             run_pretraining(grid, pre)
         where = cell.name if cell.block is None else f"{cell.block}/{cell.name}"
-        logger.warning("experiment %s: cell %d/%d %s", spec["name"], i, len(cells), where)
-        print(f"[{i}/{len(cells)}] {where}", flush=True)
+        left = _time_left(spec, cells)
+        logger.warning("experiment %s: cell %d/%d %s%s", spec["name"], i, len(cells), where, left)
+        print(f"[{i}/{len(cells)}] {where}{left}", flush=True)
         _run_cell(grid, cell, cell_out)
         ran += 1
     tables, results = [], []
@@ -791,6 +792,84 @@ def run_experiment(
         "skipped": skipped,
         "cells": len(cells),
     }
+
+
+def _cell_state(spec: dict, cell: Cell) -> tuple[str, dict | None]:
+    """``("done", done.json)``, ``("started", checkpoint.json or {})`` or ``("pending", None)``."""
+    folder = Path(grid_of(spec, cell)["output_dir"]) / "cells" / cell.name
+    if (folder / "done.json").is_file():
+        return "done", json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    if (folder / "recipe.json").is_file():
+        ckpt = folder / "models" / "checkpoint.json"
+        return "started", json.loads(ckpt.read_text(encoding="utf-8")) if ckpt.is_file() else {}
+    return "pending", None
+
+
+def _estimate_s(spec: dict, cells: list[Cell]) -> tuple[float | None, int]:
+    """The wall time the cells not yet done would take at the pace of the finished ones (each init at its own mean
+    time a cell where it has finished one, else the mean of all), and how many finished cells it is drawn from."""
+    walls: dict[str, list[float]] = {}
+    todo = []
+    for cell in cells:
+        state, record = _cell_state(spec, cell)
+        if state == "done":
+            walls.setdefault(cell.init, []).append(record.get("train_s", 0) + record.get("eval_s", 0))
+        else:
+            todo.append(cell)
+    done = [w for ws in walls.values() for w in ws]
+    if not done:
+        return None, 0
+    pace = {init: sum(ws) / len(ws) for init, ws in walls.items()}
+    mean = sum(done) / len(done)
+    return sum(pace.get(c.init, mean) for c in todo), len(done)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def _time_left(spec: dict, cells: list[Cell]) -> str:
+    left, n = _estimate_s(spec, cells)
+    return "" if left is None else f" (about {_hours(left)} of cells left at the pace of the {n} finished)"
+
+
+def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
+    """Where a grid stands, without running anything: each cell done (its mean Dice % and wall time), started (the
+    iteration its checkpoint reached) or pending, its chained pre-trainings, and the time the rest would take at
+    the pace of the finished cells."""
+    spec = load_spec(spec_path)
+    if output_dir is not None:
+        _move_output(spec, Path(output_dir))
+    cells = cells_of(spec)
+    lines, counts = [], {"done": 0, "started": 0, "pending": 0}
+    for i, cell in enumerate(cells, 1):
+        where = cell.name if cell.block is None else f"{cell.block}/{cell.name}"
+        state, record = _cell_state(spec, cell)
+        counts[state] += 1
+        if state == "done":
+            mean = next((r["dice"] for r in record.get("summary", []) if r["class"] == "mean"), float("nan"))
+            wall = record.get("train_s", 0) + record.get("eval_s", 0)
+            detail = f"mean Dice {100 * mean:.1f} %, {_hours(wall)}"
+        elif state == "started":
+            detail = f"checkpoint at iteration {record['iteration']}" if "iteration" in record else "no checkpoint yet"
+        else:
+            detail = ""
+        lines.append(f"[{i}/{len(cells)}] {state:8s}{where}" + (f"  {detail}" if detail else ""))
+    pretrainings = {
+        Path(grid["_pretrain_dir"]) / init["pretraining"]: init["pretraining"]
+        for grid in (spec.get("_blocks") or {None: spec}).values()
+        for init in grid["inits"].values()
+        if init.get("pretraining")
+    }
+    for folder, name in pretrainings.items():
+        state = "done" if (folder / "done.json").is_file() else "started" if folder.is_dir() else "pending"
+        lines.append(f"pre-training {name}: {state} ({folder})")
+    left, n = _estimate_s(spec, cells)
+    pace = "" if not left else f"; about {_hours(left)} of cells left at the pace of the {n} finished"
+    lines.append(
+        f"{counts['done']} done, {counts['started']} started, {counts['pending']} pending of {len(cells)}{pace}"
+    )
+    return "\n".join(lines)
 
 
 def _public(spec: dict) -> dict:

@@ -495,3 +495,32 @@ def test_a_finished_pretraining_is_kept_wherever_its_grid_was_made_and_refused_i
     ):
         run_pretraining(spec, "full")
     assert ckpt.read_bytes() == b"weights"
+
+
+def test_status_lists_each_cell_and_the_time_left_at_the_finished_cells_pace(tmp_path):
+    """``mosmos experiment SPEC --status`` runs nothing: each cell done (mean Dice, wall time), started (its
+    checkpoint's iteration) or pending, the chained pre-training once, and the time left at each init's pace."""
+    from mosmos_components.cli import MosmosCLI
+    from mosmos_components.experiment import grid_status
+
+    path = _blocks_spec(tmp_path, blocks={"unet": {"inits": {"mosmos": None}}, "unetr": {}})
+    spec = load_spec(path)
+    first, second, third = cells_of(spec)  # unet/random, unetr/random, unetr/mosmos
+    done = tmp_path / "out" / "unet" / "cells" / first.name
+    done.mkdir(parents=True)
+    summary = [{"class": "spleen", "dice": 0.5}, {"class": "mean", "dice": 0.625}]
+    (done / "done.json").write_text(json.dumps({"train_s": 1500.0, "eval_s": 300.0, "summary": summary}))
+    started = tmp_path / "out" / "unetr" / "cells" / second.name
+    (started / "models").mkdir(parents=True)
+    (started / "recipe.json").write_text("{}")
+    (started / "models" / "checkpoint.json").write_text(json.dumps({"epoch": 1, "iteration": 250}))
+
+    lines = grid_status(path).splitlines()
+    assert lines[0] == f"[1/3] done    unet/{first.name}  mean Dice 62.5 %, 30 min"
+    assert lines[1] == f"[2/3] started unetr/{second.name}  checkpoint at iteration 250"
+    assert lines[2] == f"[3/3] pending unetr/{third.name}"
+    assert lines[3] == f"pre-training full: pending ({tmp_path / 'out' / 'pretrain' / 'full'})"
+    # two cells to go: unetr/random at random's pace, unetr/mosmos (none finished yet) at the mean pace
+    assert lines[4] == "1 done, 1 started, 1 pending of 3; about 60 min of cells left at the pace of the 1 finished"
+    assert not (tmp_path / "out" / "unetr" / "cells" / third.name).exists()
+    assert MosmosCLI().experiment(str(path), status=True) == "\n".join(lines)
