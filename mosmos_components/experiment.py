@@ -32,7 +32,9 @@ each ``reference`` (one init or a list), the tests: per unit of analysis (``"uni
 such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice difference with its bootstrap
 95 % CI, each unit the mean over its cases and classes averaged over the seeds both inits ran (a seed may draw
 the training cases, so only the same seeds pair); and, for parity with the paper, the Wilcoxon p paired per class
-on the test-set means over those seeds. Figures: ``label_efficiency.png`` (mean Dice
+on the test-set means over those seeds. ``contrasts`` (``[["mosmos", "mosmos_random_queries"]]``) adds, per label
+fraction and lambda, ``contrasts_frac<f>_lambda<l>.{csv,md}``: each pair tested per unit the same way, and its
+difference seed by seed (the spread over seeds). Figures: ``label_efficiency.png`` (mean Dice
 against the label fraction, as the paper's Fig. 6), with several lambdas ``lambda_box.png`` (per-class Dice for
 each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
 as Fig. 7).
@@ -133,6 +135,8 @@ def load_spec(path: str | Path) -> dict:
         _fix_paths(block, root)
         sub = _block_spec(spec, name, block)
         spec["_blocks"][name] = _load_block(sub, path, where, root)
+    every = {i: None for sub in spec["_blocks"].values() for i in sub["inits"]}
+    _check_contrasts(path, spec.get("contrasts"), {**(spec.get("inits") or {}), **every})
     spec["_pretrain_dir"] = str(Path(spec["output_dir"]) / "pretrain")
     for sub in spec["_blocks"].values():
         sub["_pretrain_dir"] = spec["_pretrain_dir"]
@@ -213,7 +217,9 @@ def _block_spec(spec: dict, name: str, block: dict) -> dict:
         else:
             inits[init] = {**inits.get(init, {}), **entries}
     sub["inits"] = inits
-    for key in ("bundle", "dataset_dir", "open_set", "positioning", "reference", "results"):
+    if isinstance(sub.get("contrasts"), list):  # the spec's contrasts, where the block kept both inits
+        sub["contrasts"] = [p for p in sub["contrasts"] if isinstance(p, list) and set(p) <= set(inits)]
+    for key in ("bundle", "dataset_dir", "open_set", "positioning", "reference", "contrasts", "results"):
         if key in block:
             sub[key] = block[key]
     sub["output_dir"] = block.get("output_dir") or str(Path(spec["output_dir"]) / name)
@@ -233,6 +239,7 @@ def _load_block(spec: dict, path: Path, where, root: Path) -> dict:
     for ref in _references(spec):
         if ref not in spec["inits"]:
             raise ValueError(f"{where}: reference '{ref}' is not one of the inits {sorted(spec['inits'])}")
+    _check_contrasts(where, spec.get("contrasts"), spec["inits"])
     for key, names in (spec.get("fraction_inits") or {}).items():
         unknown = sorted(set(names) - set(spec["inits"]))
         if unknown:
@@ -276,6 +283,23 @@ def _load_block(spec: dict, path: Path, where, root: Path) -> dict:
     return spec
 
 
+def _check_contrasts(where, contrasts, inits) -> None:
+    """``contrasts``: a list of [init, against] pairs of two different inits among ``inits``."""
+    if contrasts is None:
+        return
+    if not isinstance(contrasts, list):
+        raise ValueError(f"{where}: 'contrasts' must be a list of [init, against] pairs, got {contrasts!r}")
+    for pair in contrasts:
+        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1]):
+            raise ValueError(f"{where}: a contrast is a pair of two different inits [init, against], got {pair!r}")
+        unknown = [i for i in pair if i not in inits]
+        if unknown:
+            raise ValueError(
+                f"{where}: contrast {pair} names '{unknown[0]}', not one of the inits {sorted(inits)}"
+                f"{_close(str(unknown[0]), list(inits))}"
+            )
+
+
 def _class_names(spec: dict, configs: Path) -> list[str] | None:
     from monai.bundle import ConfigParser
 
@@ -296,6 +320,7 @@ SPEC_KEYS = (
     "overrides",
     "inits",
     "reference",
+    "contrasts",
     "label_fractions",
     "seeds",
     "lambdas",
@@ -324,6 +349,7 @@ BLOCK_KEYS = (
     "overrides",
     "inits",
     "reference",
+    "contrasts",
     "open_set",
     "positioning",
     "results",
@@ -939,6 +965,8 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     for frac in sorted({d["label_fraction"] for d in done}):
         for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
             tables.append(_table(res, done, inits, classes, frac, lam, refs, unit, unit_of, spec.get("open_set")))
+            if spec.get("contrasts"):
+                tables.append(_contrasts(res, done, frac, lam, spec["contrasts"], unit, unit_of))
     _label_efficiency(res, done, inits, unit if spec.get("unit") else "case")
     _qualitative_panel(res, done, inits)
     if len({d["lambda_pta"] for d in done}) > 1:
@@ -1074,14 +1102,8 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
                 row.append(
                     f"{wilcoxon_paired([x[i] for i in ok], [y[i] for i in ok])['p']:.3g}" if len(ok) >= 2 else "-"
                 )
-            ours, theirs = _unit_means(paired, "dice", unit_of), _unit_means(ref_cells, "dice", unit_of)
-            common = sorted(set(ours) & set(theirs))
-            if len(common) >= 2:
-                a, b = [ours[u] for u in common], [theirs[u] for u in common]
-                mean, lo, hi = bootstrap_mean_ci(np.subtract(a, b))
-                row += [f"{wilcoxon_paired(a, b)['p']:.3g}", f"{100 * mean:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"]
-            else:
-                row += ["-", "-"]
+            test = _unit_test(paired, ref_cells, unit_of)
+            row += ["-", "-"] if test is None else [f"{test['p']:.3g}", _points(test)]
         rows.append(row)
     with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -1100,6 +1122,70 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
             if open_set
             else ""
         ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    Path(f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return f"{stem}.md"
+
+
+def _unit_test(cells: list[dict], against: list[dict], unit_of: dict[str, str]) -> dict | None:
+    """Per unit of analysis, ``cells`` against ``against`` (each unit's mean Dice averaged over the given cells):
+    the paired Wilcoxon p, the mean difference and its bootstrap 95 % CI, the number of units; ``None`` below 2."""
+    ours, theirs = _unit_means(cells, "dice", unit_of), _unit_means(against, "dice", unit_of)
+    common = sorted(set(ours) & set(theirs))
+    if len(common) < 2:
+        return None
+    a, b = [ours[u] for u in common], [theirs[u] for u in common]
+    mean, lo, hi = bootstrap_mean_ci(np.subtract(a, b))
+    return {"p": wilcoxon_paired(a, b)["p"], "mean": mean, "lo": lo, "hi": hi, "n": len(common)}
+
+
+def _points(test: dict) -> str:
+    return f"{100 * test['mean']:+.2f} [{100 * test['lo']:+.2f}, {100 * test['hi']:+.2f}]"
+
+
+def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, str]) -> str:
+    """``contrasts_frac<f>_lambda<l>.{csv,md}``: for each [init, against] pair of the spec's ``contrasts`` (e.g.
+    pixel-tag attention with the class queries of the pre-training against random ones), the test per unit of
+    analysis over the seeds both ran, and the same difference seed by seed: the spread over seeds."""
+    lam_name = "default" if lam is None else f"{lam:g}"
+    stem = res / f"contrasts_frac{frac:g}_lambda{lam_name}"
+    select = lambda init: {  # noqa: E731
+        d["seed"]: d for d in done if d["init"] == init and d["label_fraction"] == frac and d["lambda_pta"] == lam
+    }
+    header = [
+        "contrast",
+        "n seeds",
+        f"n {unit}s",
+        f"Δ mean Dice per {unit} [95% CI]",
+        f"Wilcoxon p per {unit}",
+        f"Δ per {unit} seed by seed",
+    ]
+    rows = []
+    for init, against in pairs:
+        ours, theirs = select(init), select(against)
+        seeds = sorted(set(ours) & set(theirs))
+        test = _unit_test([ours[k] for k in seeds], [theirs[k] for k in seeds], unit_of) if seeds else None
+        if test is None:
+            continue
+        each = [_unit_test([ours[k]], [theirs[k]], unit_of) for k in seeds]
+        by_seed = ", ".join(f"seed {k}: {100 * t['mean']:+.2f}" for k, t in zip(seeds, each) if t is not None)
+        rows.append(
+            [f"{init} − {against}", str(len(seeds)), str(test["n"]), _points(test), f"{test['p']:.3g}", by_seed]
+        )
+    with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    lines = [
+        f"Label fraction {frac:g}, lambda {lam_name}: each contrast per {unit} (each the mean Dice over its cases and "
+        f"classes, averaged over the seeds both inits ran): the mean difference in Dice points with its bootstrap "
+        f"95 % CI (BCa, 10,000 resamples) and the Wilcoxon signed-rank p (smallest possible with "
+        f"{max([int(r[2]) for r in rows] or [0])} {unit}s: {_min_p(max([int(r[2]) for r in rows] or [0])):.3g}); "
+        f"then the mean difference seed by seed.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -249,6 +249,61 @@ def test_comparisons_pair_only_the_seeds_both_methods_ran(tmp_path):
     assert "over the seeds both ran" in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
 
 
+def test_contrasts_test_named_pairs_per_unit_and_give_the_difference_seed_by_seed(tmp_path):
+    """A spec's ``contrasts`` (e.g. attention with the pre-training's class queries against random ones) get their
+    own table: scipy's Wilcoxon p per case on the shared seeds' averages, the mean difference, and the difference
+    of each shared seed on its own."""
+    from scipy.stats import wilcoxon
+
+    classes, cases = ["rv", "myo", "lv"], [f"case{i:02d}" for i in range(12)]
+    values = _write_cells(tmp_path, {"random": (0, 1), "mosmos": (0, 1, 2), "other": (2,)}, cases, classes)
+    spec = {
+        "inits": {"random": {}, "mosmos": {}, "other": {}},
+        "contrasts": [["mosmos", "random"], ["other", "random"]],
+    }
+    aggregate(tmp_path, spec)
+    rows = list(csv.DictReader(open(tmp_path / "results" / "contrasts_frac1_lambdadefault.csv")))
+    assert [r["contrast"] for r in rows] == ["mosmos − random"]  # 'other' shares no seed with random: no row
+    mine, theirs = _per_case_means(values, "mosmos", (0, 1), cases), _per_case_means(values, "random", (0, 1), cases)
+    assert float(rows[0]["Wilcoxon p per case"]) == pytest.approx(wilcoxon(mine, theirs).pvalue, rel=5e-3)
+    assert rows[0]["Δ mean Dice per case [95% CI]"].startswith(f"{100 * np.mean(np.subtract(mine, theirs)):+.2f} [")
+    assert (rows[0]["n seeds"], rows[0]["n cases"]) == ("2", "12")
+    each = [
+        np.mean(
+            np.subtract(_per_case_means(values, "mosmos", (k,), cases), _per_case_means(values, "random", (k,), cases))
+        )
+        for k in (0, 1)
+    ]
+    assert rows[0]["Δ per case seed by seed"] == f"seed 0: {100 * each[0]:+.2f}, seed 1: {100 * each[1]:+.2f}"
+    assert (
+        "smallest possible with 12 cases: 0.000488"
+        in (tmp_path / "results" / "contrasts_frac1_lambdadefault.md").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    "contrasts, message",
+    [
+        (
+            [["random", "mosmoss"]],
+            r"contrast \['random', 'mosmoss'\] names 'mosmoss', not one of the inits .*did you mean",
+        ),
+        ([["random", "random"]], r"a contrast is a pair of two different inits"),
+        ("random", r"'contrasts' must be a list"),
+    ],
+)
+def test_a_contrast_must_name_two_inits_of_the_spec(tmp_path, contrasts, message):
+    with pytest.raises(ValueError, match=message):
+        load_spec(_blocks_spec(tmp_path, contrasts=contrasts))
+
+
+def test_a_block_keeps_the_specs_contrasts_whose_inits_it_runs(tmp_path):
+    spec = load_spec(_blocks_spec(tmp_path, contrasts=[["mosmos", "random"]]))  # the unet block drops mosmos
+    assert spec["_blocks"]["unet"]["contrasts"] == [] and spec["_blocks"]["unetr"]["contrasts"] == [
+        ["mosmos", "random"]
+    ]
+
+
 def test_cells_run_seed_major_so_a_cut_run_leaves_whole_seeds(spec_file):
     cells = cells_of(load_spec(spec_file))
     assert [(c.seed, c.init) for c in cells] == [(0, "random"), (0, "mosmos"), (1, "random"), (1, "mosmos")]
