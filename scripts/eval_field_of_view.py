@@ -9,7 +9,11 @@ was trained on (its ``test`` items are scored; relative paths resolve from the w
 through the bundles' orientation (RAS) and intensity handling; slices through MONAI's SliceInferer.
 ``--norm_stats batch`` normalises each batch-norm layer with the statistics of the batch of slices being
 segmented instead of the running statistics of training: when that scores much higher, the training images'
-statistics do not describe the test patients' (few training patients, other scanners).
+statistics do not describe the test patients' (few training patients, other scanners). ``--windows``: every slice
+cut into 96 x 96 windows (stride 48, at least half of each inside the body) segmented one by one; the share of
+pixels predicted as each class in windows whose label holds no structure, against windows that hold one — a
+network whose attention is normalised over the window (pixel-tag attention) must put it somewhere even where
+there is nothing to find.
 """
 
 from __future__ import annotations
@@ -43,6 +47,29 @@ def dice(p: np.ndarray, g: np.ndarray, c: int) -> float:
     return float("nan") if b.sum() == 0 else 2.0 * (a & b).sum() / (a.sum() + b.sum())
 
 
+def window_shares(net, image: torch.Tensor, label: np.ndarray, n_classes: int, size: int = 96) -> dict:
+    """Pixels predicted as each class (share per class, background first) in the ``size``-square windows of each
+    slice (stride ``size // 2``) whose label is empty (``"empty"``) or not (``"holding"``), each window segmented
+    alone; windows less than half inside the body (intensity above the slice's minimum) are skipped."""
+    h, w, depth = label.shape
+    sums = {"empty": np.zeros(n_classes), "holding": np.zeros(n_classes)}
+    counts = {"empty": 0, "holding": 0}
+    for z in range(depth):
+        body = image[0, :, :, z] > image[0, :, :, z].min()
+        corners = [(y, x) for y in range(0, h - size + 1, size // 2) for x in range(0, w - size + 1, size // 2)]
+        corners = [(y, x) for y, x in corners if float(body[y : y + size, x : x + size].float().mean()) >= 0.5]
+        if not corners:
+            continue
+        batch = torch.stack([image[:, y : y + size, x : x + size, z] for y, x in corners])
+        with torch.no_grad():
+            pred = net(batch).argmax(1).numpy()
+        for (y, x), p in zip(corners, pred):
+            kind = "holding" if label[y : y + size, x : x + size, z].any() else "empty"
+            sums[kind] += np.bincount(p.ravel(), minlength=n_classes)[:n_classes] / p.size
+            counts[kind] += 1
+    return {k: {"windows": counts[k], "share": (sums[k] / max(counts[k], 1)).tolist()} for k in sums}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cell")
@@ -50,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modality", default="mri")
     parser.add_argument("--field", type=int, default=160)
     parser.add_argument("--norm_stats", choices=("running", "batch"), default="running")
+    parser.add_argument("--windows", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     net = load_segmentation_network(f"{args.cell}/models/model.pt").eval()
@@ -83,10 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         row = {"case": it["label"].split("/")[-1]}
         for name, p, g in (("whole", pred, gt), ("centre", pred[centre], gt[centre]), ("largest", kept, gt)):
             row[name] = [dice(p, g, c) for c in classes]
+        if args.windows:
+            row["windows"] = window_shares(net, padded[0, :, :h, :w], gt, len(classes) + 1)
         rows.append(row)
     for name in ("whole", "centre", "largest"):
         m = np.nanmean([r[name] for r in rows], axis=0)
         print(f"{name:8s} Dice % per class {np.round(100 * m, 1).tolist()}  mean {100 * float(np.mean(m)):.1f}")
+    if args.windows:
+        for kind in ("empty", "holding"):
+            n = sum(r["windows"][kind]["windows"] for r in rows)
+            share = np.sum([np.multiply(r["windows"][kind]["share"], r["windows"][kind]["windows"]) for r in rows], 0)
+            share = share / max(n, 1)
+            print(f"windows {kind:8s}{n:6d}: % of pixels per class {np.round(100 * share[1:], 3).tolist()}")
     if args.json:
         json.dump(rows, open(args.json, "w", encoding="utf-8"), indent=1)
     return 0

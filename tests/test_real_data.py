@@ -182,6 +182,28 @@ def test_field_of_view_script_scores_any_saved_network(acdc, tmp_path, repo):
     assert "mean" in stdout
 
 
+def test_field_of_view_script_counts_predictions_in_windows_without_a_structure(acdc, tmp_path, repo):
+    """--windows: a network that calls every pixel the left ventricle fills the empty windows and the others alike;
+    the counts of both kinds add up to the windows of the frame's slices that lie inside the body."""
+    import torch
+
+    from mosmos_components.networks import StockUNet
+
+    names = ["background", "right ventricle", "myocardium", "left ventricle"]
+    net = StockUNet(2, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0, class_names=names)
+    last = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        last.bias[3] = 1.0
+    rows, stdout = _field_of_view(net, acdc, tmp_path, repo, "--windows")
+    win = rows[0]["windows"]
+    assert win["empty"]["windows"] > 0 and win["holding"]["windows"] > 0
+    for kind in ("empty", "holding"):
+        assert win[kind]["share"] == pytest.approx([0, 0, 0, 1])
+    assert "windows empty" in stdout and "windows holding" in stdout
+
+
 def test_field_of_view_script_can_normalise_with_the_batch_statistics(acdc, tmp_path, repo):
     """``--norm_stats batch``: batch-norm layers normalise with the statistics of the slices being segmented, not
     with the running statistics of training (here made useless), so the scores change."""
