@@ -1105,12 +1105,8 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
             test = _unit_test(paired, ref_cells, unit_of)
             row += ["-", "-"] if test is None else [f"{test['p']:.3g}", _points(test)]
         rows.append(row)
-    with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
     against = " and ".join(refs) or "no reference"
-    lines = [
+    caption = (
         f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds. Against "
         f"{against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
         f"cases and classes, averaged over the seeds both ran; smallest possible p {_min_p(n_units):.3g}) with "
@@ -1121,11 +1117,18 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
             " † open set: a class the pre-training's tags do not name (its query is its name alone)."
             if open_set
             else ""
-        ),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+        )
+    )
+    return _write_table(stem, caption, header, rows)
+
+
+def _write_table(stem: Path, caption: str, header: list[str], rows: list[list[str]]) -> str:
+    """``<stem>.csv`` and ``<stem>.md`` (the caption, then the table); returns the Markdown file."""
+    with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     Path(f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return f"{stem}.md"
@@ -1176,23 +1179,14 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         rows.append(
             [f"{init} − {against}", str(len(seeds)), str(test["n"]), _points(test), f"{test['p']:.3g}", by_seed]
         )
-    with open(f"{stem}.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    lines = [
+    n = max([int(r[2]) for r in rows] or [0])
+    caption = (
         f"Label fraction {frac:g}, lambda {lam_name}: each contrast per {unit} (each the mean Dice over its cases and "
         f"classes, averaged over the seeds both inits ran): the mean difference in Dice points with its bootstrap "
-        f"95 % CI (BCa, 10,000 resamples) and the Wilcoxon signed-rank p (smallest possible with "
-        f"{max([int(r[2]) for r in rows] or [0])} {unit}s: {_min_p(max([int(r[2]) for r in rows] or [0])):.3g}); "
-        f"then the mean difference seed by seed.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    Path(f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return f"{stem}.md"
+        f"95 % CI (BCa, 10,000 resamples) and the Wilcoxon signed-rank p (smallest possible with {n} {unit}s: "
+        f"{_min_p(n):.3g}); then the mean difference seed by seed."
+    )
+    return _write_table(stem, caption, header, rows)
 
 
 def _min_p(n: int) -> float:
