@@ -104,6 +104,11 @@ class Cell:
         lam = "default" if self.lam is None else f"{self.lam:g}"
         return f"{self.init}__frac{self.fraction:g}__seed{self.seed}__lambda{lam}"
 
+    @property
+    def where(self) -> str:
+        """The cell's name, after its block's where the spec has blocks (``unet/random__frac1__seed0__lambda0.8``)."""
+        return self.name if self.block is None else f"{self.block}/{self.name}"
+
     def coords(self) -> dict:
         coords = {"init": self.init, "label_fraction": self.fraction, "seed": self.seed, "lambda_pta": self.lam}
         return coords if self.block is None else {"block": self.block, **coords}
@@ -577,7 +582,7 @@ def _overrides(spec: dict, cell: Cell, folder: Path, out: Path) -> dict:
         over.update(
             tracking="mlflow",
             experiment_name=spec["name"].split("/")[0],
-            run_name=cell.name if cell.block is None else f"{cell.block}/{cell.name}",
+            run_name=cell.where,
             tracking_uri=f"sqlite:///{(out / 'mlruns.db').resolve()}",
         )
     return over
@@ -637,8 +642,7 @@ def _check_recorded_recipes(spec: dict, cells: list[Cell]) -> None:
     cannot be checked: they are counted in a warning."""
     changed, unchecked = [], 0
     for cell in cells:
-        grid = grid_of(spec, cell)
-        folder = Path(grid["output_dir"]) / "cells" / cell.name
+        folder = _cell_folder(spec, cell)
         recorded = None
         if (folder / "done.json").is_file():
             recorded = json.loads((folder / "done.json").read_text(encoding="utf-8")).get("recipe")
@@ -647,7 +651,7 @@ def _check_recorded_recipes(spec: dict, cells: list[Cell]) -> None:
             recorded = json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
         if recorded is None:
             continue
-        diff = _recipe_changes(recorded, cell_recipe(grid, cell))
+        diff = _recipe_changes(recorded, cell_recipe(grid_of(spec, cell), cell))
         if diff:
             changed.append(f"{folder}: {'; '.join(diff)}")
     if unchecked:
@@ -663,9 +667,11 @@ def _check_recorded_recipes(spec: dict, cells: list[Cell]) -> None:
         )
 
 
-def _run_cell(spec: dict, cell: Cell, out: Path) -> dict:
+def _run_cell(spec: dict, cell: Cell) -> dict:
+    """Train, test and record one cell of ``spec`` (its own grid: the spec, or the cell's block)."""
     from mosmos_components.bundle_runner import run_bundle
 
+    out = Path(spec["output_dir"])
     folder = out / "cells" / cell.name
     over = _overrides(spec, cell, folder, out)
     configs = cell_configs(spec, cell)
@@ -791,8 +797,7 @@ def run_experiment(
     ran = skipped = 0
     for i, cell in enumerate(cells, 1):
         grid = grid_of(spec, cell)
-        cell_out = Path(grid["output_dir"])
-        if (cell_out / "cells" / cell.name / "done.json").is_file():
+        if (_cell_folder(spec, cell) / "done.json").is_file():
             skipped += 1
             continue
         if max_cells is not None and ran >= max_cells:
@@ -800,11 +805,10 @@ def run_experiment(
         pre = grid["inits"][cell.init].get("pretraining")
         if pre is not None:
             run_pretraining(grid, pre)
-        where = cell.name if cell.block is None else f"{cell.block}/{cell.name}"
         left = _time_left(spec, cells)
-        logger.warning("experiment %s: cell %d/%d %s%s", spec["name"], i, len(cells), where, left)
-        print(f"[{i}/{len(cells)}] {where}{left}", flush=True)
-        _run_cell(grid, cell, cell_out)
+        logger.warning("experiment %s: cell %d/%d %s%s", spec["name"], i, len(cells), cell.where, left)
+        print(f"[{i}/{len(cells)}] {cell.where}{left}", flush=True)
+        _run_cell(grid, cell)
         ran += 1
     tables, results = [], []
     for grid in grids.values():
@@ -820,9 +824,19 @@ def run_experiment(
     }
 
 
+def _cell_folder(spec: dict, cell: Cell) -> Path:
+    """Where a cell runs and records itself: ``<its grid's output_dir>/cells/<cell name>``."""
+    return Path(grid_of(spec, cell)["output_dir"]) / "cells" / cell.name
+
+
+def _wall_s(done: dict) -> float:
+    """A finished cell's wall time: its training and its test, in seconds."""
+    return done.get("train_s", 0) + done.get("eval_s", 0)
+
+
 def _cell_state(spec: dict, cell: Cell) -> tuple[str, dict | None]:
     """``("done", done.json)``, ``("started", checkpoint.json or {})`` or ``("pending", None)``."""
-    folder = Path(grid_of(spec, cell)["output_dir"]) / "cells" / cell.name
+    folder = _cell_folder(spec, cell)
     if (folder / "done.json").is_file():
         return "done", json.loads((folder / "done.json").read_text(encoding="utf-8"))
     if (folder / "recipe.json").is_file():
@@ -839,7 +853,7 @@ def _estimate_s(spec: dict, cells: list[Cell]) -> tuple[float | None, int]:
     for cell in cells:
         state, record = _cell_state(spec, cell)
         if state == "done":
-            walls.setdefault(cell.init, []).append(record.get("train_s", 0) + record.get("eval_s", 0))
+            walls.setdefault(cell.init, []).append(_wall_s(record))
         else:
             todo.append(cell)
     done = [w for ws in walls.values() for w in ws]
@@ -869,18 +883,16 @@ def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
     cells = cells_of(spec)
     lines, counts = [], {"done": 0, "started": 0, "pending": 0}
     for i, cell in enumerate(cells, 1):
-        where = cell.name if cell.block is None else f"{cell.block}/{cell.name}"
         state, record = _cell_state(spec, cell)
         counts[state] += 1
         if state == "done":
             mean = next((r["dice"] for r in record.get("summary", []) if r["class"] == "mean"), float("nan"))
-            wall = record.get("train_s", 0) + record.get("eval_s", 0)
-            detail = f"mean Dice {100 * mean:.1f} %, {_hours(wall)}"
+            detail = f"mean Dice {100 * mean:.1f} %, {_hours(_wall_s(record))}"
         elif state == "started":
             detail = f"checkpoint at iteration {record['iteration']}" if "iteration" in record else "no checkpoint yet"
         else:
             detail = ""
-        lines.append(f"[{i}/{len(cells)}] {state:8s}{where}" + (f"  {detail}" if detail else ""))
+        lines.append(f"[{i}/{len(cells)}] {state:8s}{cell.where}" + (f"  {detail}" if detail else ""))
     pretrainings = {
         Path(grid["_pretrain_dir"]) / init["pretraining"]: init["pretraining"]
         for grid in (spec.get("_blocks") or {None: spec}).values()
