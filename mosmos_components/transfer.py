@@ -12,7 +12,8 @@
 * Baselines (docs/method.md §5): :func:`save_clip_checkpoint` writes plain CLIP (or PubMedCLIP) weights in the
   pre-training checkpoint format, so the same transfer gives the CLIP baseline (``use_pta=False``) and, with
   ``pta_mode="denseclip"``, CLIP+DenseCLIP (class embeddings from a fixed prompt, made image-specific by
-  DenseCLIP's context decoder; no tag decoder); ``"score"``, the same score maps without the context decoder.
+  DenseCLIP's context decoder; no tag decoder); ``"score"``, the same score maps without the context decoder. On a
+  MOSMOS pre-training these modes take its learned prompt's class embeddings instead of the fixed prompt.
 
 Every tensor of the segmentation network is reported as transferred, inflated or left at its initial value;
 a checkpoint that does not fit is an error, never a silent partial load.
@@ -486,9 +487,10 @@ def transfer_pretrained(
     """Transfer the ``mosmos_pretrain`` checkpoint at ``pretrained_ckpt`` (+ its JSON sidecar) into ``network``.
 
     With PTA in ``"decoder"`` mode (MOSMOS) the tag decoder is transferred and the class embeddings come from the
-    learned prompt; in ``"denseclip"`` and ``"score"`` modes (CLIP+DenseCLIP) only the class embeddings are
-    computed, from ``prompt_template``. Returns the report (also logged); raises on a missing, corrupt or
-    mismatched checkpoint.
+    learned prompt; in ``"denseclip"`` and ``"score"`` modes only the class embeddings are computed: from the
+    learned prompt of a MOSMOS pre-training that trained one (with ``L_mlr``; the score maps of MOSMOS's own
+    class embeddings), else (CLIP+DenseCLIP) from ``prompt_template``. Returns the report (also logged); raises
+    on a missing, corrupt or mismatched checkpoint.
     """
     source = str(pretrained_ckpt)
     pre = pretrain if pretrain is not None else load_pretrain_network(pretrained_ckpt)
@@ -508,8 +510,11 @@ def transfer_pretrained(
                 f"{source}: embedding dimension {pre.embed_dim} != the network's embed_dim "
                 f"{network.pta.class_embeddings.shape[1]}"
             )
-        with torch.no_grad():
-            network.pta.set_class_embeddings(fixed_prompt_embeddings(pre, network.pta.class_names, prompt_template))
+        names = network.pta.class_names
+        with torch.no_grad():  # a MOSMOS pre-training's own class embeddings; CLIP's, from the fixed prompt
+            learned = pretrain is None and _has_learned_prompt(pretrained_ckpt)
+            emb = class_embeddings(pre, names) if learned else fixed_prompt_embeddings(pre, names, prompt_template)
+            network.pta.set_class_embeddings(emb)
         report.computed += ["pta.class_embeddings", "pta.embeddings_ready"]
     elif network.pta is not None:
         side = read_sidecar(pretrained_ckpt) if pretrain is None else {}
@@ -545,6 +550,11 @@ def transfer_pretrained(
     if network.pta is not None:
         _warn_if_indistinguishable(network.pta.class_embeddings, network.pta.class_names, source)
     return report.finish(network, source)
+
+
+def _has_learned_prompt(path: str | os.PathLike) -> bool:
+    """Whether the checkpoint at ``path`` is a MOSMOS pre-training that trained its prompt (with ``L_mlr``)."""
+    return weights_kind(path) == "mosmos" and read_sidecar(path).get("pretrain_losses", {}).get("mlr") is not False
 
 
 def _init_imagenet(network: MosmosUNETR | MosmosUNet2D, path: str | os.PathLike, prompt_template: str) -> None:

@@ -182,6 +182,30 @@ def test_random_class_queries_keep_the_transfer_but_not_the_class_identity(pretr
         )
 
 
+def test_score_maps_on_a_mosmos_pretraining_keep_its_class_embeddings_without_the_tag_decoder(pretrained, tiny_unetr):
+    """The score-map arm (ablations/score_maps.json): MOSMOS's encoder and its learned prompt's class embeddings,
+    per-pixel cosine maps instead of the tag decoder's softmax over positions."""
+    import torch
+
+    from mosmos_components.networks import MosmosUNETR
+    from mosmos_components.transfer import prepare_network
+
+    names = ["background", "right ventricle", "myocardium", "left ventricle"]
+    ckpt = pretrained["mosmos-tiny-vit"]
+    mosmos = prepare_network(MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=names, **tiny_unetr), ckpt)
+    score = prepare_network(
+        MosmosUNETR(1, 4, img_size=(32, 32, 16), class_names=names, pta_mode="score", **tiny_unetr), ckpt
+    )
+    assert score.pta.decoder is None and not any(k.startswith("pta.decoder") for k in score.state_dict())
+    torch.testing.assert_close(score.pta.class_embeddings, mosmos.pta.class_embeddings)  # the learned prompt's
+    torch.testing.assert_close(
+        score.encoder.state_dict()["transformer.resblocks.0.attn.in_proj_weight"],
+        mosmos.encoder.state_dict()["transformer.resblocks.0.attn.in_proj_weight"],
+    )
+    maps = score.attention_maps(torch.rand(1, 1, 32, 32, 16))
+    assert float(maps.abs().max()) <= 1.0 + 1e-5 and not torch.allclose(maps.flatten(2).sum(-1), torch.ones(1, 4))
+
+
 def test_a_spec_can_run_some_inits_at_a_fraction(tmp_path):
     from mosmos_components.experiment import cells_of, load_spec
 
