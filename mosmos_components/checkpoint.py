@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "atomic_torch_save",
     "atomic_json_save",
+    "atomic_text_save",
     "write_sidecar",
     "save_network",
     "check_finite",
@@ -54,7 +55,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_json_save(obj: Any, path: str | os.PathLike) -> None:
-    _atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=4).encode("utf-8")))
+    atomic_text_save(json.dumps(obj, indent=4), path)
+
+
+def atomic_text_save(text: str, path: str | os.PathLike) -> None:
+    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def check_finite(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -680,9 +680,12 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     atomic_json_save(recipe, folder / "recipe.json")
     units = _training_units(spec, configs, over)
     logger.warning("experiment %s: %s trains on %d unit(s): %s", spec["name"], cell.name, len(units), ", ".join(units))
+    ckpt = folder / "models" / "checkpoint.json"
+    resumed_at = int(json.loads(ckpt.read_text(encoding="utf-8"))["epoch"]) if ckpt.is_file() else 0
     t0 = time.time()
     run_bundle(spec["bundle"], configs, **over)  # resumes from models/checkpoint.pt if interrupted
     t1 = time.time()
+    earlier_s = _epochs_s(folder / "eval" / "train_history.csv", resumed_at)
     eval_over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
     eval_over["validate#report#slices"] = int(spec.get("panel_cases", 3))  # slices kept for the qualitative panel
     run_bundle(spec["bundle"], configs + ["evaluate.json"], **eval_over)
@@ -694,7 +697,8 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
         **cell.coords(),
         "cell": cell.name,
         "training_units": units,
-        "train_s": round(t1 - t0, 1),
+        "train_s": round(t1 - t0 + earlier_s, 1),  # with the epochs of earlier, interrupted runs
+        "resumed_at_epoch": resumed_at,
         "eval_s": round(time.time() - t1, 1),
         "per_case": str(per_case),
         "summary": summarize(rows, names),
@@ -827,6 +831,16 @@ def run_experiment(
 def _cell_folder(spec: dict, cell: Cell) -> Path:
     """Where a cell runs and records itself: ``<its grid's output_dir>/cells/<cell name>``."""
     return Path(grid_of(spec, cell)["output_dir"]) / "cells" / cell.name
+
+
+def _epochs_s(history: Path, upto: int) -> float:
+    """The wall time of epochs 1..``upto`` in a training history (``epoch_s``, :class:`MetricsHistory`): what the runs
+    before an interruption spent (a partial epoch it cut short is lost; histories without ``epoch_s`` give 0)."""
+    if upto <= 0 or not history.is_file():
+        return 0.0
+    with open(history, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return sum(float(r.get("epoch_s") or 0) for r in rows if int(r["epoch"]) <= upto)
 
 
 def _wall_s(done: dict) -> float:

@@ -7,9 +7,12 @@ both read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from ignite.engine import Engine, Events
 
 from mosmos_components.checkpoint import (
     atomic_json_save,
+    atomic_text_save,
     atomic_torch_save,
     check_finite,
     load_state_dict,
@@ -192,24 +196,49 @@ class ProgressBarHandler:
 
 class MetricsHistory:
     """Append ``engine.state.metrics`` at the end of every epoch (of a trainer, or of each evaluator run) to a CSV
-    file, so curves can be drawn without a tracking server. Rows are appended: a resumed run continues the file."""
+    file, so curves can be drawn without a tracking server, with ``epoch_s``: the epoch's wall time in seconds (for a
+    trainer, with the validation and checkpoint handlers attached before this one). Rows are appended: a resumed run
+    continues the file, so its epoch times add up to the whole training's. Each row is written under the file's own
+    header; a metric the file has no column for yet adds one (the file rewritten atomically, earlier rows blank
+    there), so a run that reports other metrics than the one before it never shifts values into wrong columns."""
 
     def __init__(self, path: str, rank0_only: bool = True) -> None:
         self.path, self.rank0_only = Path(path), rank0_only
+        self._started: float | None = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self._started = time.perf_counter()
 
     def __call__(self, engine: Engine) -> None:
         if self.rank0_only and not is_rank0():
             return
-        metrics = {k: float(v) for k, v in sorted(engine.state.metrics.items()) if isinstance(v, (int, float))}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file()
-        with open(self.path, "a", encoding="utf-8") as fh:
-            if new:
-                fh.write(",".join(["epoch", *metrics]) + "\n")
-            fh.write(",".join([str(engine.state.epoch), *(f"{v:.6g}" for v in metrics.values())]) + "\n")
+        row = {"epoch": str(engine.state.epoch)}
+        metrics = sorted(engine.state.metrics.items())
+        row.update((k, f"{float(v):.6g}") for k, v in metrics if isinstance(v, (int, float)))
+        if self._started is not None:
+            row["epoch_s"] = f"{time.perf_counter() - self._started:.3f}"
+        header, rows = [], []
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8", newline="") as fh:
+                header, *rows = list(csv.reader(fh)) or [[]]
+        columns = header + [k for k in row if k not in header]
+        line = [row.get(k, "") for k in columns]
+        if columns == header:
+            with open(self.path, "a", encoding="utf-8", newline="") as fh:
+                fh.write(_csv_text([line]))
+        else:  # a new file, or new metrics: the whole file under the wider header
+            padded = [r + [""] * (len(columns) - len(r)) for r in rows]
+            atomic_text_save(_csv_text([columns, *padded, line]), self.path)
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
 
 
 class MLflowTags:

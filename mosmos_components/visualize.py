@@ -25,10 +25,11 @@ __all__ = [
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Columns of a :class:`~mosmos_components.handlers.MetricsHistory` CSV."""
+    """Columns of a :class:`~mosmos_components.handlers.MetricsHistory` CSV (a blank cell, a metric a row did not
+    report, reads as NaN)."""
     with open(path, encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
+    return {k: [float(r[k] or "nan") for r in rows] for k in (rows[0].keys() if rows else [])}
 
 
 def distinct_colours(n: int) -> list:
@@ -46,7 +47,7 @@ def curve_figure(histories: dict[str, str | os.PathLike], title: str = ""):
     panels = []
     for label, path in histories.items():
         h = read_history(path)
-        cols = [k for k in h if k != "epoch"]
+        cols = [k for k in h if k not in ("epoch", "epoch_s")]  # wall times are not curves of learning
         per_class = [k for k in cols if k.startswith("dice_")]
         hd = [k for k in cols if "hd95" in k]
         retrieval = [k for k in cols if k.startswith(("recall_at", "tag_map", "pointing"))]

@@ -62,6 +62,9 @@ def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
         hist = list(csv.DictReader(open(f"{spec['output_dir']}/cells/{cell.name}/eval/train_history.csv")))
         assert [int(r["epoch"]) for r in hist] == [1, 2], cell.name  # trained once: the resumed cell added no epoch
         done = json.load(open(f"{spec['output_dir']}/cells/{cell.name}/done.json"))
+        # its training time counts the epochs of the run that was cut short
+        assert done["resumed_at_epoch"] == (2 if cell.name == third.name else 0)
+        assert done["train_s"] >= sum(float(r["epoch_s"]) for r in hist) > 0
         split = json.load(open(f"{spec['output_dir']}/datalist.json"))
         assert done["training_units"] == [Path(it["label"]).name for it in split["training"]]  # what it trained on
     again = run_experiment(spec["_path"])

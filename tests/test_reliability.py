@@ -171,6 +171,32 @@ def test_a_second_run_on_the_same_folders_is_refused_naming_the_holder(tmp_path)
     RunGuard([tmp_path], tmp_path / "model.pt", tmp_path / "checkpoint.pt").start(Engine(lambda e, b: None))
 
 
+def test_a_resumed_run_reporting_other_metrics_keeps_every_value_in_its_column(tmp_path):
+    """The metrics history of a run resumed with other metrics (e.g. HD95 turned on) widens its header instead of
+    writing values under the wrong names; each row carries its epoch's wall time."""
+    from ignite.engine import Events
+
+    from mosmos_components.handlers import MetricsHistory
+    from mosmos_components.visualize import read_history
+
+    path = tmp_path / "val_history.csv"
+
+    def run(metrics, epochs):
+        engine = Engine(lambda e, b: time.sleep(0.01))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(metrics))
+        MetricsHistory(str(path)).attach(engine)
+        engine.run([0, 1], max_epochs=epochs)
+
+    run({"dice": 0.5}, 2)
+    run({"hd95": 12.0, "dice": 0.7}, 1)  # the resumed run reports one more metric, sorted before the first
+    lines = path.read_text().splitlines()
+    assert lines[0] == "epoch,dice,epoch_s,hd95" and lines[1].startswith("1,0.5,") and lines[1].endswith(",")
+    assert lines[3].startswith("1,0.7,") and lines[3].endswith(",12")
+    h = read_history(path)
+    assert h["dice"] == [0.5, 0.5, 0.7] and np.isnan(h["hd95"][:2]).all() and h["hd95"][2] == 12.0
+    assert all(0.015 <= s < 5 for s in h["epoch_s"])  # two 10 ms iterations an epoch
+
+
 # ----- 5. non-integer labels -----
 
 
