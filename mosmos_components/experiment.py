@@ -1314,32 +1314,12 @@ def _qualitative_panel(res: Path, done, inits) -> None:
         return
     slices = {init: np.load(folder / sorted(common)[0]) for init, folder in chosen.items()}
     first = next(iter(slices.values()))
-    classes = [str(c) for c in first["names"]]
-    plt = _plt()
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+    from mosmos_components.visualize import label_row
 
-    from mosmos_components.visualize import draw_labels
-
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)))
-    cmap = ListedColormap(colours)
-    panels = [("ground truth", first["label"])] + [(init, s["pred"]) for init, s in slices.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), squeeze=False)
-    image = np.rot90(first["image"])
-    for ax, (title, lab) in zip(axes[0], panels):
-        ax.imshow(image, cmap="gray")
-        lab = np.rot90(lab)
-        draw_labels(ax, lab, cmap, len(classes), alpha=0.5, first=1)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.legend(
-        handles=[Patch(color=colours[k], label=c) for k, c in enumerate(classes)],
-        loc="lower center",
-        ncol=min(len(classes), 7),
-        fontsize=7,
-        frameon=False,
+    label_row(
+        first["image"],
+        [("ground truth", first["label"])] + [(init, s["pred"]) for init, s in slices.items()],
+        [str(c) for c in first["names"]],
+        res / "qualitative.png",
+        f"{sorted(common)[0][:-4]}: label fraction {frac:g}, seed {seed}",
     )
-    fig.suptitle(f"{sorted(common)[0][:-4]}: label fraction {frac:g}, seed {seed}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(res / "qualitative.png", dpi=120)
-    plt.close(fig)

@@ -21,6 +21,7 @@ __all__ = [
     "radiological",
     "radiological_view",
     "plot_segmentation_overlay",
+    "label_row",
 ]
 
 
@@ -138,6 +139,39 @@ def draw_labels(ax, labels: np.ndarray, cmap, n_colours: int, alpha: float, firs
         interpolation="nearest",
         aspect=aspect,
     )
+
+
+def label_row(
+    image: np.ndarray, panels: Sequence[tuple[str, np.ndarray]], classes: Sequence[str], out_png, title: str = ""
+) -> str:
+    """One 2D slice (RAS array order, shown rotated to the usual view) under several label maps side by side —
+    ``panels``: (title, labels 0..K) each, e.g. the ground truth and each method's prediction; ``classes``: the
+    names of labels 1..K, in a shared legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)))
+    cmap = ListedColormap(colours)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0), squeeze=False)
+    shown = np.rot90(image)
+    for ax, (name, labels) in zip(axes[0], panels):
+        ax.imshow(shown, cmap="gray")
+        draw_labels(ax, np.rot90(labels), cmap, len(classes), alpha=0.5, first=1)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.legend(
+        handles=[Patch(color=colours[k], label=c) for k, c in enumerate(classes)],
+        loc="lower center",
+        ncol=min(len(classes), 7),
+        fontsize=7,
+        frameon=False,
+    )
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return str(out_png)
 
 
 def plot_segmentation_overlay(

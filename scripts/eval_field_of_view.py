@@ -13,7 +13,9 @@ statistics do not describe the test patients' (few training patients, other scan
 cut into 96 x 96 windows (stride 48, at least half of each inside the body) segmented one by one; the share of
 pixels predicted as each class in windows whose label holds no structure, against windows that hold one — a
 network whose attention is normalised over the window (pixel-tag attention) must put it somewhere even where
-there is nothing to find.
+there is nothing to find. ``--panel PNG``: a picture of where that happens — the slice holding a structure on
+which this model predicts the most pixels farther than ``--far_mm`` (20) from any labelled one, with its ground truth
+and the predictions of this model and of each ``--compare CELL_DIR`` on the same slice.
 """
 
 from __future__ import annotations
@@ -70,6 +72,25 @@ def window_shares(net, image: torch.Tensor, label: np.ndarray, n_classes: int, s
     return {k: {"windows": counts[k], "share": (sums[k] / max(counts[k], 1)).tolist()} for k in sums}
 
 
+def far_pixels(pred: np.ndarray, label: np.ndarray, spacing, far_mm: float) -> np.ndarray:
+    """Per slice (last axis) of a label volume that holds a structure: the pixels predicted as one (any class > 0)
+    farther than ``far_mm`` from every labelled pixel (in-plane distance); 0 for slices without one."""
+    counts = np.zeros(label.shape[-1], dtype=np.int64)
+    for z in range(label.shape[-1]):
+        if label[..., z].any():
+            distance = ndimage.distance_transform_edt(label[..., z] == 0, sampling=spacing[:2])
+            counts[z] = int(((pred[..., z] > 0) & (distance > far_mm)).sum())
+    return counts
+
+
+def _segment(net, inferer, x: torch.Tensor) -> np.ndarray:
+    """A frame (1, H, W, D) segmented slice by slice, padded to a multiple of 32 in plane: labels (H, W, D)."""
+    h, w = x.shape[1:3]
+    padded = torch.nn.functional.pad(x[None], (0, 0, 0, (-w) % 32, 0, (-h) % 32))
+    with torch.no_grad():
+        return inferer(padded, net).argmax(1)[0, :h, :w].numpy()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cell")
@@ -79,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--norm_stats", choices=("running", "batch"), default="running")
     parser.add_argument("--windows", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--panel", default=None)
+    parser.add_argument("--compare", nargs="*", default=[])
+    parser.add_argument("--far_mm", type=float, default=20.0)
     args = parser.parse_args(argv)
     net = load_segmentation_network(f"{args.cell}/models/model.pt").eval()
     if args.norm_stats == "batch":
@@ -98,21 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     inferer = SliceInferer(roi_size=(96, 96), spatial_dim=2, sw_batch_size=16, overlap=0.5)
     half = args.field // 2
-    rows = []
+    rows, worst = [], (-1, None, 0)  # the most far-predicted pixels on one slice: (count, test item, slice)
     for it in json.load(open(args.datalist, encoding="utf-8"))["test"]:
         d = pre({"image": it["image"], "label": it["label"]})
         x, gt = torch.as_tensor(d["image"]).float(), np.asarray(d["label"][0]).astype(np.int64)
         h, w = gt.shape[:2]
-        padded = torch.nn.functional.pad(x[None], (0, 0, 0, (-w) % 32, 0, (-h) % 32))
-        with torch.no_grad():
-            pred = inferer(padded, net).argmax(1)[0, :h, :w].numpy()
+        pred = _segment(net, inferer, x)
+        if args.panel:
+            far = far_pixels(pred, gt, [float(v) for v in d["image"].pixdim], args.far_mm)
+            if far.max() > worst[0]:
+                worst = (int(far.max()), it, int(far.argmax()))
         centre = (slice(max(0, h // 2 - half), h // 2 + half), slice(max(0, w // 2 - half), w // 2 + half))
         kept = largest_components(pred, classes)
         row = {"case": it["label"].split("/")[-1]}
         for name, p, g in (("whole", pred, gt), ("centre", pred[centre], gt[centre]), ("largest", kept, gt)):
             row[name] = [dice(p, g, c) for c in classes]
         if args.windows:
-            row["windows"] = window_shares(net, padded[0, :, :h, :w], gt, len(classes) + 1)
+            row["windows"] = window_shares(net, x, gt, len(classes) + 1)
         rows.append(row)
     for name in ("whole", "centre", "largest"):
         m = np.nanmean([r[name] for r in rows], axis=0)
@@ -125,7 +151,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"windows {kind:8s}{n:6d}: % of pixels per class {np.round(100 * share[1:], 3).tolist()}")
     if args.json:
         json.dump(rows, open(args.json, "w", encoding="utf-8"), indent=1)
+    if args.panel and worst[1] is not None:
+        _panel(args, worst, pre, inferer)
     return 0
+
+
+def _panel(args, worst, pre, inferer) -> None:
+    """The ``--panel`` picture: ``worst``'s slice under its ground truth and each model's prediction."""
+    from pathlib import Path
+
+    from mosmos_components.visualize import label_row
+
+    count, item, z = worst
+    d = pre({"image": item["image"], "label": item["label"]})
+    x = torch.as_tensor(d["image"]).float()
+    panels = [("ground truth", np.asarray(d["label"][0]).astype(np.int64)[..., z])]
+    for cell in [args.cell, *args.compare]:
+        model = load_segmentation_network(f"{cell}/models/model.pt").eval()
+        panels.append((Path(cell).name.split("__")[0], _segment(model, inferer, x)[..., z]))
+    names = read_sidecar(f"{args.cell}/models/model.pt")["class_names"][1:]
+    case = Path(item["label"]).name.split(".")[0]
+    title = f"{case}, slice {z}: {count} pixels predicted > {args.far_mm:g} mm from any labelled one"
+    label_row(np.asarray(x[0, ..., z]), panels, names, args.panel, title)
+    print(f"panel: {args.panel} ({case}, slice {z}, {count} far pixels)")
 
 
 if __name__ == "__main__":

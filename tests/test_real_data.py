@@ -204,6 +204,38 @@ def test_field_of_view_script_counts_predictions_in_windows_without_a_structure(
     assert "windows empty" in stdout and "windows holding" in stdout
 
 
+def test_field_of_view_panel_shows_the_slice_with_the_most_predictions_far_from_the_label(acdc, tmp_path, repo):
+    """--panel: a network that calls every pixel the left ventricle predicts it far from the heart on every slice;
+    the picture is drawn for the slice where that covers the most pixels, beside a second model's (--compare)."""
+    import numpy as np
+    import torch
+
+    from mosmos_components.checkpoint import save_network
+    from mosmos_components.networks import StockUNet
+    from mosmos_components.visualize import plt
+
+    names = ["background", "right ventricle", "myocardium", "left ventricle"]
+    net = StockUNet(2, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0, class_names=names)
+    last = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        last.bias[3] = 1.0
+    (tmp_path / "other__x" / "models").mkdir(parents=True)
+    save_network(net, tmp_path / "other__x" / "models" / "model.pt")
+    panel = tmp_path / "panel.png"
+    _, stdout = _field_of_view(
+        net, acdc, tmp_path, repo, "--panel", str(panel), "--compare", str(tmp_path / "other__x")
+    )
+    label = nib.load(acdc / "database" / "training" / "patient001" / "patient001_frame01_gt.nii.gz").get_fdata()
+    holding = [z for z in range(label.shape[-1]) if label[..., z].any()]
+    smallest = min(holding, key=lambda z: (label[..., z] > 0).sum())  # everything else is far from it
+    assert f"slice {smallest}," in stdout and "patient001_frame01_gt" in stdout
+    image = plt.imread(panel)
+    assert image.shape[1] > 2 * image.shape[0]  # three panels side by side: ground truth, the model, the other
+    assert np.asarray(image).std() > 0
+
+
 def test_field_of_view_script_can_normalise_with_the_batch_statistics(acdc, tmp_path, repo):
     """``--norm_stats batch``: batch-norm layers normalise with the statistics of the slices being segmented, not
     with the running statistics of training (here made useless), so the scores change."""
