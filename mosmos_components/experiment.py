@@ -1289,9 +1289,14 @@ def _lambda_box(res: Path, done, inits) -> None:
 
 
 def _qualitative_panel(res: Path, done, inits) -> None:
-    """The paper's Fig. 7: one test slice, its ground truth and each method's prediction (largest label fraction,
-    first seed and lambda), from the slices the evaluation kept (``eval/report/slices``)."""
-    frac = max(d["label_fraction"] for d in done)
+    """The paper's Fig. 7: one test slice, its ground truth and each method's prediction (at the label fraction
+    with the most methods finished, the largest of those; first seed and lambda), from the slices the evaluation
+    kept (``eval/report/slices``)."""
+    methods = {
+        f: len({d["init"] for d in done if d["label_fraction"] == f}) for f in {d["label_fraction"] for d in done}
+    }
+    frac = max(methods, key=lambda f: (methods[f], f))
+    done = [d for d in done if d["label_fraction"] == frac]
     seed = min(d["seed"] for d in done)
     lam = sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x)[0]
     chosen = {}

@@ -330,6 +330,28 @@ def test_qualitative_panel_shows_the_evaluated_slices(finished):
     assert panel.shape[1] > 2 * panel.shape[0]  # ground truth + two methods side by side
 
 
+def test_qualitative_panel_shows_the_label_fraction_with_the_most_methods(tmp_path):
+    """A grid that runs fewer methods at its largest fraction (acdc_real: three at 70 patients) draws its panel where
+    the most methods finished."""
+    import matplotlib.image as mpimg
+
+    from mosmos_components.experiment import _qualitative_panel
+
+    done = []
+    for init, frac in (("random", 1.0), ("random", 0.1), ("mosmos", 0.1), ("imagenet", 0.1)):
+        report = tmp_path / f"{init}{frac}" / "report"
+        (report / "slices").mkdir(parents=True)
+        label = np.zeros((8, 8), dtype=np.uint8)
+        label[2:5, 2:5] = 1
+        np.savez(report / "slices" / "case0.npz", image=np.random.rand(8, 8), label=label, pred=label, names=["a"])
+        done.append(
+            {"init": init, "label_fraction": frac, "seed": 0, "lambda_pta": None, "per_case": str(report / "x.csv")}
+        )
+    _qualitative_panel(tmp_path, done, ["random", "imagenet", "mosmos"])
+    panel = mpimg.imread(tmp_path / "qualitative.png")
+    assert panel.shape[1] > 3 * panel.shape[0]  # ground truth + three methods (at 1.0: one)
+
+
 def test_yaml_specs_read_like_json(tmp_path):
     yaml = pytest.importorskip("yaml")
     spec = {
