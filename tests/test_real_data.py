@@ -182,9 +182,8 @@ def test_field_of_view_script_scores_any_saved_network(acdc, tmp_path, repo):
     assert "mean" in stdout
 
 
-def test_field_of_view_script_counts_predictions_in_windows_without_a_structure(acdc, tmp_path, repo):
-    """--windows: a network that calls every pixel the left ventricle fills the empty windows and the others alike;
-    the counts of both kinds add up to the windows of the frame's slices that lie inside the body."""
+def _left_ventricle_everywhere():
+    """A tiny stock UNet with zero weights and a left-ventricle output bias: it calls every pixel the left ventricle."""
     import torch
 
     from mosmos_components.networks import StockUNet
@@ -196,6 +195,13 @@ def test_field_of_view_script_counts_predictions_in_windows_without_a_structure(
         for p in net.parameters():
             p.zero_()
         last.bias[3] = 1.0
+    return net
+
+
+def test_field_of_view_script_counts_predictions_in_windows_without_a_structure(acdc, tmp_path, repo):
+    """--windows: a network that calls every pixel the left ventricle fills the empty windows and the others alike;
+    the counts of both kinds add up to the windows of the frame's slices that lie inside the body."""
+    net = _left_ventricle_everywhere()
     rows, stdout = _field_of_view(net, acdc, tmp_path, repo, "--windows")
     win = rows[0]["windows"]
     assert win["empty"]["windows"] > 0 and win["holding"]["windows"] > 0
@@ -207,20 +213,10 @@ def test_field_of_view_script_counts_predictions_in_windows_without_a_structure(
 def test_field_of_view_panel_shows_the_slice_with_the_most_predictions_far_from_the_label(acdc, tmp_path, repo):
     """--panel: a network that calls every pixel the left ventricle predicts it far from the heart on every slice;
     the picture is drawn for the slice where that covers the most pixels, beside a second model's (--compare)."""
-    import numpy as np
-    import torch
-
     from mosmos_components.checkpoint import save_network
-    from mosmos_components.networks import StockUNet
     from mosmos_components.visualize import plt
 
-    names = ["background", "right ventricle", "myocardium", "left ventricle"]
-    net = StockUNet(2, 1, 4, channels=(4, 8), strides=(2,), num_res_units=0, class_names=names)
-    last = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        last.bias[3] = 1.0
+    net = _left_ventricle_everywhere()
     (tmp_path / "other__x" / "models").mkdir(parents=True)
     save_network(net, tmp_path / "other__x" / "models" / "model.pt")
     panel = tmp_path / "panel.png"
