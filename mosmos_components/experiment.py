@@ -1302,11 +1302,7 @@ def _qualitative_panel(res: Path, done, inits) -> None:
     chosen = {}
     for init in inits:
         cell = next(
-            (
-                d
-                for d in done
-                if d["init"] == init and d["label_fraction"] == frac and d["seed"] == seed and d["lambda_pta"] == lam
-            ),
+            (d for d in done if d["init"] == init and d["seed"] == seed and d["lambda_pta"] == lam),
             None,
         )
         if cell is not None:
