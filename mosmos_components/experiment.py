@@ -682,6 +682,7 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     logger.warning("experiment %s: %s trains on %d unit(s): %s", spec["name"], cell.name, len(units), ", ".join(units))
     ckpt = folder / "models" / "checkpoint.json"
     resumed_at = int(json.loads(ckpt.read_text(encoding="utf-8"))["epoch"]) if ckpt.is_file() else 0
+    start_from = _init_weights(over)
     t0 = time.time()
     run_bundle(spec["bundle"], configs, **over)  # resumes from models/checkpoint.pt if interrupted
     t1 = time.time()
@@ -704,8 +705,22 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
         "summary": summarize(rows, names),
         "recipe": recipe,
     }
+    if start_from is not None:
+        done["init_weights"] = start_from
     atomic_json_save(done, folder / "done.json")
     return done
+
+
+def _init_weights(over: dict) -> dict | None:
+    """The pre-trained checkpoint a cell starts from and its SHA-256: the recipe names a pre-training by its
+    definition, but two runs of one definition need not give the same weights (a pre-training re-run on another
+    machine), so each cell records which weights it started from."""
+    from mosmos_components.checkpoint import file_sha256
+
+    path = over.get("pretrained_ckpt")
+    if not path:
+        return None
+    return {"path": str(path), "sha256": file_sha256(path) if Path(path).is_file() else None}  # or a model folder
 
 
 def _training_units(spec: dict, configs: list[str], over: dict) -> list[str]:
@@ -1132,6 +1147,7 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
             row += ["-", "-"] if test is None else [f"{test['p']:.3g}", _points(test)]
         rows.append(row)
     against = " and ".join(refs) or "no reference"
+    mixed = _mixed_init_weights([d for d in done if d["label_fraction"] == frac and d["lambda_pta"] == lam])
     caption = (
         f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds. Against "
         f"{against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
@@ -1144,8 +1160,30 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
             if open_set
             else ""
         )
+        + mixed
     )
     return _write_table(stem, caption, header, rows)
+
+
+def _mixed_init_weights(cells: list[dict]) -> str:
+    """A caption note for each method whose cells started from more than one pre-trained checkpoint (the same
+    pre-training run twice, say), naming the seeds of each: their spread over seeds then includes the
+    pre-training's."""
+    notes = []
+    for init in dict.fromkeys(d["init"] for d in cells):
+        by_weights: dict[str, list[int]] = {}
+        for d in cells:
+            sha = (d.get("init_weights") or {}).get("sha256")
+            if d["init"] == init:
+                by_weights.setdefault(sha[:12] if sha else "an unrecorded checkpoint", []).append(d["seed"])
+        if len(by_weights) > 1:
+            parts = [
+                f"seed{'s' * (len(s) > 1)} {', '.join(map(str, sorted(s)))} from {w}" for w, s in by_weights.items()
+            ]
+            notes.append(f"{init} ({'; '.join(parts)})")
+    if not notes:
+        return ""
+    return " Started from more than one pre-trained checkpoint (SHA-256): " + "; ".join(notes) + "."
 
 
 def _write_table(stem: Path, caption: str, header: list[str], rows: list[list[str]]) -> str:

@@ -71,6 +71,57 @@ def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
     assert (again["ran"], again["skipped"]) == (0, 4)
 
 
+def test_each_cell_records_the_weights_it_started_from_and_a_table_names_a_mix(finished, tmp_path):
+    """A pre-training run twice (on another machine, say) need not give the same weights though its definition,
+    and so every recipe, is the same: each cell records the checkpoint's SHA-256, and a table whose method
+    started from two checkpoints says which seeds started from which."""
+    import shutil
+
+    from mosmos_components.checkpoint import file_sha256
+
+    spec, _, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(spec["output_dir"], out)
+    ckpt = spec["inits"]["mosmos"]["pretrained_ckpt"]
+    for cell in cells_of(spec):
+        done = json.loads((out / "cells" / cell.name / "done.json").read_text())
+        if cell.init == "mosmos":
+            assert done["init_weights"] == {"path": ckpt, "sha256": file_sha256(ckpt)}
+        else:
+            assert "init_weights" not in done
+    table = aggregate(out, spec)["tables"][0]
+    assert "more than one pre-trained checkpoint" not in Path(table).read_text()
+
+    second = next(c for c in cells_of(spec) if c.init == "mosmos" and c.seed == 1)
+    path = out / "cells" / second.name / "done.json"
+    done = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(done, init_weights={"path": ckpt, "sha256": "0123456789ab" + "0" * 52})))
+    text = Path(aggregate(out, spec)["tables"][0]).read_text()
+    sha = file_sha256(ckpt)[:12]
+    assert f"mosmos (seed 0 from {sha}; seed 1 from 0123456789ab)" in text
+
+
+def test_a_grid_goes_on_from_its_small_records_alone(finished, tmp_path):
+    """The checkpoints of a grid are large and may be lost with a machine; each cell's done.json and per-case
+    results (and the split) are enough for the runner to keep it and for the tables to hold its numbers."""
+    import shutil
+
+    spec, _, _ = finished
+    out = tmp_path / "records"
+    for cell in cells_of(spec):
+        src = Path(spec["output_dir"]) / "cells" / cell.name
+        (out / "cells" / cell.name / "eval" / "report").mkdir(parents=True)
+        shutil.copy(src / "done.json", out / "cells" / cell.name / "done.json")
+        shutil.copy(src / "eval" / "report" / "per_case.csv", out / "cells" / cell.name / "eval" / "report")
+    shutil.copy(Path(spec["output_dir"]) / "datalist.json", out / "datalist.json")
+    raw = json.loads(Path(spec["_path"]).read_text())
+    (tmp_path / "elsewhere.json").write_text(json.dumps(dict(raw, output_dir=str(out))))
+    got = run_experiment(tmp_path / "elsewhere.json")
+    assert (got["ran"], got["skipped"]) == (0, 4)
+    table = "table_frac1_lambdadefault.csv"
+    assert (out / "results" / table).read_text() == (Path(spec["output_dir"]) / "results" / table).read_text()
+
+
 def test_a_grid_refuses_cells_made_with_other_settings_than_its_spec_gives(finished, tmp_path):
     """Changing a spec's budget and going on in the same output folder would mix two settings in one table: the
     runner refuses before any cell, naming the cells and the changed settings; a change of description does not
