@@ -34,7 +34,8 @@ such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice 
 the training cases, so only the same seeds pair); and, for parity with the paper, the Wilcoxon p paired per class
 on the test-set means over those seeds. ``contrasts`` (``[["mosmos", "mosmos_random_queries"]]``) adds, per label
 fraction and lambda, ``contrasts_frac<f>_lambda<l>.{csv,md}``: each pair tested per unit the same way, and its
-difference seed by seed (the spread over seeds). Figures: ``label_efficiency.png`` (mean Dice
+difference seed by seed (the spread over seeds), with ``.png`` (a forest plot: each unit's difference, the mean and
+its interval). Figures: ``label_efficiency.png`` (mean Dice
 against the label fraction, as the paper's Fig. 6), with several lambdas ``lambda_box.png`` (per-class Dice for
 each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
 as Fig. 7).
@@ -1207,7 +1208,8 @@ def _unit_test(cells: list[dict], against: list[dict], unit_of: dict[str, str]) 
         return None
     a, b = [ours[u] for u in common], [theirs[u] for u in common]
     mean, lo, hi = bootstrap_mean_ci(np.subtract(a, b))
-    return {"p": wilcoxon_paired(a, b)["p"], "mean": mean, "lo": lo, "hi": hi, "n": len(common)}
+    diffs = dict(zip(common, np.subtract(a, b).tolist()))
+    return {"p": wilcoxon_paired(a, b)["p"], "mean": mean, "lo": lo, "hi": hi, "n": len(common), "diffs": diffs}
 
 
 def _points(test: dict) -> str:
@@ -1231,7 +1233,7 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         f"Wilcoxon p per {unit}",
         f"Δ per {unit} seed by seed",
     ]
-    rows = []
+    rows, tests = [], []
     for init, against in pairs:
         ours, theirs = select(init), select(against)
         seeds = sorted(set(ours) & set(theirs))
@@ -1243,6 +1245,9 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         rows.append(
             [f"{init} − {against}", str(len(seeds)), str(test["n"]), _points(test), f"{test['p']:.3g}", by_seed]
         )
+        tests.append((f"{init} − {against}\n({len(seeds)} seed{'s' * (len(seeds) > 1)}, p = {test['p']:.2g})", test))
+    if tests:
+        _contrast_figure(Path(f"{stem}.png"), tests, unit, f"label fraction {frac:g}, lambda {lam_name}")
     n = max([int(r[2]) for r in rows] or [0])
     caption = (
         f"Label fraction {frac:g}, lambda {lam_name}: each contrast per {unit} (each the mean Dice over its cases and "
@@ -1251,6 +1256,27 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         f"{_min_p(n):.3g}); then the mean difference seed by seed."
     )
     return _write_table(stem, caption, header, rows)
+
+
+def _contrast_figure(path: Path, tests: list[tuple[str, dict]], unit: str, title: str) -> None:
+    """A forest plot of the contrasts with their data: each unit's difference in mean Dice (a dot, averaged over
+    the seeds both inits ran), the mean and its bootstrap 95 % CI (a bar), and zero."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 1.1 + 0.62 * len(tests)))
+    jitter = np.random.default_rng(0)
+    for row, (_, test) in enumerate(reversed(tests)):
+        d = 100 * np.asarray(list(test["diffs"].values()))
+        ax.scatter(d, row + jitter.uniform(-0.18, 0.18, d.size), s=12, color="0.55", zorder=2)
+        lo, hi, mean = 100 * test["lo"], 100 * test["hi"], 100 * test["mean"]
+        color = "tab:blue" if lo > 0 else "tab:red" if hi < 0 else "black"
+        ax.errorbar(mean, row, xerr=[[mean - lo], [hi - mean]], fmt="D", color=color, capsize=4, zorder=3)
+    ax.axvline(0, color="0.3", lw=0.8, zorder=1)
+    ax.set_yticks(range(len(tests)), [label for label, _ in reversed(tests)], fontsize=7)
+    ax.set_xlabel(f"Δ mean Dice per {unit} (points)")
+    ax.set_title(f"{title}\ndots: {unit}s; diamond: mean; bar: bootstrap 95 % CI (blue above 0, red below)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def _min_p(n: int) -> float:

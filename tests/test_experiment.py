@@ -333,6 +333,11 @@ def test_contrasts_test_named_pairs_per_unit_and_give_the_difference_seed_by_see
         "smallest possible with 12 cases: 0.000488"
         in (tmp_path / "results" / "contrasts_frac1_lambdadefault.md").read_text()
     )
+    # and a picture of it: each case's difference, the mean and its interval
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(tmp_path / "results" / "contrasts_frac1_lambdadefault.png")
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 100
 
 
 @pytest.mark.parametrize(
