@@ -26,7 +26,8 @@ patients with both frames, dealt over its ``split_strata_key`` strata), so the s
 labelled. With ``tracking: mlflow`` each cell is one MLflow run (named by its coordinates) in
 ``<output_dir>/mlruns.db``.
 
-Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class), per label fraction and lambda
+Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class, with the cell's wall times
+and device), per label fraction and lambda
 a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds) and, against
 each ``reference`` (one init or a list), the tests: per unit of analysis (``"unit"``: a key of the datalist's items
 such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice difference with its bootstrap
@@ -708,8 +709,32 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     }
     if start_from is not None:
         done["init_weights"] = start_from
+    done["ran_on"] = where_it_runs()
     atomic_json_save(done, folder / "done.json")
     return done
+
+
+def where_it_runs() -> dict:
+    """The machine a cell ran on, for its wall time to be read against: the device (a GPU's name, or "cpu"), the
+    processor, its cores and the threads torch uses, and the versions of torch and MONAI."""
+    import platform
+
+    import monai
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+    }
 
 
 def _init_weights(over: dict) -> dict | None:
@@ -994,11 +1019,15 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     classes = [r["class"] for r in done[0]["summary"] if r["class"] != "mean"]
     with open(res / "cells.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["init", "label_fraction", "seed", "lambda_pta", "class", "dice", "hd95"])
+        w.writerow(
+            ["init", "label_fraction", "seed", "lambda_pta", "class", "dice", "hd95", "train_s", "eval_s", "device"]
+        )
         for d in done:
+            where = (d.get("ran_on") or {}).get("device", "")
             for r in d["summary"]:
                 w.writerow(
                     [d["init"], d["label_fraction"], d["seed"], d["lambda_pta"], r["class"], r["dice"], r["hd95"]]
+                    + [d.get("train_s", ""), d.get("eval_s", ""), where]
                 )
     inits = [i for i in spec["inits"] if any(d["init"] == i for d in done)]
     refs = _references(spec)

@@ -65,10 +65,18 @@ def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
         # its training time counts the epochs of the run that was cut short
         assert done["resumed_at_epoch"] == (2 if cell.name == third.name else 0)
         assert done["train_s"] >= sum(float(r["epoch_s"]) for r in hist) > 0
+        import torch  # and where it ran, for that time to be read against
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        assert (done["ran_on"]["device"], done["ran_on"]["torch"]) == (device, torch.__version__)
         split = json.load(open(f"{spec['output_dir']}/datalist.json"))
         assert done["training_units"] == [Path(it["label"]).name for it in split["training"]]  # what it trained on
     again = run_experiment(spec["_path"])
     assert (again["ran"], again["skipped"]) == (0, 4)
+    rows = list(csv.DictReader(open(f"{spec['output_dir']}/results/cells.csv")))
+    done = json.load(open(f"{spec['output_dir']}/cells/{third.name}/done.json"))
+    mine = [r for r in rows if (r["init"], r["seed"]) == (third.init, str(third.seed))]
+    assert mine and {(float(r["train_s"]), r["device"]) for r in mine} == {(done["train_s"], device)}
 
 
 def test_each_cell_records_the_weights_it_started_from_and_a_table_names_a_mix(finished, tmp_path):
