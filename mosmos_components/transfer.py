@@ -108,11 +108,28 @@ class TransferReport:
         return self
 
     def log(self, source: str) -> None:
+        """One line per kind at INFO, tensors grouped by module (``encoder.trunk.* (262)``); every name at DEBUG."""
         logger.info("pre-trained weights from %s: %s", source, self.summary())
         for what in ("inflated", "computed", "initial", "transferred"):
             names = getattr(self, what)
             if names:
-                logger.info("  %s: %s", what, ", ".join(names))
+                logger.info("  %s: %s", what, grouped_names(names))
+                logger.debug("  %s, every tensor: %s", what, ", ".join(names))
+
+
+def grouped_names(names: list[str], width: int = 300) -> str:
+    """Tensor names grouped by module with counts, in order of first appearance (``encoder.trunk.* (262),
+    pta.class_embeddings``): by their first two dotted parts, or by the first alone where that line would be
+    longer than ``width`` characters. A group of one tensor shows its name."""
+    for depth in (2, 1):
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            parts = name.split(".")
+            groups.setdefault(name if len(parts) <= depth else ".".join(parts[:depth]) + ".*", []).append(name)
+        line = ", ".join(v[0] if len(v) == 1 else f"{k} ({len(v)})" for k, v in groups.items())
+        if len(line) <= width:
+            break
+    return line
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 pre-training), the CLIP initialisation of the segmentation encoder, CLIP+DenseCLIP's pixel-text score maps from
 fixed class prompts, and the ImageNet initialisations (timm ViT into UNETR, torchvision ResNet-50 into the U-Net)."""
 
+import logging
+
 import open_clip
 import pytest
 import torch
@@ -68,9 +70,15 @@ def test_denseclip_context_aware_prompting_makes_the_class_embeddings_image_spec
     )
 
 
-def test_clip_initialisation_of_the_segmentation_encoder(tiny_unetr, clip_weights):
+def test_clip_initialisation_of_the_segmentation_encoder(tiny_unetr, clip_weights, caplog):
     net = MosmosUNETR(1, 3, img_size=(32, 32, 16), use_pta=False, **tiny_unetr)
-    report = transfer_pretrained(net, clip_weights["ckpt"])
+    with caplog.at_level(logging.INFO, logger="mosmos_components.transfer"):
+        report = transfer_pretrained(net, clip_weights["ckpt"])
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    # the log groups tensors by module with counts: one short line per kind, not every tensor's name
+    n = sum(k.startswith("encoder.transformer.") for k in report.transferred)
+    assert any(f"transferred: encoder.transformer.* ({n})" in m for m in info)
+    assert max(len(m) for m in info) < 400
     ref = clip_weights["clip"].visual.transformer.state_dict()
     for k, v in net.encoder.transformer.state_dict().items():
         torch.testing.assert_close(v, ref[k], msg=k)
