@@ -62,6 +62,15 @@ def atomic_text_save(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Copy a small file to ``dst`` atomically, unless ``dst`` already holds the same bytes; True if written."""
+    data = Path(src).read_bytes()
+    if Path(dst).is_file() and Path(dst).read_bytes() == data:
+        return False
+    _atomic_write(dst, lambda fh: fh.write(data))
+    return True
+
+
 def check_finite(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse to write weights that hold NaN/Inf (a model trained on a poisoned batch), naming the tensors."""
     bad = [

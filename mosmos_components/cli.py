@@ -131,6 +131,7 @@ class MosmosCLI:
         max_cells: int | None = None,
         pretrain_dir: str | None = None,
         status: bool = False,
+        records: str | None = None,
     ) -> str:
         """Run the grid of an experiment SPEC (blocks x initialisations x label fractions x seeds x lambda) through
         the bundles, each cell after the pre-training its initialisation consumes, skipping finished cells and
@@ -138,13 +139,15 @@ class MosmosCLI:
         PRETRAIN_DIR: where chained pre-trainings are written and found (default OUTPUT_DIR/pretrain; specs that
         share one reuse a pre-training of the same name and definition). --status: list each cell (done with its
         mean Dice and wall time, started with its checkpoint's iteration, or pending) and the time left, running
-        nothing."""
+        nothing. RECORDS (or the spec's "records"): a folder kept up to date, before the first cell and after each
+        cell, with the grid's weightless record (split, each finished cell's results and histories, each
+        pre-training's histories), from which the grid goes on on another machine."""
         from mosmos_components.experiment import grid_status, run_experiment
 
         if status:
             return grid_status(spec, output_dir)
         t = time.time()
-        r = run_experiment(spec, output_dir, max_cells, pretrain_dir)
+        r = run_experiment(spec, output_dir, max_cells, pretrain_dir, records)
         return (
             f"{r['ran']} cell(s) run, {r['skipped']} already done, of {r['cells']} ({time.time() - t:.0f} s); "
             f"results in {r['results']}: " + ", ".join(Path(t).name for t in r["tables"])

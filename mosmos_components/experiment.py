@@ -41,6 +41,10 @@ against the label fraction, as the paper's Fig. 6), with several lambdas ``lambd
 each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
 as Fig. 7).
 
+``records`` (or ``--records``): a folder the runner keeps up to date with the grid's weightless record
+(:func:`write_records`: the split, each finished cell's results and histories, each pre-training's histories), from
+which the grid goes on after its machine and checkpoints are lost.
+
 ``fraction_overrides`` (``{"0.1": {"max_epochs": 100}}``) gives some label fractions their own overrides, e.g. the
 same number of training iterations at every fraction (or set ``epoch_length`` once for all), and
 ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some initialisations at a fraction.
@@ -85,7 +89,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosmos_components.checkpoint import atomic_json_save
+from mosmos_components.checkpoint import atomic_copy, atomic_json_save
 from mosmos_components.evaluation import summarize, wilcoxon_paired
 
 __all__ = ["Cell", "load_spec", "cells_of", "run_experiment", "aggregate", "bootstrap_mean_ci"]
@@ -343,6 +347,7 @@ SPEC_KEYS = (
     "open_set",
     "positioning",
     "results",
+    "records",
 )
 
 #: what a block of a spec may hold: its own bundle, data and output, configs added to the spec's, overrides and
@@ -371,7 +376,7 @@ INIT_KEYS = ("variant", "pretraining")
 
 
 #: spec entries (and override keys) that hold paths: relative ones are taken from the spec's root
-PATH_KEYS = ("dataset_dir", "output_dir", "pretrained_ckpt")
+PATH_KEYS = ("dataset_dir", "output_dir", "pretrained_ckpt", "records")
 
 #: override keys that hold a path or a name (an open_clip tag, ``local-dir:``/``hf-hub:`` models): relative ones are
 #: taken from the spec's root only where they look like a path (hold a "/" and no ":")
@@ -816,13 +821,20 @@ def run_pretraining(spec: dict, name: str) -> Path:
 
 
 def run_experiment(
-    spec_path: str | Path, output_dir: str | None = None, max_cells: int | None = None, pretrain_dir: str | None = None
+    spec_path: str | Path,
+    output_dir: str | None = None,
+    max_cells: int | None = None,
+    pretrain_dir: str | None = None,
+    records: str | None = None,
 ) -> dict:
     """Run every cell of the spec not yet done (at most ``max_cells`` of them), each after the pre-training its
     init consumes, then aggregate what is done (per block, for a spec with blocks). ``pretrain_dir``: where the
     spec's pre-trainings are written and found (default ``<output_dir>/pretrain``); specs sharing one reuse a
-    pre-training of the same name and definition."""
+    pre-training of the same name and definition. ``records`` (or the spec's ``records``): a folder that receives
+    the grid's weightless record (:func:`write_records`) before the first cell and after each cell and
+    pre-training, so that what finished outlives the machine it ran on."""
     spec = load_spec(spec_path)
+    records = records if records is not None else spec.get("records")
     if output_dir is not None:
         _move_output(spec, Path(output_dir))
     if pretrain_dir is not None:
@@ -839,6 +851,8 @@ def run_experiment(
             atomic_json_save(_public(grid), Path(grid["output_dir"]) / "spec.json")
     cells = cells_of(spec)
     _check_recorded_recipes(spec, cells)
+    if records:
+        write_records(spec, records)
     ran = skipped = 0
     for i, cell in enumerate(cells, 1):
         grid = grid_of(spec, cell)
@@ -850,11 +864,15 @@ def run_experiment(
         pre = grid["inits"][cell.init].get("pretraining")
         if pre is not None:
             run_pretraining(grid, pre)
+            if records:
+                write_records(spec, records)
         left = _time_left(spec, cells)
         logger.warning("experiment %s: cell %d/%d %s%s", spec["name"], i, len(cells), cell.where, left)
         print(f"[{i}/{len(cells)}] {cell.where}{left}", flush=True)
         _run_cell(grid, cell)
         ran += 1
+        if records:
+            write_records(spec, records)
     tables, results = [], []
     for grid in grids.values():
         result = aggregate(grid["output_dir"], grid)
@@ -867,6 +885,38 @@ def run_experiment(
         "skipped": skipped,
         "cells": len(cells),
     }
+
+
+#: a finished cell's record, relative to its folder: enough to keep it in its grid and recompute every table
+CELL_RECORD = ("done.json", "eval/report/per_case.csv", "eval/*_history.csv")
+#: a finished pre-training's record, relative to its folder (its held-out test report where one was written)
+PRETRAINING_RECORD = ("done.json", "eval/*_history.csv", "test/*.json")
+
+
+def write_records(spec: dict, dest: str | Path) -> int:
+    """Write the weightless record of the grid to ``dest``: its split (``datalist.json``), and of every finished cell
+    (:data:`CELL_RECORD`, in ``cells/<cell>/``) and finished pre-training of the spec (:data:`PRETRAINING_RECORD`, in
+    ``pretrain/<name>/``) — kilobytes a cell, to keep in version control, from which the grid goes on elsewhere and
+    its tables recompute. A block's record goes in ``dest/<its folder under the output folder>``. Each file is
+    written atomically and only where its content changed. Returns the number of files written."""
+    dest, out = Path(dest), Path(spec["output_dir"])
+    written = 0
+
+    def keep(folder: Path, to: Path, patterns) -> int:
+        files = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
+        return sum(atomic_copy(p, to / p.relative_to(folder)) for p in files)
+
+    for name, grid in (spec.get("_blocks") or {None: spec}).items():
+        g_out = Path(grid["output_dir"])
+        to = dest if name is None else dest / (g_out.relative_to(out) if g_out.is_relative_to(out) else name)
+        written += keep(g_out, to, ["datalist.json"])
+        for done in sorted((g_out / "cells").glob("*/done.json")):
+            written += keep(done.parent, to / "cells" / done.parent.name, CELL_RECORD)
+    for name in spec.get("pretrainings") or {}:
+        folder = Path(spec["_pretrain_dir"]) / name
+        if (folder / "done.json").is_file():
+            written += keep(folder, dest / "pretrain" / name, PRETRAINING_RECORD)
+    return written
 
 
 def _cell_folder(spec: dict, cell: Cell) -> Path:

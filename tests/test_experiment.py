@@ -31,6 +31,7 @@ def spec_file(btcv_dir, pretrained, tmp_path_factory, bundle_run):
         "seeds": [0, 1],
         "lambdas": [None],
         "fraction_overrides": {"1.0": {"max_epochs": 2}},
+        "records": str(folder / "records"),
     }  # (the tiny settings say 1 epoch: this fraction's own wins)
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
@@ -110,20 +111,27 @@ def test_each_cell_records_the_weights_it_started_from_and_a_table_names_a_mix(f
 
 
 def test_a_grid_goes_on_from_its_small_records_alone(finished, tmp_path):
-    """The checkpoints of a grid are large and may be lost with a machine; each cell's done.json and per-case
-    results (and the split) are enough for the runner to keep it and for the tables to hold its numbers."""
+    """The checkpoints of a grid are large and may be lost with a machine: the runner keeps the spec's ``records``
+    folder up to date after each cell with what is enough for it to keep a cell and for the tables to hold its
+    numbers — the split and each finished cell's done.json, per-case results and histories, no weights."""
     import shutil
 
-    spec, _, _ = finished
+    from mosmos_components.experiment import write_records
+
+    spec, _, third = finished
+    kept = Path(spec["records"])
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    per_cell = ["done.json", "eval/report/per_case.csv", "eval/train_history.csv", "eval/val_history.csv"]
+    assert files == sorted(["datalist.json"] + [f"cells/{c.name}/{f}" for c in cells_of(spec) for f in per_cell])
+    # the third cell's record is the one of its evaluation after the interruption, not the first run's
+    done = (Path(spec["output_dir"]) / "cells" / third.name / "done.json").read_bytes()
+    assert (kept / "cells" / third.name / "done.json").read_bytes() == done
+    assert write_records(spec, kept) == 0  # nothing changed, nothing rewritten
+
     out = tmp_path / "records"
-    for cell in cells_of(spec):
-        src = Path(spec["output_dir"]) / "cells" / cell.name
-        (out / "cells" / cell.name / "eval" / "report").mkdir(parents=True)
-        shutil.copy(src / "done.json", out / "cells" / cell.name / "done.json")
-        shutil.copy(src / "eval" / "report" / "per_case.csv", out / "cells" / cell.name / "eval" / "report")
-    shutil.copy(Path(spec["output_dir"]) / "datalist.json", out / "datalist.json")
+    shutil.copytree(kept, out)  # a machine with the records alone
     raw = json.loads(Path(spec["_path"]).read_text())
-    (tmp_path / "elsewhere.json").write_text(json.dumps(dict(raw, output_dir=str(out))))
+    (tmp_path / "elsewhere.json").write_text(json.dumps(dict(raw, output_dir=str(out), records=str(out))))
     got = run_experiment(tmp_path / "elsewhere.json")
     assert (got["ran"], got["skipped"]) == (0, 4)
     table = "table_frac1_lambdadefault.csv"
@@ -668,3 +676,37 @@ def test_status_lists_each_cell_and_the_time_left_at_the_finished_cells_pace(tmp
     assert lines[4] == "1 done, 1 started, 1 pending of 3; about 60 min of cells left at the pace of the 1 finished"
     assert not (tmp_path / "out" / "unetr" / "cells" / third.name).exists()
     assert MosmosCLI().experiment(str(path), status=True) == "\n".join(lines)
+
+
+def test_records_hold_each_blocks_finished_cells_and_the_finished_pretrainings_without_weights(tmp_path):
+    """``write_records``: per block its split and finished cells (an unfinished cell and every weight left out),
+    and the spec's finished pre-trainings with their histories and held-out report, not another spec's."""
+    from mosmos_components.experiment import write_records
+
+    spec = load_spec(_blocks_spec(tmp_path))
+    out = tmp_path / "out"
+    unet_random, unetr_random, unetr_mosmos = cells_of(spec)
+    made = {
+        f"unet/cells/{unet_random.name}": ["done.json", "eval/report/per_case.csv", "eval/val_history.csv"],
+        f"unetr/cells/{unetr_random.name}": ["eval/train_history.csv"],  # started, not finished
+        "unet": ["datalist.json"],
+        "unetr": ["datalist.json"],
+        "pretrain/full": ["done.json", "eval/train_history.csv", "test/held_out_report.json"],
+        "pretrain/another_specs": ["done.json"],
+    }
+    for folder, files in made.items():
+        for f in [*files, "models/model.pt"]:
+            (out / folder / f).parent.mkdir(parents=True, exist_ok=True)
+            (out / folder / f).write_text(f"{folder}/{f}")
+    rec = tmp_path / "records"
+    assert write_records(spec, rec) == 8
+    got = sorted(str(p.relative_to(rec)) for p in rec.rglob("*") if p.is_file())
+    assert got == sorted(
+        [
+            "unet/datalist.json",
+            "unetr/datalist.json",
+            *(f"unet/cells/{unet_random.name}/{f}" for f in made[f"unet/cells/{unet_random.name}"]),
+            *(f"pretrain/full/{f}" for f in made["pretrain/full"]),
+        ]
+    )
+    assert (rec / "pretrain/full/test/held_out_report.json").read_text() == "pretrain/full/test/held_out_report.json"
