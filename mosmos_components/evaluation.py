@@ -186,6 +186,21 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict:
     return {**out, "statistic": float(res.statistic), "p": float(res.pvalue)}
 
 
+def holm_adjusted(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error rate), in the order given: the
+    ``i``-th smallest p times ``m - i + 1``, kept non-decreasing in that order, at most 1.
+
+    >>> holm_adjusted([0.01, 0.04, 0.03, 0.005])
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    out = np.empty_like(p)
+    out[order] = stepped
+    return [round(float(v), 12) for v in out]
+
+
 def wilcoxon_test(
     per_case_a: str | os.PathLike, per_case_b: str | os.PathLike, metric: str = "dice", unit: str = "class"
 ) -> dict:

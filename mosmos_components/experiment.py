@@ -35,7 +35,8 @@ such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice 
 the training cases, so only the same seeds pair); and, for parity with the paper, the Wilcoxon p paired per class
 on the test-set means over those seeds. ``contrasts`` (``[["mosmos", "mosmos_random_queries"]]``) adds, per label
 fraction and lambda, ``contrasts_frac<f>_lambda<l>.{csv,md}``: each pair tested per unit the same way, and its
-difference seed by seed (the spread over seeds), with ``.png`` (a forest plot: each unit's difference, the mean and
+difference seed by seed (the spread over seeds), each p also adjusted by Holm's method over the table's
+contrasts, with ``.png`` (a forest plot: each unit's difference, the mean and
 its interval). Figures: ``label_efficiency.png`` (mean Dice
 against the label fraction, as the paper's Fig. 6), with several lambdas ``lambda_box.png`` (per-class Dice for
 each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
@@ -90,7 +91,7 @@ from pathlib import Path
 import numpy as np
 
 from mosmos_components.checkpoint import atomic_copy, atomic_json_save
-from mosmos_components.evaluation import summarize, wilcoxon_paired
+from mosmos_components.evaluation import holm_adjusted, summarize, wilcoxon_paired
 
 __all__ = ["Cell", "load_spec", "cells_of", "run_experiment", "aggregate", "bootstrap_mean_ci"]
 
@@ -1310,6 +1311,7 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         f"n {unit}s",
         f"Δ mean Dice per {unit} [95% CI]",
         f"Wilcoxon p per {unit}",
+        "Holm p (the table's contrasts)",
         f"Δ per {unit} seed by seed",
     ]
     rows, tests = [], []
@@ -1322,9 +1324,11 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         each = [_unit_test([ours[k]], [theirs[k]], unit_of) for k in seeds]
         by_seed = ", ".join(f"seed {k}: {100 * t['mean']:+.2f}" for k, t in zip(seeds, each) if t is not None)
         rows.append(
-            [f"{init} − {against}", str(len(seeds)), str(test["n"]), _points(test), f"{test['p']:.3g}", by_seed]
+            [f"{init} − {against}", str(len(seeds)), str(test["n"]), _points(test), f"{test['p']:.3g}", "", by_seed]
         )
         tests.append((f"{init} − {against}\n({len(seeds)} seed{'s' * (len(seeds) > 1)}, p = {test['p']:.2g})", test))
+    for row, adjusted in zip(rows, holm_adjusted([t["p"] for _, t in tests])):
+        row[5] = f"{adjusted:.3g}"
     if tests:
         _contrast_figure(Path(f"{stem}.png"), tests, unit, f"label fraction {frac:g}, lambda {lam_name}")
     n = max([int(r[2]) for r in rows] or [0])
@@ -1332,7 +1336,8 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         f"Label fraction {frac:g}, lambda {lam_name}: each contrast per {unit} (each the mean Dice over its cases and "
         f"classes, averaged over the seeds both inits ran): the mean difference in Dice points with its bootstrap "
         f"95 % CI (BCa, 10,000 resamples) and the Wilcoxon signed-rank p (smallest possible with {n} {unit}s: "
-        f"{_min_p(n):.3g}); then the mean difference seed by seed."
+        f"{_min_p(n):.3g}), and that p adjusted by Holm's method over the {len(rows)} contrasts of this table "
+        f"(family-wise error); then the mean difference seed by seed."
     )
     return _write_table(stem, caption, header, rows)
 

@@ -329,11 +329,17 @@ def test_contrasts_test_named_pairs_per_unit_and_give_the_difference_seed_by_see
     values = _write_cells(tmp_path, {"random": (0, 1), "mosmos": (0, 1, 2), "other": (2,)}, cases, classes)
     spec = {
         "inits": {"random": {}, "mosmos": {}, "other": {}},
-        "contrasts": [["mosmos", "random"], ["other", "random"]],
+        "contrasts": [["mosmos", "random"], ["other", "random"], ["other", "mosmos"]],
     }
     aggregate(tmp_path, spec)
     rows = list(csv.DictReader(open(tmp_path / "results" / "contrasts_frac1_lambdadefault.csv")))
-    assert [r["contrast"] for r in rows] == ["mosmos − random"]  # 'other' shares no seed with random: no row
+    # 'other' shares no seed with random: no row
+    assert [r["contrast"] for r in rows] == ["mosmos − random", "other − mosmos"]
+    # the family's p-values adjusted by Holm's method: the smaller times 2, the larger no smaller than that
+    p = sorted((float(r["Wilcoxon p per case"]), i) for i, r in enumerate(rows))
+    holm = [min(1.0, 2 * p[0][0]), min(1.0, max(2 * p[0][0], p[1][0]))]
+    for (_, i), want in zip(p, holm):
+        assert float(rows[i]["Holm p (the table's contrasts)"]) == pytest.approx(want, rel=5e-3)
     mine, theirs = _per_case_means(values, "mosmos", (0, 1), cases), _per_case_means(values, "random", (0, 1), cases)
     assert float(rows[0]["Wilcoxon p per case"]) == pytest.approx(wilcoxon(mine, theirs).pvalue, rel=5e-3)
     assert rows[0]["Δ mean Dice per case [95% CI]"].startswith(f"{100 * np.mean(np.subtract(mine, theirs)):+.2f} [")
