@@ -1314,7 +1314,7 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         "Holm p (the table's contrasts)",
         f"Δ per {unit} seed by seed",
     ]
-    rows, tests = [], []
+    rows, tests, unpaired = [], [], []
     for init, against in pairs:
         ours, theirs = select(init), select(against)
         seeds = sorted(set(ours) & set(theirs))
@@ -1323,6 +1323,7 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
             continue
         each = [_unit_test([ours[k]], [theirs[k]], unit_of) for k in seeds]
         by_seed = ", ".join(f"seed {k}: {100 * t['mean']:+.2f}" for k, t in zip(seeds, each) if t is not None)
+        unpaired += _unpaired_weights(init, against, ours, theirs, seeds)
         rows.append(
             [f"{init} − {against}", str(len(seeds)), str(test["n"]), _points(test), f"{test['p']:.3g}", "", by_seed]
         )
@@ -1339,7 +1340,25 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
         f"{_min_p(n):.3g}), and that p adjusted by Holm's method over the {len(rows)} contrasts of this table "
         f"(family-wise error); then the mean difference seed by seed."
     )
+    if unpaired:
+        caption += (
+            " Started from different runs of one pre-training (SHA-256), so that contrast also holds the runs' "
+            f"difference: {'; '.join(unpaired)}."
+        )
     return _write_table(stem, caption, header, rows)
+
+
+def _unpaired_weights(init: str, against: str, ours: dict, theirs: dict, seeds: list[int]) -> list[str]:
+    """The seeds at which two inits that consume the same pre-training (by definition) started from checkpoints of
+    different content: a contrast meant to hold the pre-trained weights fixed then does not."""
+    notes = []
+    for k in seeds:
+        a, b = ours[k], theirs[k]
+        same_pretraining = (a.get("recipe") or {}).get("pretraining") == (b.get("recipe") or {}).get("pretraining")
+        sha_a, sha_b = ((d.get("init_weights") or {}).get("sha256") for d in (a, b))
+        if same_pretraining and (a.get("recipe") or {}).get("pretraining") and sha_a and sha_b and sha_a != sha_b:
+            notes.append(f"{init} − {against} at seed {k} ({init} from {sha_a[:12]}, {against} from {sha_b[:12]})")
+    return notes
 
 
 def _contrast_figure(path: Path, tests: list[tuple[str, dict]], unit: str, title: str) -> None:

@@ -361,6 +361,21 @@ def test_contrasts_test_named_pairs_per_unit_and_give_the_difference_seed_by_see
     picture = matplotlib.image.imread(tmp_path / "results" / "contrasts_frac1_lambdadefault.png")
     assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 100
 
+    # two inits that consume one pre-training but, at a seed, started from runs of it with other weights: said
+    pre = {"pretraining": {"configs": None, "overrides": {"max_epochs": 10}, "clip_checkpoint": None}}
+    for init, sha in (("mosmos", "a" * 64), ("random", "b" * 64)):
+        for seed in (0, 1):
+            path = tmp_path / "cells" / f"{init}__frac1__seed{seed}__lambdadefault" / "done.json"
+            weights = {"path": "pre.pt", "sha256": sha if seed == 1 else "c" * 64}
+            path.write_text(json.dumps(dict(json.loads(path.read_text()), recipe=pre, init_weights=weights)))
+    aggregate(tmp_path, spec)
+    text = (tmp_path / "results" / "contrasts_frac1_lambdadefault.md").read_text()
+    assert (
+        "different runs of one pre-training (SHA-256), so that contrast also holds the runs' difference: "
+        f"mosmos − random at seed 1 (mosmos from {'a' * 12}, random from {'b' * 12})." in text
+    )
+    assert "seed 0 (" not in text  # the same weights at seed 0
+
 
 @pytest.mark.parametrize(
     "contrasts, message",
