@@ -781,13 +781,16 @@ def run_pretraining(spec: dict, name: str) -> Path:
     folder = Path(spec["_pretrain_dir"]) / name
     ckpt = pretraining_checkpoint(spec, name)
     if (folder / "done.json").is_file() and ckpt.is_file():
-        made_from = json.loads((folder / "done.json").read_text(encoding="utf-8")).get("definition")
+        done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+        made_from = done.get("definition")
         diff = [] if made_from is None else _recipe_changes(pretraining_recipe(made_from), pretraining_recipe(pre))
         if diff:
             raise ValueError(
                 f"{folder} holds a pre-training '{name}' made with other settings than the spec gives it: "
                 f"{'; '.join(diff)}; rename the spec's pre-training or move that folder away"
             )
+        if "gate" not in done and "clip_checkpoint" not in pre and "definition" in done:  # finished before the gate
+            atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
         return ckpt
     logger.warning("experiment %s: pre-training %s", spec["name"].split("/")[0], name)
     print(f"[pre-training] {name}", flush=True)
@@ -814,11 +817,85 @@ def run_pretraining(spec: dict, name: str) -> Path:
                 tracking_uri=f"sqlite:///{(Path(spec['_pretrain_dir']).parent / 'mlruns.db').resolve()}",
             )
         run_bundle("mosmos_pretrain", list(pre.get("configs") or ["train.json"]), **over)
-    atomic_json_save(
-        {"pretraining": name, "definition": pre, "checkpoint": str(ckpt), "train_s": round(time.time() - t0, 1)},
-        folder / "done.json",
-    )
+    done = {"pretraining": name, "definition": pre, "checkpoint": str(ckpt), "train_s": round(time.time() - t0, 1)}
+    done["ran_on"] = where_it_runs()  # threads decide the weights (docs/training.md)
+    atomic_json_save(done, folder / "done.json")  # kept, whatever its held-out test does
+    if "clip_checkpoint" not in pre:
+        atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
     return ckpt
+
+
+#: the held-out retrieval figure Gate 1 asks to beat chance (with the tag mAP)
+GATE_RETRIEVAL = "recall_at_10"
+
+
+def _gate_pretraining(spec: dict, name: str) -> dict:
+    """Evaluate a finished ``mosmos_pretrain`` run of the spec on its held-out test split (the bundle's
+    ``evaluate.json``, into ``<pre-training>/test``) and judge it by :func:`pretraining_gate`."""
+    from mosmos_components.bundle_runner import run_bundle
+
+    pre = spec["pretrainings"][name]
+    folder = Path(spec["_pretrain_dir"]) / name
+    over = {
+        "dataset_dir": pre.get("dataset_dir") or spec["dataset_dir"],
+        **(pre.get("overrides") or {}),
+        "ckpt_dir": str(folder / "models"),
+        "output_dir": str(folder / "test"),
+        "show_progress": False,
+    }
+    print(f"[pre-training] {name}: held-out test (Gate 1)", flush=True)
+    run_bundle("mosmos_pretrain", list(pre.get("configs") or ["train.json"]) + ["evaluate.json"], **over)
+    gate = pretraining_gate(folder)
+    logger.warning("experiment %s: pre-training %s %s", spec["name"].split("/")[0], name, gate["summary"])
+    return gate
+
+
+def pretraining_gate(folder: str | Path) -> dict:
+    """Gate 1 for a ``mosmos_pretrain`` run evaluated on held-out pairs (``<folder>/test``, its ``evaluate.json``)
+    with its validation history beside it (``<folder>/eval``): its kept checkpoint passes when the bootstrap 95 %
+    CI of held-out image-to-report recall@10 and of the tag mAP lie above chance, and every label set's class
+    queries are more separated (lower mean cosine) than in the network it started from (the history's
+    ``query_cosine_<set>_at_start``). Returns each check with its figures, ``passed`` and a one-line ``summary``."""
+    folder = Path(folder)
+    report_path, metrics_path = folder / "test" / "held_out_report.json", folder / "test" / "metrics.csv"
+    history_path = folder / "eval" / "val_history.csv"
+    for path in (report_path, metrics_path, history_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; Gate 1 needs the pre-training's held-out test and history")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    with open(metrics_path, encoding="utf-8") as fh:
+        kept = {row[0]: float(row[1]) for row in csv.reader(fh) if len(row) == 2}
+    with open(history_path, encoding="utf-8") as fh:
+        start = next(csv.DictReader(fh), {})
+
+    def number(v):
+        return None if v is None or math.isnan(float(v)) else float(v)
+
+    def shown(v, digits=".3f"):
+        return "-" if v is None else format(v, digits)
+
+    checks, parts = {}, []
+    for key in (GATE_RETRIEVAL, "tag_map"):
+        fig = report.get(key) or {}
+        ci, chance = [number(v) for v in fig.get("ci95") or [None, None]], number(fig.get("chance"))
+        ok = None not in (ci[0], chance) and ci[0] > chance
+        checks[key] = {"value": number(fig.get("value")), "ci95": ci, "chance": chance, "passed": ok}
+        interval = ", ".join(shown(v) for v in ci)
+        parts.append(f"{key} {shown(checks[key]['value'])} [{interval}] vs chance {shown(chance, '.3g')}")
+    measured = [k[: -len("_at_start")] for k in start if k.startswith("query_cosine_") and k.endswith("_at_start")]
+    for key in measured:  # label sets (mean cosine) are checked; named pairs (``_vs_``) are reported
+        before, after = number(start[f"{key}_at_start"]), number(kept.get(key))
+        entry = {"at_start": before, "kept": after}
+        if "_vs_" not in key:
+            entry["passed"] = None not in (before, after) and after < before
+            checks[key] = entry
+        parts.append(f"{key} {shown(before)} -> {shown(after)}")
+    if not any("_vs_" not in k for k in measured):
+        checks["query_cosine"] = {"passed": False, "why": f"{history_path} records no query_cosine_<set>_at_start"}
+    passed = all(c["passed"] for c in checks.values())
+    failed = [k for k, c in checks.items() if not c["passed"]]
+    verdict = "passed Gate 1" if passed else f"FAILED Gate 1 ({', '.join(failed)})"
+    return {"passed": passed, "checks": checks, "summary": f"{verdict}: {'; '.join(parts)}"}
 
 
 def run_experiment(
@@ -891,7 +968,7 @@ def run_experiment(
 #: a finished cell's record, relative to its folder: enough to keep it in its grid and recompute every table
 CELL_RECORD = ("done.json", "eval/report/per_case.csv", "eval/*_history.csv")
 #: a finished pre-training's record, relative to its folder (its held-out test report where one was written)
-PRETRAINING_RECORD = ("done.json", "eval/*_history.csv", "test/*.json")
+PRETRAINING_RECORD = ("done.json", "eval/*_history.csv", "test/*.json", "test/metrics.csv")
 
 
 def write_records(spec: dict, dest: str | Path) -> int:
@@ -1083,10 +1160,12 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     inits = [i for i in spec["inits"] if any(d["init"] == i for d in done)]
     refs = _references(spec)
     unit, unit_of = spec.get("unit") or "case", _unit_map(out, spec)
+    gates = _pretraining_verdicts(res, spec, Path(spec.get("_pretrain_dir") or out / "pretrain"), inits)
     tables = []
     for frac in sorted({d["label_fraction"] for d in done}):
         for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
-            tables.append(_table(res, done, inits, classes, frac, lam, refs, unit, unit_of, spec.get("open_set")))
+            table = _table(res, done, inits, classes, frac, lam, refs, unit, unit_of, spec.get("open_set"), gates)
+            tables.append(table)
             if spec.get("contrasts"):
                 tables.append(_contrasts(res, done, frac, lam, spec["contrasts"], unit, unit_of))
     _label_efficiency(res, done, inits, unit if spec.get("unit") else "case")
@@ -1180,7 +1259,44 @@ def _unit_map(out: Path, spec: dict) -> dict[str, str]:
     return {Path(it["label"]).name: str(it[key]) for it in test if key in it}
 
 
-def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of: dict[str, str], open_set=None) -> str:
+def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list[str]) -> dict[str, str]:
+    """``results/pretrainings.md``: each finished pre-training the shown inits start from, with its Gate 1 verdict
+    (:func:`pretraining_gate`, in its ``done.json``), wall time and threads. Returns init -> a short verdict
+    (``"medpix_lite: passed Gate 1"``) for the table captions; empty when no shown init has a pre-training."""
+    users: dict[str, list[str]] = {}
+    for init in inits:
+        if spec["inits"][init].get("pretraining"):
+            users.setdefault(spec["inits"][init]["pretraining"], []).append(init)
+    rows, verdicts = [], {}
+    for name, used_by in users.items():
+        path = pretrain_dir / name / "done.json"
+        if not path.is_file():
+            continue
+        done = json.loads(path.read_text(encoding="utf-8"))
+        gate = done.get("gate")
+        if gate is None:
+            short = "not tested" if "clip_checkpoint" in spec["pretrainings"][name] else "Gate 1 not yet run"
+        else:
+            failed = [k for k, c in gate["checks"].items() if not c.get("passed")]
+            short = "passed Gate 1" if gate["passed"] else f"FAILED Gate 1 ({', '.join(failed)})"
+        verdicts.update({init: f"{name}: {short}" for init in used_by})
+        threads = (done.get("ran_on") or {}).get("torch_threads", "-")
+        train = f"{done['train_s'] / 60:.0f} min" if "train_s" in done else "-"
+        rows.append([name, ", ".join(used_by), train, str(threads), gate["summary"] if gate else short])
+    if rows:
+        _write_table(
+            res / "pretrainings",
+            "The pre-trainings the methods start from (Gate 1: held-out retrieval and tag mAP above chance, class "
+            "queries more separated than at the start; docs/training.md).",
+            ["pre-training", "methods", "training", "threads", "Gate 1"],
+            rows,
+        )
+    return verdicts
+
+
+def _table(
+    res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of: dict[str, str], open_set=None, gates=None
+) -> str:
     lam_name = "default" if lam is None else f"{lam:g}"
     stem = res / f"table_frac{frac:g}_lambda{lam_name}"
     open_set = set(open_set or [])
@@ -1243,6 +1359,9 @@ def _table(res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of:
         )
         + mixed
     )
+    shown_gates = dict.fromkeys((gates or {}).get(r[0]) for r in rows if (gates or {}).get(r[0]))
+    if shown_gates:
+        caption += " Pre-training" + "s" * (len(shown_gates) > 1) + ": " + "; ".join(shown_gates) + "."
     return _write_table(stem, caption, header, rows)
 
 

@@ -273,28 +273,42 @@ class ClassQuerySeparation:
         network: the pre-training network.
         name_sets: label sets by name, e.g. ``{"acdc": ["background", "right ventricle", ...]}``.
         pairs: pairs of names whose own cosine is reported (e.g. right and left ventricle).
+        at_start: also measure them when the handler is attached — before training starts, or resumes, the
+            network's initial state — and report those as ``<key>_at_start`` at every evaluation, the baseline
+            that Gate 1 asks a pre-training to beat (the measurement changes no weight and draws no random number).
     """
 
-    def __init__(self, network: torch.nn.Module, name_sets: dict, pairs: list | None = None) -> None:
+    def __init__(
+        self, network: torch.nn.Module, name_sets: dict, pairs: list | None = None, at_start: bool = False
+    ) -> None:
         self.network, self.name_sets, self.pairs = network, dict(name_sets), [tuple(p) for p in pairs or []]
+        self.at_start, self.start = at_start, {}
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
+        if self.at_start:
+            self.start = {f"{k}_at_start": v for k, v in self.measure().items()}
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def __call__(self, engine) -> None:
+    @torch.no_grad()
+    def measure(self) -> dict[str, float]:
+        """The separation of each name set (mean cosine) and named pair (their cosine) for the network as it is."""
         from mosmos_components.transfer import class_query_separation
 
         net = getattr(self.network, "module", self.network)
         if not hasattr(net, "tag_queries"):  # a network without a text side (SSL)
-            return
-        for name, names in self.name_sets.items():
-            sep = class_query_separation(net, list(names))
-            engine.state.metrics[f"query_cosine_{name}"] = sep["mean_cosine"]
+            return {}
+        out = {
+            f"query_cosine_{n}": class_query_separation(net, list(v))["mean_cosine"] for n, v in self.name_sets.items()
+        }
         for a, b in self.pairs:
-            key = f"query_cosine_{a}_vs_{b}".replace(" ", "_")
-            engine.state.metrics[key] = class_query_separation(net, [a, b])["max_cosine"]
+            out[f"query_cosine_{a}_vs_{b}".replace(" ", "_")] = class_query_separation(net, [a, b])["max_cosine"]
+        return out
+
+    def __call__(self, engine) -> None:
+        engine.state.metrics.update(self.measure())
+        engine.state.metrics.update(self.start)
 
 
 def _bootstrap_interval(statistic: Callable, n: int, n_resamples: int, seed: int, confidence: float) -> list[float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosmos_components.experiment import aggregate, cells_of, load_spec, run_experiment
+from mosmos_components.experiment import aggregate, cells_of, load_spec, pretraining_gate, run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -657,7 +657,7 @@ def test_a_finished_pretraining_is_kept_wherever_its_grid_was_made_and_refused_i
     ckpt.write_bytes(b"weights")
     elsewhere = {"dataset_dir": "/another/machine/corpus", "overrides": {"max_epochs": 3}, "description": "there"}
     done = ckpt.parent.parent / "done.json"
-    done.write_text(json.dumps({"pretraining": "full", "definition": elsewhere}))
+    done.write_text(json.dumps({"pretraining": "full", "definition": elsewhere, "gate": {"passed": True}}))
     assert run_pretraining(spec, "full") == ckpt
 
     done.write_text(json.dumps({"pretraining": "full", "definition": dict(elsewhere, overrides={"max_epochs": 2})}))
@@ -731,3 +731,73 @@ def test_records_hold_each_blocks_finished_cells_and_the_finished_pretrainings_w
         ]
     )
     assert (rec / "pretrain/full/test/held_out_report.json").read_text() == "pretrain/full/test/held_out_report.json"
+
+
+def _gate_folder(folder: Path, recall_ci, tag_ci, acdc_kept) -> Path:
+    (folder / "test").mkdir(parents=True)
+    (folder / "eval").mkdir(parents=True)
+    report = {
+        "n_pairs": 200,
+        "recall_at_10": {"value": 0.22, "ci95": recall_ci, "chance": 0.05},
+        "tag_map": {"value": 0.15, "ci95": tag_ci, "chance": 0.023, "tags_scored": 14},
+    }
+    (folder / "test" / "held_out_report.json").write_text(json.dumps(report))
+    (folder / "test" / "metrics.csv").write_text(
+        f"val_loss,3.1\nquery_cosine_acdc,{acdc_kept}\nquery_cosine_right_ventricle_vs_left_ventricle,0.99\n"
+    )
+    (folder / "eval" / "val_history.csv").write_text(
+        "epoch,query_cosine_acdc,query_cosine_acdc_at_start,"
+        "query_cosine_right_ventricle_vs_left_ventricle,query_cosine_right_ventricle_vs_left_ventricle_at_start\n"
+        "1,0.60,0.664,0.96,0.965\n2,0.55,0.664,0.95,0.965\n"
+    )
+    return folder
+
+
+def test_gate_1_passes_a_pretraining_above_chance_whose_queries_separated_and_says_what_fails(tmp_path):
+    good = pretraining_gate(_gate_folder(tmp_path / "good", [0.165, 0.28], [0.113, 0.27], 0.604))
+    assert good["passed"] and good["summary"].startswith(
+        "passed Gate 1: recall_at_10 0.220 [0.165, 0.280] vs chance 0.05;"
+    )
+    assert good["checks"]["query_cosine_acdc"] == {"at_start": 0.664, "kept": 0.604, "passed": True}
+    # a named pair is reported (here it moved closer) but is not a condition
+    assert "query_cosine_right_ventricle_vs_left_ventricle 0.965 -> 0.990" in good["summary"]
+
+    chance = pretraining_gate(_gate_folder(tmp_path / "chance", [0.04, 0.09], [float("nan"), float("nan")], 0.604))
+    assert not chance["passed"] and chance["summary"].startswith("FAILED Gate 1 (recall_at_10, tag_map): ")
+    assert chance["checks"]["tag_map"]["ci95"] == [None, None]  # no tag scored: no interval, not a pass
+    assert "tag_map 0.150 [-, -]" in chance["summary"]
+
+    collapsed = pretraining_gate(_gate_folder(tmp_path / "collapsed", [0.165, 0.28], [0.113, 0.27], 0.97))
+    assert collapsed["summary"].startswith("FAILED Gate 1 (query_cosine_acdc): ")
+
+    (tmp_path / "good" / "test" / "metrics.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"good/test/metrics.csv: missing; Gate 1 needs"):
+        pretraining_gate(tmp_path / "good")
+
+
+def test_tables_name_the_gate_1_verdict_of_the_pretraining_their_methods_start_from(tmp_path):
+    """A reader of a table sees whether the pre-training behind a method passed Gate 1, and why not;
+    ``results/pretrainings.md`` lists each with its figures, wall time and threads."""
+    classes, cases = ["rv", "myo", "lv"], [f"case{i:02d}" for i in range(6)]
+    _write_cells(tmp_path, {"random": (0,), "mosmos": (0,), "without_pta": (0,)}, cases, classes)
+    gate = pretraining_gate(_gate_folder(tmp_path / "pretrain" / "medpix", [0.04, 0.09], [0.113, 0.27], 0.604))
+    done = {"pretraining": "medpix", "train_s": 2897.5, "ran_on": {"torch_threads": 2}, "gate": gate}
+    (tmp_path / "pretrain" / "medpix" / "done.json").write_text(json.dumps(done))
+    spec = {
+        "inits": {"random": {}, "mosmos": {"pretraining": "medpix"}, "without_pta": {"pretraining": "medpix"}},
+        "pretrainings": {"medpix": {"overrides": {}}},
+    }
+    aggregate(tmp_path, spec)
+    table = (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
+    assert "Pre-training: medpix: FAILED Gate 1 (recall_at_10)." in table.splitlines()[0]
+    listing = (tmp_path / "results" / "pretrainings.md").read_text()
+    assert "| medpix | mosmos, without_pta | 48 min | 2 | FAILED Gate 1 (recall_at_10): recall_at_10 0.220" in listing
+
+    (tmp_path / "pretrain" / "medpix" / "done.json").write_text(json.dumps({**done, "gate": None}))
+    aggregate(tmp_path, spec)  # finished before the gate existed: said so, not taken for a pass
+    assert (
+        "Pre-training: medpix: Gate 1 not yet run."
+        in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
+    )
+    aggregate(tmp_path, {**spec, "inits": {"random": {}}})  # no method from a pre-training: no note
+    assert "Pre-training" not in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()

@@ -247,6 +247,10 @@ def test_every_shipped_spec_runs_end_to_end_at_smoke_size(name, smoke, tiny_pret
             assert all(f"{c}† Dice" in tables[0].read_text() for c in grid["open_set"])
         if grid.get("positioning"):
             assert (out / str(grid.get("results") or "results") / "positioning").is_dir()
+    for pre_name, pre in (loaded.get("pretrainings") or {}).items():  # a pre-training run here is judged by Gate 1
+        done = json.loads((smoke["root"] / "pretrain" / pre_name / "done.json").read_text())
+        if "clip_checkpoint" not in pre:
+            assert isinstance(done["gate"]["passed"], bool) and "Gate 1" in done["gate"]["summary"], pre_name
     for cell in cells_of(loaded):
         folder = Path(grid_of(loaded, cell)["output_dir"]) / "cells" / cell.name
         shared_cells.setdefault(_signature(loaded, cell), folder)

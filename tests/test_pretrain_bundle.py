@@ -54,6 +54,37 @@ def test_loss_goes_down_and_checkpoint_is_written(trained):
     assert side["metric"]["val_loss"] == pytest.approx(best, rel=1e-4)  # the lowest validation loss is kept
 
 
+def test_the_class_queries_at_the_start_of_training_stay_in_every_row(trained):
+    """Gate 1 compares the kept checkpoint's class-query separation with the network's before training: measured
+    once when the validator is built, before the first step, and written beside each epoch's own."""
+    val = _history(trained / "eval" / "val_history.csv")
+    for key in ("query_cosine_acdc", "query_cosine_btcv", "query_cosine_right_ventricle_vs_left_ventricle"):
+        assert len({r[f"{key}_at_start"] for r in val}) == 1, key
+    assert any(r["query_cosine_acdc"] != r["query_cosine_acdc_at_start"] for r in val)  # training moved them
+
+
+def test_query_separation_at_start_is_measured_on_the_network_as_attached():
+    from ignite.engine import Engine
+
+    from mosmos_components.metrics import ClassQuerySeparation
+    from mosmos_components.networks import MosmosPretrainNet
+
+    torch.manual_seed(0)
+    net = MosmosPretrainNet("mosmos-tiny-vit", _warn_random=False)
+    names = {"acdc": ["background", "right ventricle", "myocardium", "left ventricle"]}
+    before = ClassQuerySeparation(net, names).measure()
+    handler = ClassQuerySeparation(net, names, pairs=[["right ventricle", "left ventricle"]], at_start=True)
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    with torch.no_grad():
+        net.prompt.ctx.add_(torch.randn_like(net.prompt.ctx))  # "training"
+    engine.run([0], max_epochs=1)
+    got = engine.state.metrics
+    assert got["query_cosine_acdc_at_start"] == pytest.approx(before["query_cosine_acdc"])
+    assert got["query_cosine_acdc"] != pytest.approx(before["query_cosine_acdc"])
+    assert "query_cosine_right_ventricle_vs_left_ventricle_at_start" in got
+
+
 def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir, bundle_run):
     """A fresh network rebuilt from model.pt + sidecar gives the very validation loss recorded at saving."""
     out = trained / "reeval"
@@ -71,6 +102,7 @@ def test_reloaded_checkpoint_reproduces_its_validation_loss(trained, roco_dir, b
     assert r1["value"] == pytest.approx(float(metrics["recall_at_1"])) and r1["chance"] == 1 / report["n_pairs"]
     assert r1["ci95"][0] <= r1["value"] <= r1["ci95"][1] and float(metrics["recall_at_1_ci_high"]) == r1["ci95"][1]
     assert 0 <= report["tag_map"]["chance"] <= 1 and "query_cosine_acdc" in metrics
+    assert not any(k.endswith("_at_start") for k in metrics)  # a loaded checkpoint is not a start
     assert load_pretrain_network(trained / "models" / "model.pt").tags == side["tags"]
 
 
