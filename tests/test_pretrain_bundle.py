@@ -196,3 +196,16 @@ def test_evaluate_runs_in_a_fresh_process(trained, roco_dir, repo, bundle_run):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (trained / "fresh_eval" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_caching_the_data_shows_progress_only_when_asked(roco_dir, tmp_path, bundle_run, capfd, show):
+    """``show_progress false`` (what the experiment runner passes) keeps the caching bars out of a run's log."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in bundle_run.files(PRETRAIN, *CONFIGS)])
+    parser.update(bundle_run.overrides(PRETRAIN, roco_dir, tmp_path, cache_rate=1.0, show_progress=show))
+    for split in ("train", "validate"):
+        assert len(parser.get_parsed_content(f"{split}#dataset")) > 0
+    assert ("Loading dataset" in capfd.readouterr().err) is show
