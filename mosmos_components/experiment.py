@@ -1077,13 +1077,20 @@ def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
             detail = ""
         lines.append(f"[{i}/{len(cells)}] {state:8s}{cell.where}" + (f"  {detail}" if detail else ""))
     pretrainings = {
-        Path(grid["_pretrain_dir"]) / init["pretraining"]: init["pretraining"]
+        Path(grid["_pretrain_dir"]) / init["pretraining"]: (init["pretraining"], grid)
         for grid in (spec.get("_blocks") or {None: spec}).values()
         for init in grid["inits"].values()
         if init.get("pretraining")
     }
-    for folder, name in pretrainings.items():
-        state = "done" if (folder / "done.json").is_file() else "started" if folder.is_dir() else "pending"
+    for folder, (name, grid) in pretrainings.items():
+        if (folder / "done.json").is_file():
+            done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+            if pretraining_checkpoint(grid, name).is_file():
+                state = f"done, {_gate_verdict(done, grid['pretrainings'][name])}"
+            else:
+                state = "its record without its checkpoint: runs again before its first cell"
+        else:
+            state = "started" if folder.is_dir() else "pending"
         lines.append(f"pre-training {name}: {state} ({folder})")
     left, n = _estimate_s(spec, cells)
     pace = "" if not left else f"; about {_hours(left)} of cells left at the pace of the {n} finished"
@@ -1259,6 +1266,17 @@ def _unit_map(out: Path, spec: dict) -> dict[str, str]:
     return {Path(it["label"]).name: str(it[key]) for it in test if key in it}
 
 
+def _gate_verdict(done: dict, definition: dict) -> str:
+    """A finished pre-training's Gate 1 verdict in a few words, from its ``done.json``: ``passed Gate 1``,
+    ``FAILED Gate 1 (<the failed checks>)``, ``Gate 1 not yet run`` or, for CLIP weights written as they are,
+    ``not tested``."""
+    gate = done.get("gate")
+    if gate is None:
+        return "not tested" if "clip_checkpoint" in definition else "Gate 1 not yet run"
+    failed = [k for k, c in gate["checks"].items() if not c.get("passed")]
+    return "passed Gate 1" if gate["passed"] else f"FAILED Gate 1 ({', '.join(failed)})"
+
+
 def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list[str]) -> dict[str, str]:
     """``results/pretrainings.md``: each finished pre-training the shown inits start from, with its Gate 1 verdict
     (:func:`pretraining_gate`, in its ``done.json``), wall time and threads. Returns init -> a short verdict
@@ -1273,12 +1291,7 @@ def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list
         if not path.is_file():
             continue
         done = json.loads(path.read_text(encoding="utf-8"))
-        gate = done.get("gate")
-        if gate is None:
-            short = "not tested" if "clip_checkpoint" in spec["pretrainings"][name] else "Gate 1 not yet run"
-        else:
-            failed = [k for k, c in gate["checks"].items() if not c.get("passed")]
-            short = "passed Gate 1" if gate["passed"] else f"FAILED Gate 1 ({', '.join(failed)})"
+        gate, short = done.get("gate"), _gate_verdict(done, spec["pretrainings"][name])
         verdicts.update({init: f"{name}: {short}" for init in used_by})
         threads = (done.get("ran_on") or {}).get("torch_threads", "-")
         train = f"{done['train_s'] / 60:.0f} min" if "train_s" in done else "-"

@@ -698,6 +698,15 @@ def test_status_lists_each_cell_and_the_time_left_at_the_finished_cells_pace(tmp
     assert not (tmp_path / "out" / "unetr" / "cells" / third.name).exists()
     assert MosmosCLI().experiment(str(path), status=True) == "\n".join(lines)
 
+    pre = tmp_path / "out" / "pretrain" / "full"
+    (pre / "models").mkdir(parents=True)
+    (pre / "done.json").write_text(json.dumps({"pretraining": "full", "gate": {"passed": True, "checks": {}}}))
+    assert grid_status(path).splitlines()[3] == (
+        f"pre-training full: its record without its checkpoint: runs again before its first cell ({pre})"
+    )
+    (pre / "models" / "model.pt").write_bytes(b"weights")
+    assert grid_status(path).splitlines()[3] == f"pre-training full: done, passed Gate 1 ({pre})"
+
 
 def test_records_hold_each_blocks_finished_cells_and_the_finished_pretrainings_without_weights(tmp_path):
     """``write_records``: per block its split and finished cells (an unfinished cell and every weight left out),
