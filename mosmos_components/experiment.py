@@ -776,6 +776,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
     """Run the spec's pre-training ``name`` unless it is done (``done.json`` beside it); an interrupted one resumes
     from its checkpoint. Returns its checkpoint."""
     from mosmos_components.bundle_runner import run_bundle
+    from mosmos_components.checkpoint import file_sha256
 
     pre = spec["pretrainings"][name]
     folder = Path(spec["_pretrain_dir"]) / name
@@ -819,6 +820,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
         run_bundle("mosmos_pretrain", list(pre.get("configs") or ["train.json"]), **over)
     done = {"pretraining": name, "definition": pre, "checkpoint": str(ckpt), "train_s": round(time.time() - t0, 1)}
     done["ran_on"] = where_it_runs()  # threads decide the weights (docs/training.md)
+    done["checkpoint_sha256"] = file_sha256(ckpt)  # what the cells' init_weights name
     atomic_json_save(done, folder / "done.json")  # kept, whatever its held-out test does
     if "clip_checkpoint" not in pre:
         atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")

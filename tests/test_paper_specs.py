@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TINY_PRETRAIN, TINY_RUN
 
+from mosmos_components.checkpoint import file_sha256
 from mosmos_components.experiment import _overrides, cell_configs, cells_of, grid_of, load_spec, run_experiment
 
 pytestmark = pytest.mark.specs  # not in the default run: .ci/run runs them as a step of their own
@@ -249,6 +250,7 @@ def test_every_shipped_spec_runs_end_to_end_at_smoke_size(name, smoke, tiny_pret
             assert (out / str(grid.get("results") or "results") / "positioning").is_dir()
     for pre_name, pre in (loaded.get("pretrainings") or {}).items():  # a pre-training run here is judged by Gate 1
         done = json.loads((smoke["root"] / "pretrain" / pre_name / "done.json").read_text())
+        assert done["checkpoint_sha256"] == file_sha256(done["checkpoint"]), pre_name  # what the cells name
         if "clip_checkpoint" not in pre:
             assert isinstance(done["gate"]["passed"], bool) and "Gate 1" in done["gate"]["summary"], pre_name
     for cell in cells_of(loaded):
