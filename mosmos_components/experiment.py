@@ -790,7 +790,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
                 f"{folder} holds a pre-training '{name}' made with other settings than the spec gives it: "
                 f"{'; '.join(diff)}; rename the spec's pre-training or move that folder away"
             )
-        if "gate" not in done and "clip_checkpoint" not in pre and "definition" in done:  # finished before the gate
+        if "gate" not in done and "definition" in done:  # finished before the gate
             atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
         return ckpt
     logger.warning("experiment %s: pre-training %s", spec["name"].split("/")[0], name)
@@ -822,8 +822,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
     done["ran_on"] = where_it_runs()  # threads decide the weights (docs/training.md)
     done["checkpoint_sha256"] = file_sha256(ckpt)  # what the cells' init_weights name
     atomic_json_save(done, folder / "done.json")  # kept, whatever its held-out test does
-    if "clip_checkpoint" not in pre:
-        atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
+    atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
     return ckpt
 
 
@@ -833,11 +832,18 @@ GATE_RETRIEVAL = "recall_at_10"
 
 def _gate_pretraining(spec: dict, name: str) -> dict:
     """Evaluate a finished ``mosmos_pretrain`` run of the spec on its held-out test split (the bundle's
-    ``evaluate.json``, into ``<pre-training>/test``) and judge it by :func:`pretraining_gate`."""
+    ``evaluate.json``, into ``<pre-training>/test``) and judge it by :func:`pretraining_gate`. Weights without
+    report supervision (CLIP's written as they are, the SSL proxy tasks') are not judged: ``passed`` is None and
+    the summary says why."""
     from mosmos_components.bundle_runner import run_bundle
+    from mosmos_components.checkpoint import read_sidecar
 
     pre = spec["pretrainings"][name]
     folder = Path(spec["_pretrain_dir"]) / name
+    kind = "clip" if "clip_checkpoint" in pre else read_sidecar(pretraining_checkpoint(spec, name)).get("weights_kind")
+    if kind != "mosmos":
+        why = f"Gate 1 not applicable: {kind} weights, without report supervision"
+        return {"passed": None, "checks": {}, "summary": why}
     over = {
         "dataset_dir": pre.get("dataset_dir") or spec["dataset_dir"],
         **(pre.get("overrides") or {}),
@@ -1088,7 +1094,7 @@ def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
         if (folder / "done.json").is_file():
             done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
             if pretraining_checkpoint(grid, name).is_file():
-                state = f"done, {_gate_verdict(done, grid['pretrainings'][name])}"
+                state = f"done, {_gate_verdict(done)}"
             else:
                 state = "its record without its checkpoint: runs again before its first cell"
         else:
@@ -1268,13 +1274,14 @@ def _unit_map(out: Path, spec: dict) -> dict[str, str]:
     return {Path(it["label"]).name: str(it[key]) for it in test if key in it}
 
 
-def _gate_verdict(done: dict, definition: dict) -> str:
+def _gate_verdict(done: dict) -> str:
     """A finished pre-training's Gate 1 verdict in a few words, from its ``done.json``: ``passed Gate 1``,
-    ``FAILED Gate 1 (<the failed checks>)``, ``Gate 1 not yet run`` or, for CLIP weights written as they are,
-    ``not tested``."""
+    ``FAILED Gate 1 (<the failed checks>)``, ``Gate 1 not yet run`` or why it does not apply."""
     gate = done.get("gate")
     if gate is None:
-        return "not tested" if "clip_checkpoint" in definition else "Gate 1 not yet run"
+        return "Gate 1 not yet run"
+    if gate["passed"] is None:
+        return gate["summary"]
     failed = [k for k, c in gate["checks"].items() if not c.get("passed")]
     return "passed Gate 1" if gate["passed"] else f"FAILED Gate 1 ({', '.join(failed)})"
 
@@ -1293,7 +1300,7 @@ def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list
         if not path.is_file():
             continue
         done = json.loads(path.read_text(encoding="utf-8"))
-        gate, short = done.get("gate"), _gate_verdict(done, spec["pretrainings"][name])
+        gate, short = done.get("gate"), _gate_verdict(done)
         verdicts.update({init: f"{name}: {short}" for init in used_by})
         threads = (done.get("ran_on") or {}).get("torch_threads", "-")
         train = f"{done['train_s'] / 60:.0f} min" if "train_s" in done else "-"

@@ -763,6 +763,8 @@ def _gate_folder(folder: Path, recall_ci, tag_ci, acdc_kept) -> Path:
 
 
 def test_gate_1_passes_a_pretraining_above_chance_whose_queries_separated_and_says_what_fails(tmp_path):
+    from mosmos_components.experiment import _gate_pretraining, pretraining_checkpoint
+
     good = pretraining_gate(_gate_folder(tmp_path / "good", [0.165, 0.28], [0.113, 0.27], 0.604))
     assert good["passed"] and good["summary"].startswith(
         "passed Gate 1: recall_at_10 0.220 [0.165, 0.280] vs chance 0.05;"
@@ -778,6 +780,18 @@ def test_gate_1_passes_a_pretraining_above_chance_whose_queries_separated_and_sa
 
     collapsed = pretraining_gate(_gate_folder(tmp_path / "collapsed", [0.165, 0.28], [0.113, 0.27], 0.97))
     assert collapsed["summary"].startswith("FAILED Gate 1 (query_cosine_acdc): ")
+
+    # weights without report supervision are not judged, and nothing is run for them
+    (tmp_path / "ssl").mkdir()
+    spec = load_spec(_blocks_spec(tmp_path / "ssl"))
+    ckpt = pretraining_checkpoint(spec, "full")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.with_suffix(".json").write_text(json.dumps({"weights_kind": "ssl", "mosmos_pretrained": False}))
+    assert _gate_pretraining(spec, "full") == {
+        "passed": None,
+        "checks": {},
+        "summary": "Gate 1 not applicable: ssl weights, without report supervision",
+    }
 
     (tmp_path / "good" / "test" / "metrics.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"good/test/metrics.csv: missing; Gate 1 needs"):
