@@ -802,14 +802,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         save_clip_checkpoint(ckpt, **pre["clip_checkpoint"])
     else:
-        over = {
-            "dataset_dir": pre.get("dataset_dir") or spec["dataset_dir"],
-            **(pre.get("overrides") or {}),
-            "ckpt_dir": str(folder / "models"),
-            "output_dir": str(folder / "eval"),
-            "overwrite": True,
-            "show_progress": False,
-        }
+        over = dict(_pretraining_run(spec, name, "eval"), overwrite=True)
         if spec.get("tracking") == "mlflow":
             over.update(
                 tracking="mlflow",
@@ -824,6 +817,20 @@ def run_pretraining(spec: dict, name: str) -> Path:
     atomic_json_save(done, folder / "done.json")  # kept, whatever its held-out test does
     atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
     return ckpt
+
+
+def _pretraining_run(spec: dict, name: str, output: str) -> dict:
+    """The overrides of a ``mosmos_pretrain`` run of the spec's pre-training ``name`` on its checkpoint folder
+    (``<pre-training>/models``), writing into ``<pre-training>/<output>``: its training (``eval``) or its held-out
+    test (``test``)."""
+    pre, folder = spec["pretrainings"][name], Path(spec["_pretrain_dir"]) / name
+    return {
+        "dataset_dir": pre.get("dataset_dir") or spec["dataset_dir"],
+        **(pre.get("overrides") or {}),
+        "ckpt_dir": str(folder / "models"),
+        "output_dir": str(folder / output),
+        "show_progress": False,
+    }
 
 
 #: the held-out retrieval figure Gate 1 asks to beat chance (with the tag mAP)
@@ -844,15 +851,9 @@ def _gate_pretraining(spec: dict, name: str) -> dict:
     if kind != "mosmos":
         why = f"Gate 1 not applicable: {kind} weights, without report supervision"
         return {"passed": None, "checks": {}, "summary": why}
-    over = {
-        "dataset_dir": pre.get("dataset_dir") or spec["dataset_dir"],
-        **(pre.get("overrides") or {}),
-        "ckpt_dir": str(folder / "models"),
-        "output_dir": str(folder / "test"),
-        "show_progress": False,
-    }
     print(f"[pre-training] {name}: held-out test (Gate 1)", flush=True)
-    run_bundle("mosmos_pretrain", list(pre.get("configs") or ["train.json"]) + ["evaluate.json"], **over)
+    configs = list(pre.get("configs") or ["train.json"]) + ["evaluate.json"]
+    run_bundle("mosmos_pretrain", configs, **_pretraining_run(spec, name, "test"))
     gate = pretraining_gate(folder)
     logger.warning("experiment %s: pre-training %s %s", spec["name"].split("/")[0], name, gate["summary"])
     return gate
