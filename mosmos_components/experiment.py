@@ -901,10 +901,8 @@ def pretraining_gate(folder: str | Path) -> dict:
         parts.append(f"{key} {shown(before)} -> {shown(after)}")
     if not any("_vs_" not in k for k in measured):
         checks["query_cosine"] = {"passed": False, "why": f"{history_path} records no query_cosine_<set>_at_start"}
-    passed = all(c["passed"] for c in checks.values())
-    failed = [k for k, c in checks.items() if not c["passed"]]
-    verdict = "passed Gate 1" if passed else f"FAILED Gate 1 ({', '.join(failed)})"
-    return {"passed": passed, "checks": checks, "summary": f"{verdict}: {'; '.join(parts)}"}
+    gate = {"passed": all(c["passed"] for c in checks.values()), "checks": checks}
+    return dict(gate, summary=f"{_gate_verdict({'gate': gate})}: {'; '.join(parts)}")
 
 
 def run_experiment(
@@ -1382,7 +1380,7 @@ def _table(
         )
         + mixed
     )
-    shown_gates = dict.fromkeys((gates or {}).get(r[0]) for r in rows if (gates or {}).get(r[0]))
+    shown_gates = dict.fromkeys(gates[r[0]] for r in rows if r[0] in (gates or {}))
     if shown_gates:
         caption += " Pre-training" + "s" * (len(shown_gates) > 1) + ": " + "; ".join(shown_gates) + "."
     return _write_table(stem, caption, header, rows)
