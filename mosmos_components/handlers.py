@@ -1,5 +1,6 @@
-"""Ignite handlers MONAI does not have: resumable training checkpoints, best-model export with a sidecar, a run
-guard (folder lock, no earlier model lost, no training on a non-finite loss) and a final validation.
+"""Ignite handlers MONAI does not have: resumable training checkpoints (random streams included), best-model export
+with a sidecar, a run guard (folder lock, no earlier model lost, no training on a non-finite loss) and a final
+validation.
 
 Both write atomically (temporary file + rename), so an interrupted run never leaves a half-written file, and
 both read back with ``torch.load(..., weights_only=True)``.
@@ -12,9 +13,11 @@ import io
 import logging
 import math
 import os
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
@@ -37,6 +40,8 @@ __all__ = [
     "MLflowTags",
     "FinalValidation",
     "batch_files",
+    "rng_state",
+    "set_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,10 +106,102 @@ class BestModelSaver:
         logger.info("new best %s=%.5f at epoch %d: wrote %s", self.metric_name, value, engine.state.epoch, self.path)
 
 
+def _random_states(obj, seen: set[int] | None = None) -> list[np.random.RandomState]:
+    """Every ``numpy`` random state reachable from ``obj`` (a data set, a transform), in a fixed order: the ``R`` of
+    each MONAI ``Randomizable`` found the way ``monai.data.utils.set_rnd`` seeds them (attributes, lists, tuples),
+    nested transforms included."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, (torch.Tensor, np.ndarray, str, bytes, dict)):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, (list, tuple)):
+        return [r for item in obj for r in _random_states(item, seen)]
+    if not hasattr(obj, "__dict__"):
+        return []
+    out = []
+    r = getattr(obj, "R", None)
+    if isinstance(r, np.random.RandomState) and id(r) not in seen:
+        seen.add(id(r))
+        out.append(r)
+    for key, value in vars(obj).items():
+        if not key.startswith("__") and key != "R":
+            out += _random_states(value, seen)
+    return out
+
+
+def _mt_to_tensors(state: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``numpy``'s MT19937 state as tensors: the 624 keys, (position, has_gauss), the cached gaussian."""
+    _, keys, pos, has_gauss, cached = state
+    return (
+        torch.as_tensor(np.asarray(keys, dtype=np.int64)),
+        torch.tensor([int(pos), int(has_gauss)]),
+        torch.tensor(float(cached), dtype=torch.float64),
+    )
+
+
+def _mt_from_tensors(keys: torch.Tensor, pos: torch.Tensor, cached: torch.Tensor) -> tuple:
+    return ("MT19937", keys.numpy().astype(np.uint32), int(pos[0]), int(pos[1]), float(cached))
+
+
+def rng_state(dataset=None) -> dict[str, torch.Tensor]:
+    """The random streams a training draws from, as plain tensors: ``torch`` (CPU and, once initialised, CUDA),
+    ``numpy``'s and ``random``'s global states, and the random states of ``dataset``'s transforms (they draw in
+    the main process when ``num_workers`` is 0; worker processes are seeded from ``torch``'s stream)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    state["numpy_keys"], state["numpy_pos"], state["numpy_gauss"] = _mt_to_tensors(np.random.get_state())
+    version, internal, gauss = random.getstate()
+    state["python"] = torch.tensor([version, *internal], dtype=torch.int64)
+    state["python_gauss"] = torch.tensor(math.nan if gauss is None else gauss, dtype=torch.float64)
+    streams = [_mt_to_tensors(r.get_state()) for r in _random_states(dataset)] if dataset is not None else []
+    if streams:
+        for i, name in enumerate(("transform_keys", "transform_pos", "transform_gauss")):
+            state[name] = torch.stack([s[i] for s in streams])
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], dataset=None, source: str = "the checkpoint") -> None:
+    """Restore what :func:`rng_state` captured, so that a resumed training draws what the uninterrupted one would
+    have drawn. The transforms' states are restored only when ``dataset`` has as many random transforms as when
+    they were captured (a warning names ``source`` otherwise: their streams then start afresh)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+    np.random.set_state(_mt_from_tensors(state["numpy_keys"], state["numpy_pos"], state["numpy_gauss"]))
+    version, *internal = (int(v) for v in state["python"])
+    gauss = float(state["python_gauss"])
+    random.setstate((version, tuple(internal), None if math.isnan(gauss) else gauss))
+    if dataset is None:
+        return
+    streams = _random_states(dataset)
+    saved = len(state["transform_keys"]) if "transform_keys" in state else 0
+    if saved != len(streams):
+        logger.warning(
+            "%s holds %d transform random state(s), the data pipeline has %d: its transforms' random streams "
+            "start afresh",
+            source,
+            saved,
+            len(streams),
+        )
+        return
+    for r, keys, pos, cached in zip(
+        streams, state.get("transform_keys", []), state.get("transform_pos", []), state.get("transform_gauss", [])
+    ):
+        r.set_state(_mt_from_tensors(keys, pos, cached))
+
+
 class TrainingCheckpointer:
     """Resumable training: after every ``save_interval`` epochs, write ``{name: obj.state_dict()}`` for every
-    object of ``save_dict`` plus the trainer's epoch/iteration to ``path``; at start, if ``resume`` and the file
-    exists, restore them and continue from the saved epoch.
+    object of ``save_dict`` plus the trainer's epoch/iteration and the random streams (:func:`rng_state`) to
+    ``path``; at start, if ``resume`` and the file exists, restore them and continue from the saved epoch.
+
+    With the random streams restored, a resumed training draws the batches, augmentations and dropout of the
+    uninterrupted one, to the bit on the same machine when the data loader starts its workers afresh each epoch
+    (or has none). Persistent workers (``persistent_workers``) keep their streams in their own processes: a
+    resumed run seeds new ones from the restored stream — other draws than the uninterrupted run's, but never a
+    replay of its first epochs, which is what a restart from the configuration's seed would give. A checkpoint
+    written without random states resumes with the streams the configuration seeded (a log line says so).
 
     Args:
         path: e.g. ``models/checkpoint.pt``.
@@ -122,6 +219,10 @@ class TrainingCheckpointer:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
 
     @staticmethod
+    def _dataset(engine: Engine):
+        return getattr(getattr(engine.state, "dataloader", None), "dataset", None)
+
+    @staticmethod
     def _unwrap(obj):
         return getattr(obj, "module", obj) if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
@@ -134,7 +235,9 @@ class TrainingCheckpointer:
         state["trainer"] = {
             "epoch": torch.tensor(engine.state.epoch),
             "iteration": torch.tensor(engine.state.iteration),
+            "max_epochs": torch.tensor(engine.state.max_epochs),
         }
+        state["rng"] = rng_state(self._dataset(engine))
         atomic_torch_save(state, self.path)
         atomic_json_save(
             {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "max_epochs": engine.state.max_epochs},
@@ -155,6 +258,22 @@ class TrainingCheckpointer:
                 raise RuntimeError(f"training checkpoint {self.path}: '{k}' does not fit this run: {e}") from e
         engine.state.epoch = int(state["trainer"]["epoch"])
         engine.state.iteration = int(state["trainer"]["iteration"])
+        planned = int(state["trainer"].get("max_epochs", engine.state.max_epochs))
+        schedules = [k for k, v in self.save_dict.items() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)]
+        if planned != engine.state.max_epochs and schedules:
+            logger.warning(
+                "%s was written by a run of max_epochs=%d, this one has %d: the learning-rate schedule restored "
+                "from it ('%s') keeps the length it was planned for (train afresh for a schedule of %d epochs)",
+                self.path,
+                planned,
+                engine.state.max_epochs,
+                schedules[0],
+                engine.state.max_epochs,
+            )
+        if "rng" in state:
+            set_rng_state(state["rng"], self._dataset(engine), source=os.fspath(self.path))
+        else:
+            logger.info("%s holds no random states: the resumed run draws from the configuration's seed", self.path)
         for obj in self.save_dict.values():  # a best model recorded but gone: never rc 0 without it
             if isinstance(obj, BestModelSaver) and math.isfinite(obj.best) and not obj.path.is_file():
                 raise FileNotFoundError(

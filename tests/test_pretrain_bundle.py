@@ -113,6 +113,20 @@ def test_resume_continues_from_the_checkpoint(trained, roco_dir, bundle_run):
     assert json.loads((trained / "models" / "checkpoint.json").read_text())["epoch"] == 5
 
 
+def test_a_resumed_pre_training_is_the_uninterrupted_one(roco_dir, tmp_path, bundle_run):
+    """Two epochs, stopped, resumed to a third: the third epoch's losses are those of three epochs in one go (the
+    random streams are kept in the training checkpoint, so the resumed epoch does not replay the first one's batches
+    and augmentations)."""
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    bundle_run(PRETRAIN, CONFIGS, roco_dir, straight, max_epochs=3)
+    bundle_run(PRETRAIN, CONFIGS, roco_dir, cut, max_epochs=2)
+    bundle_run(PRETRAIN, CONFIGS, roco_dir, cut, max_epochs=3)
+    for name, keys in (("train_history.csv", ("train_loss",)), ("val_history.csv", ("val_loss", "tag_map"))):
+        a, b = _history(straight / "eval" / name), _history(cut / "eval" / name)
+        assert [r["epoch"] for r in b] == ["1", "2", "3"]
+        assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b], name
+
+
 def test_mlflow_tracking(roco_dir, tmp_path, bundle_run):
     import mlflow
 

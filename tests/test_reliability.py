@@ -3,6 +3,7 @@ model overwritten, concurrent runs, non-integer labels, another data set's split
 networks through btcv_seg's bundle where the behaviour is the bundle's."""
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -195,6 +196,106 @@ def test_a_resumed_run_reporting_other_metrics_keeps_every_value_in_its_column(t
     h = read_history(path)
     assert h["dice"] == [0.5, 0.5, 0.7] and np.isnan(h["hd95"][:2]).all() and h["hd95"][2] == 12.0
     assert all(0.015 <= s < 5 for s in h["epoch_s"])  # two 10 ms iterations an epoch
+
+
+def _draws(ckpt, epochs, *, keep_rng=True):
+    """A training's random draws per epoch — the data loader's order and its transforms' draws (no worker
+    processes), dropout-like draws of ``torch``, ``numpy`` and ``random`` in the step — run to ``epochs`` from
+    ``ckpt`` (resumed when it exists)."""
+    import random
+
+    from ignite.engine import Events
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, RandGaussianNoised, RandSpatialCropd
+    from monai.utils import set_determinism
+
+    from mosmos_components.handlers import TrainingCheckpointer
+
+    set_determinism(seed=0)  # what the bundle's configuration does at every start, resumed or not
+    data = [{"img": torch.full((1, 8, 8), float(i))} for i in range(6)]
+    transform = Compose([RandSpatialCropd("img", (4, 4), random_size=False), RandGaussianNoised("img", prob=1.0)])
+    loader = DataLoader(Dataset(data, transform), batch_size=2, shuffle=True, num_workers=0)
+    seen = []
+    engine = Engine(
+        lambda e, b: seen.append((b["img"].sum().item(), torch.rand(1).item(), np.random.rand(), random.random()))
+    )
+    box = torch.nn.Linear(1, 1)
+    TrainingCheckpointer(str(ckpt), {"network": box}).attach(engine)
+    if not keep_rng:  # a checkpoint as written before the random streams were kept
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: _drop_rng(ckpt))
+    engine.run(loader, max_epochs=epochs)
+    return seen
+
+
+def _drop_rng(ckpt):
+    state = torch.load(ckpt, weights_only=True)
+    state.pop("rng")
+    torch.save(state, ckpt)
+
+
+def test_a_resumed_training_draws_what_the_uninterrupted_one_would_have_drawn(tmp_path):
+    """Restarting from the configuration's seed would replay the first epochs' batches and augmentations after a
+    resume; the checkpoint keeps the random streams, so the resumed epochs are the uninterrupted run's."""
+    straight = _draws(tmp_path / "a.pt", 3)
+    first = _draws(tmp_path / "b.pt", 2)
+    resumed = _draws(tmp_path / "b.pt", 3)
+    assert first + resumed == straight
+    assert resumed != straight[:3]  # not the first epoch again
+
+
+def test_a_resumed_segmentation_training_is_the_uninterrupted_one(btcv_dir, pretrained, tmp_path, bundle_run):
+    """The segmentation bundles keep the random streams too: without worker processes, a run stopped after its
+    first epoch and started again has the losses and validation of one that ran straight through."""
+    from ignite.engine import Events
+
+    def train(out, stop_after=None):
+        parser = ConfigParser()
+        parser.read_config(bundle_run.files(BTCV, "train.json", "demo.json"))
+        parser.update(bundle_run.overrides(BTCV, btcv_dir, out, pretrained["mosmos-tiny-vit"], max_epochs=2))
+        parser.get_parsed_content("initialize")
+        trainer = parser.get_parsed_content("train#trainer")
+        if stop_after:  # after the epoch's checkpoint: a run killed between two epochs
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda e: e.terminate())
+        trainer.run()
+        return [line.split(",") for line in (out / "eval" / "train_history.csv").read_text().splitlines()]
+
+    straight = train(tmp_path / "straight")
+    assert len(train(tmp_path / "cut", stop_after=1)) == 2  # the header and epoch 1
+    resumed = train(tmp_path / "cut")
+    col = straight[0].index("train_loss")
+    assert len(straight) == len(resumed) == 3 and [r[col] for r in straight] == [r[col] for r in resumed]
+    val = [(tmp_path / d / "eval" / "val_history.csv").read_text().splitlines() for d in ("straight", "cut")]
+    col = val[0][0].split(",").index("val_mean_dice")
+    assert [r.split(",")[col] for r in val[0]] == [r.split(",")[col] for r in val[1]]
+
+
+def test_a_checkpoint_without_random_states_still_resumes(tmp_path, caplog):
+    _draws(tmp_path / "c.pt", 1, keep_rng=False)
+    with caplog.at_level(logging.INFO, logger="mosmos_components.handlers"):
+        assert len(_draws(tmp_path / "c.pt", 2)) == 3  # the second epoch's three batches
+    assert "holds no random states" in caplog.text
+
+
+def test_resuming_with_another_max_epochs_says_the_schedule_keeps_its_length(tmp_path, caplog):
+    from monai.optimizers import WarmupCosineSchedule
+
+    from mosmos_components.handlers import TrainingCheckpointer
+
+    def run(epochs):
+        net = torch.nn.Linear(1, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        sched = WarmupCosineSchedule(opt, warmup_steps=1, t_total=2 * epochs)
+        engine = Engine(lambda e, b: (opt.step(), sched.step()))
+        save = {"network": net, "optimizer": opt, "lr_scheduler": sched}
+        TrainingCheckpointer(str(tmp_path / "checkpoint.pt"), save).attach(engine)
+        engine.run([0, 1], max_epochs=epochs)
+        return sched
+
+    run(2)
+    with caplog.at_level(logging.WARNING, logger="mosmos_components.handlers"):
+        sched = run(4)
+    assert "written by a run of max_epochs=2, this one has 4" in caplog.text and "'lr_scheduler'" in caplog.text
+    assert sched.t_total == 4  # what the warning says: the restored schedule, planned for 2 epochs of 2 steps
 
 
 # ----- 5. non-integer labels -----
