@@ -688,8 +688,7 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     atomic_json_save(recipe, folder / "recipe.json")
     units = _training_units(spec, configs, over)
     logger.warning("experiment %s: %s trains on %d unit(s): %s", spec["name"], cell.name, len(units), ", ".join(units))
-    ckpt = folder / "models" / "checkpoint.json"
-    resumed_at = int(json.loads(ckpt.read_text(encoding="utf-8"))["epoch"]) if ckpt.is_file() else 0
+    resumed_at = _resumed_at(folder / "models")
     start_from = _init_weights(over)
     t0 = time.time()
     run_bundle(spec["bundle"], configs, **over)  # resumes from models/checkpoint.pt if interrupted
@@ -795,6 +794,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
         return ckpt
     logger.warning("experiment %s: pre-training %s", spec["name"].split("/")[0], name)
     print(f"[pre-training] {name}", flush=True)
+    resumed_at = 0 if "clip_checkpoint" in pre else _resumed_at(folder / "models")
     t0 = time.time()
     if "clip_checkpoint" in pre:
         from mosmos_components.transfer import save_clip_checkpoint
@@ -811,7 +811,9 @@ def run_pretraining(spec: dict, name: str) -> Path:
                 tracking_uri=f"sqlite:///{(Path(spec['_pretrain_dir']).parent / 'mlruns.db').resolve()}",
             )
         run_bundle("mosmos_pretrain", list(pre.get("configs") or ["train.json"]), **over)
-    done = {"pretraining": name, "definition": pre, "checkpoint": str(ckpt), "train_s": round(time.time() - t0, 1)}
+    earlier_s = _epochs_s(folder / "eval" / "train_history.csv", resumed_at)  # the sittings before an interruption
+    done = {"pretraining": name, "definition": pre, "checkpoint": str(ckpt)}
+    done.update(train_s=round(time.time() - t0 + earlier_s, 1), resumed_at_epoch=resumed_at)
     done["ran_on"] = where_it_runs()  # threads decide the weights (docs/training.md)
     done["checkpoint_sha256"] = file_sha256(ckpt)  # what the cells' init_weights name
     atomic_json_save(done, folder / "done.json")  # kept, whatever its held-out test does
@@ -1007,6 +1009,12 @@ def write_records(spec: dict, dest: str | Path) -> int:
 def _cell_folder(spec: dict, cell: Cell) -> Path:
     """Where a cell runs and records itself: ``<its grid's output_dir>/cells/<cell name>``."""
     return Path(grid_of(spec, cell)["output_dir"]) / "cells" / cell.name
+
+
+def _resumed_at(models: Path) -> int:
+    """The epoch a training writing into ``models`` resumes at (its ``checkpoint.json``), 0 when it starts afresh."""
+    ckpt = models / "checkpoint.json"
+    return int(json.loads(ckpt.read_text(encoding="utf-8"))["epoch"]) if ckpt.is_file() else 0
 
 
 def _epochs_s(history: Path, upto: int) -> float:

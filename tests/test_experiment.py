@@ -670,6 +670,23 @@ def test_a_finished_pretraining_is_kept_wherever_its_grid_was_made_and_refused_i
     assert ckpt.read_bytes() == b"weights"
 
 
+def test_an_interrupted_pretraining_resumes_and_its_time_counts_the_earlier_sitting(tmp_path, roco_dir, bundle_run):
+    from mosmos_components.bundle_runner import run_bundle
+    from mosmos_components.experiment import _pretraining_run, run_pretraining
+
+    tiny = dict(bundle_run.settings("mosmos_pretrain"), max_epochs=2)
+    full = {"dataset_dir": str(roco_dir), "configs": ["train.json", "demo.json"], "overrides": tiny}
+    spec = load_spec(_blocks_spec(tmp_path, pretrainings={"full": full}))
+    run_bundle("mosmos_pretrain", full["configs"], **dict(_pretraining_run(spec, "full", "eval"), max_epochs=1))
+    history = tmp_path / "out" / "pretrain" / "full" / "eval" / "train_history.csv"
+    rows = history.read_text().splitlines()  # the first sitting took long
+    history.write_text("\n".join([rows[0], ",".join(rows[1].split(",")[:-1] + ["1000.0"])]) + "\n")
+    run_pretraining(spec, "full")
+    done = json.loads((tmp_path / "out" / "pretrain" / "full" / "done.json").read_text())
+    assert done["resumed_at_epoch"] == 1 and 1000 < done["train_s"] < 1000 + 600
+    assert [r.split(",")[0] for r in history.read_text().splitlines()[1:]] == ["1", "2"]
+
+
 def test_status_lists_each_cell_and_the_time_left_at_the_finished_cells_pace(tmp_path):
     """``mosmos experiment SPEC --status`` runs nothing: each cell done (mean Dice, wall time), started (its
     checkpoint's iteration) or pending, the chained pre-training once, and the time left at each init's pace."""
