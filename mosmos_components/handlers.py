@@ -129,6 +129,9 @@ def _random_states(obj, seen: set[int] | None = None) -> list[np.random.RandomSt
     return out
 
 
+_TRANSFORM_STATES = ("transform_keys", "transform_pos", "transform_gauss")  # of rng_state: one row per transform
+
+
 def _mt_to_tensors(state: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``numpy``'s MT19937 state as tensors: the 624 keys, (position, has_gauss), the cached gaussian."""
     _, keys, pos, has_gauss, cached = state
@@ -156,7 +159,7 @@ def rng_state(dataset=None) -> dict[str, torch.Tensor]:
     state["python_gauss"] = torch.tensor(math.nan if gauss is None else gauss, dtype=torch.float64)
     streams = [_mt_to_tensors(r.get_state()) for r in _random_states(dataset)] if dataset is not None else []
     if streams:
-        for i, name in enumerate(("transform_keys", "transform_pos", "transform_gauss")):
+        for i, name in enumerate(_TRANSFORM_STATES):
             state[name] = torch.stack([s[i] for s in streams])
     return state
 
@@ -175,7 +178,7 @@ def set_rng_state(state: dict[str, torch.Tensor], dataset=None, source: str = "t
     if dataset is None:
         return
     streams = _random_states(dataset)
-    saved = len(state["transform_keys"]) if "transform_keys" in state else 0
+    saved = len(state[_TRANSFORM_STATES[0]]) if _TRANSFORM_STATES[0] in state else 0
     if saved != len(streams):
         logger.warning(
             "%s holds %d transform random state(s), the data pipeline has %d: its transforms' random streams "
@@ -185,10 +188,8 @@ def set_rng_state(state: dict[str, torch.Tensor], dataset=None, source: str = "t
             len(streams),
         )
         return
-    for r, keys, pos, cached in zip(
-        streams, state.get("transform_keys", []), state.get("transform_pos", []), state.get("transform_gauss", [])
-    ):
-        r.set_state(_mt_from_tensors(keys, pos, cached))
+    for i, r in enumerate(streams):
+        r.set_state(_mt_from_tensors(*(state[name][i] for name in _TRANSFORM_STATES)))
 
 
 class TrainingCheckpointer:
