@@ -794,7 +794,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
         return ckpt
     logger.warning("experiment %s: pre-training %s", spec["name"].split("/")[0], name)
     print(f"[pre-training] {name}", flush=True)
-    resumed_at = 0 if "clip_checkpoint" in pre else _resumed_at(folder / "models")
+    resumed_at = _resumed_at(folder / "models")  # 0 for a CLIP checkpoint (written at once, no models/)
     t0 = time.time()
     if "clip_checkpoint" in pre:
         from mosmos_components.transfer import save_clip_checkpoint
