@@ -720,8 +720,10 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
 
 
 def where_it_runs() -> dict:
-    """The machine a cell ran on, for its wall time to be read against: the device (a GPU's name, or "cpu"), the
-    processor, its cores and the threads torch uses, and the versions of torch and MONAI."""
+    """The machine a cell ran on, for its wall time (and its last digits) to be read against: the device (a GPU's
+    name, or "cpu"), the processor, the vector instructions torch's CPU kernels use (``cpu_capability``: ``AVX512``,
+    ``AVX2``, ...; two processors that differ there sum in another order, as another number of threads does), its
+    cores and the threads torch uses, and the versions of torch and MONAI."""
     import platform
 
     import monai
@@ -735,6 +737,7 @@ def where_it_runs() -> dict:
     return {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -814,7 +817,7 @@ def run_pretraining(spec: dict, name: str) -> Path:
     earlier_s = _epochs_s(folder / "eval" / "train_history.csv", resumed_at)  # the sittings before an interruption
     done = {"pretraining": name, "definition": pre, "checkpoint": str(ckpt)}
     done.update(train_s=round(time.time() - t0 + earlier_s, 1), resumed_at_epoch=resumed_at)
-    done["ran_on"] = where_it_runs()  # threads decide the weights (docs/training.md)
+    done["ran_on"] = where_it_runs()  # threads and the CPU's kernels decide the weights (docs/training.md)
     done["checkpoint_sha256"] = file_sha256(ckpt)  # what the cells' init_weights name
     atomic_json_save(done, folder / "done.json")  # kept, whatever its held-out test does
     atomic_json_save(dict(done, gate=_gate_pretraining(spec, name)), folder / "done.json")
@@ -1309,7 +1312,8 @@ def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list
         done = json.loads(path.read_text(encoding="utf-8"))
         gate, short = done.get("gate"), _gate_verdict(done)
         verdicts.update({init: f"{name}: {short}" for init in used_by})
-        threads = (done.get("ran_on") or {}).get("torch_threads", "-")
+        ran_on = done.get("ran_on") or {}
+        threads = " ".join(str(v) for v in (ran_on.get("torch_threads", "-"), ran_on.get("cpu_capability")) if v)
         train = f"{done['train_s'] / 60:.0f} min" if "train_s" in done else "-"
         rows.append([name, ", ".join(used_by), train, str(threads), gate["summary"] if gate else short])
     if rows:
@@ -1317,7 +1321,7 @@ def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list
             res / "pretrainings",
             "The pre-trainings the methods start from (Gate 1: held-out retrieval and tag mAP above chance, class "
             "queries more separated than at the start; docs/training.md).",
-            ["pre-training", "methods", "training", "threads", "Gate 1"],
+            ["pre-training", "methods", "training", "threads, CPU kernels", "Gate 1"],
             rows,
         )
     return verdicts
