@@ -1548,9 +1548,11 @@ def _plt():
     return plt
 
 
-def _label_efficiency(res: Path, done, inits, unit: str = "case") -> None:
-    """Mean Dice against the labelled share (the paper's Fig. 6); where every cell records its training units,
-    against their number (e.g. patients), on a log axis."""
+def label_efficiency_figure(done: list[dict], inits: list[str], unit: str = "case"):
+    """Mean Dice against the labelled share (the paper's Fig. 6), mean ± sd over the seeds each point holds (their
+    number in the legend, point by point, as arms may have run different seeds); where every cell records its
+    training units, against their number (e.g. patients) on a log axis labelled at those numbers only. Returns the
+    matplotlib figure."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     counts = {d["label_fraction"]: len(d["training_units"]) for d in done if d.get("training_units")}
@@ -1565,23 +1567,34 @@ def _label_efficiency(res: Path, done, inits, unit: str = "case") -> None:
             ]
             for f in fr
         ]
+        if not means:
+            continue
         ax.errorbar(
             [counts[f] for f in fr] if by_count else [100 * f for f in fr],
             [100 * np.mean(m) for m in means],
             yerr=[100 * np.std(m) for m in means],
             marker="o",
             capsize=3,
-            label=init,
+            label=f"{init} (seeds: {', '.join(str(len(m)) for m in means)})",
         )
     if by_count:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
         ax.set_xticks(sorted(set(counts.values())), [str(n) for n in sorted(set(counts.values()))])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no 4x10^0 between the counts
     xlabel = f"labelled training {unit}s" if by_count else "labelled training cases (%)"
-    ax.set(xlabel=xlabel, ylabel="test mean Dice (%)", title="Label efficiency")
+    ax.set(xlabel=xlabel, ylabel="test mean Dice (%), mean ± sd over seeds", title="Label efficiency")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _label_efficiency(res: Path, done, inits, unit: str = "case") -> None:
+    """:func:`label_efficiency_figure` to ``res/label_efficiency.png``."""
+    fig = label_efficiency_figure(done, inits, unit)
     fig.savefig(res / "label_efficiency.png", dpi=120)
-    plt.close(fig)
+    _plt().close(fig)
 
 
 def _lambda_box(res: Path, done, inits) -> None:

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosmos_components.experiment import aggregate, cells_of, load_spec, pretraining_gate, run_experiment
+from mosmos_components.experiment import (
+    aggregate,
+    cells_of,
+    label_efficiency_figure,
+    load_spec,
+    pretraining_gate,
+    run_experiment,
+)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +225,8 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
         assert float(rows[1]["Wilcoxon p Dice per case vs random"]) == pytest.approx(expected, rel=1e-2)
     else:
         assert rows[1]["Wilcoxon p Dice per case vs random"] == "-"
-    assert (f"{out}/results/label_efficiency.png") and json.load(open(f"{out}/spec.json"))["name"] == "tiny"
+    assert Path(out, "results", "label_efficiency.png").is_file()
+    assert json.load(open(f"{out}/spec.json"))["name"] == "tiny"
     assert aggregate(out)["tables"]  # re-aggregation from disk alone
     import os
     import shutil
@@ -847,3 +855,27 @@ def test_tables_name_the_gate_1_verdict_of_the_pretraining_their_methods_start_f
     )
     aggregate(tmp_path, {**spec, "inits": {"random": {}}})  # no method from a pre-training: no note
     assert "Pre-training" not in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
+
+
+def test_the_label_efficiency_curve_names_the_seeds_of_each_point_and_labels_only_the_patient_counts():
+    def cell(init, frac, seed, dice, n):
+        return {
+            "init": init,
+            "label_fraction": frac,
+            "seed": seed,
+            "training_units": [f"patient{i:03d}" for i in range(n)],
+            "summary": [{"class": "mean", "dice": dice}],
+        }
+
+    done = [cell("random", 0.043, 0, 0.65, 3), cell("random", 0.043, 1, 0.75, 3), cell("random", 0.1, 0, 0.81, 7)]
+    done += [cell("imagenet", 0.043, 0, 0.75, 3), cell("imagenet", 0.1, 0, 0.86, 7)]
+    fig = label_efficiency_figure(done, ["random", "imagenet", "mosmos"], "patient")
+    ax = fig.axes[0]
+    # arms that ran different seeds say so point by point; an arm with no cell yet is left out
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["random (seeds: 2, 1)", "imagenet (seeds: 1, 1)"]
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [3, 7])
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), float), [70.0, 81.0])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "7"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))  # no 4x10^0 between the counts
