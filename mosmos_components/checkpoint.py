@@ -64,7 +64,11 @@ def atomic_text_save(text: str, path: str | os.PathLike) -> None:
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     """Copy a small file to ``dst`` atomically, unless ``dst`` already holds the same bytes; True if written."""
-    data = Path(src).read_bytes()
+    return atomic_bytes(Path(src).read_bytes(), dst)
+
+
+def atomic_bytes(data: bytes, dst: str | os.PathLike) -> bool:
+    """Write ``data`` to ``dst`` atomically, unless ``dst`` already holds the same bytes; True if written."""
     if Path(dst).is_file() and Path(dst).read_bytes() == data:
         return False
     _atomic_write(dst, lambda fh: fh.write(data))

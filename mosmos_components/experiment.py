@@ -90,7 +90,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosmos_components.checkpoint import atomic_copy, atomic_json_save
+from mosmos_components.checkpoint import atomic_bytes, atomic_copy, atomic_json_save
 from mosmos_components.evaluation import holm_adjusted, summarize, wilcoxon_paired
 
 __all__ = ["Cell", "load_spec", "cells_of", "run_experiment", "aggregate", "bootstrap_mean_ci"]
@@ -152,6 +152,7 @@ def load_spec(path: str | Path) -> dict:
     spec["_pretrain_dir"] = str(Path(spec["output_dir"]) / "pretrain")
     for sub in spec["_blocks"].values():
         sub["_pretrain_dir"] = spec["_pretrain_dir"]
+    spec["root"] = str(root)
     spec["_path"] = str(path)
     return spec
 
@@ -990,11 +991,23 @@ def write_records(spec: dict, dest: str | Path) -> int:
     its tables recompute. A block's record goes in ``dest/<its folder under the output folder>``. Each file is
     written atomically and only where its content changed. Returns the number of files written."""
     dest, out = Path(dest), Path(spec["output_dir"])
+    root = Path(spec.get("root") or ".").resolve()
     written = 0
 
     def keep(folder: Path, to: Path, patterns) -> int:
         files = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
-        return sum(atomic_copy(p, to / p.relative_to(folder)) for p in files)
+        n = 0
+        for p in files:
+            if p.name == "done.json":  # the machine's paths as the spec's root sees them
+                try:
+                    record = json.loads(p.read_text(encoding="utf-8"))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}: not JSON ({e}); a finished run's record is unreadable") from None
+                record = _relative_to_root(record, root)
+                n += atomic_bytes(json.dumps(record, indent=4).encode("utf-8"), to / p.relative_to(folder))
+            else:
+                n += atomic_copy(p, to / p.relative_to(folder))
+        return n
 
     for name, grid in (spec.get("_blocks") or {None: spec}).items():
         g_out = Path(grid["output_dir"])
@@ -1007,6 +1020,21 @@ def write_records(spec: dict, dest: str | Path) -> int:
         if (folder / "done.json").is_file():
             written += keep(folder, dest / "pretrain" / name, PRETRAINING_RECORD)
     return written
+
+
+def _relative_to_root(value, root: Path):
+    """``value`` (a record's JSON) with each absolute path under ``root`` written relative to it (``data/ACDC``,
+    ``experiments/out/NAME/cells/...``): a record names where its files lie in the project, not on the machine
+    that wrote it. Other strings and paths outside ``root`` are kept as they are."""
+    if isinstance(value, dict):
+        return {k: _relative_to_root(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_to_root(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return value
 
 
 def _cell_folder(spec: dict, cell: Cell) -> Path:

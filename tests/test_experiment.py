@@ -131,9 +131,14 @@ def test_a_grid_goes_on_from_its_small_records_alone(finished, tmp_path):
     files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
     per_cell = ["done.json", "eval/report/per_case.csv", "eval/train_history.csv", "eval/val_history.csv"]
     assert files == sorted(["datalist.json"] + [f"cells/{c.name}/{f}" for c in cells_of(spec) for f in per_cell])
-    # the third cell's record is the one of its evaluation after the interruption, not the first run's
-    done = (Path(spec["output_dir"]) / "cells" / third.name / "done.json").read_bytes()
-    assert (kept / "cells" / third.name / "done.json").read_bytes() == done
+    # the third cell's record is the one of its evaluation after the interruption, not the first run's, with the
+    # paths under the spec's root as the project sees them, not as this machine does
+    done = json.loads((Path(spec["output_dir"]) / "cells" / third.name / "done.json").read_text())
+    text = (kept / "cells" / third.name / "done.json").read_text()
+    record = json.loads(text)
+    assert record["per_case"] == f"out/cells/{third.name}/eval/report/per_case.csv"
+    assert json.dumps(record) == json.dumps(dict(done, per_case=record["per_case"]))
+    assert spec["root"] not in text
     assert write_records(spec, kept) == 0  # nothing changed, nothing rewritten
 
     out = tmp_path / "records"
@@ -754,6 +759,9 @@ def test_records_hold_each_blocks_finished_cells_and_the_finished_pretrainings_w
         for f in [*files, "models/model.pt"]:
             (out / folder / f).parent.mkdir(parents=True, exist_ok=True)
             (out / folder / f).write_text(f"{folder}/{f}")
+        if "done.json" in files:  # paths as the runner writes them: absolute, on this machine
+            record = {"checkpoint": str(out / folder / "models/model.pt"), "outside": "/elsewhere/model.pt"}
+            (out / folder / "done.json").write_text(json.dumps({"made": folder, "paths": [record]}))
     rec = tmp_path / "records"
     assert write_records(spec, rec) == 8
     got = sorted(str(p.relative_to(rec)) for p in rec.rglob("*") if p.is_file())
@@ -766,6 +774,15 @@ def test_records_hold_each_blocks_finished_cells_and_the_finished_pretrainings_w
         ]
     )
     assert (rec / "pretrain/full/test/held_out_report.json").read_text() == "pretrain/full/test/held_out_report.json"
+    # a record names its files where they lie under the spec's root, and keeps other paths as they are
+    assert json.loads((rec / "pretrain/full/done.json").read_text()) == {
+        "made": "pretrain/full",
+        "paths": [{"checkpoint": "out/pretrain/full/models/model.pt", "outside": "/elsewhere/model.pt"}],
+    }
+    assert str(tmp_path) not in (rec / f"unet/cells/{unet_random.name}/done.json").read_text()
+    (out / f"unet/cells/{unet_random.name}/done.json").write_text('{"cell": "cut off mid-wr')
+    with pytest.raises(ValueError, match=f"{unet_random.name}/done.json.*not JSON"):
+        write_records(spec, rec)
 
 
 def _gate_folder(folder: Path, recall_ci, tag_ci, acdc_kept) -> Path:
