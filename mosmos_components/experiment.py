@@ -1030,10 +1030,8 @@ def _relative_to_root(value, root: Path):
         return {k: _relative_to_root(v, root) for k, v in value.items()}
     if isinstance(value, list):
         return [_relative_to_root(v, root) for v in value]
-    if isinstance(value, str) and value.startswith("/"):
-        path = Path(value)
-        if path.is_relative_to(root):
-            return path.relative_to(root).as_posix()
+    if isinstance(value, str) and os.path.isabs(value) and Path(value).is_relative_to(root):
+        return Path(value).relative_to(root).as_posix()
     return value
 
 
