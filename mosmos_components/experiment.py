@@ -1577,13 +1577,16 @@ def _plt():
 def label_efficiency_figure(done: list[dict], inits: list[str], unit: str = "case"):
     """Mean Dice against the labelled share (the paper's Fig. 6), mean ± sd over the seeds each point holds (their
     number in the legend, point by point, as arms may have run different seeds); where every cell records its
-    training units, against their number (e.g. patients) on a log axis labelled at those numbers only. Returns the
-    matplotlib figure."""
+    training units, against their number (e.g. patients) on a log axis labelled at those numbers only. The arms
+    stand side by side at each point (a few per cent apart, in the legend's order), so that no error bar hides
+    another. Returns the matplotlib figure."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     counts = {d["label_fraction"]: len(d["training_units"]) for d in done if d.get("training_units")}
     by_count = len(counts) == len({d["label_fraction"] for d in done})
-    for init in inits:
+    shown = [i for i in inits if any(d["init"] == i for d in done)]
+    for k, init in enumerate(shown):
+        dodge = 10 ** (0.01 * (k - (len(shown) - 1) / 2))
         fr = sorted({d["label_fraction"] for d in done if d["init"] == init})
         means = [
             [
@@ -1593,10 +1596,8 @@ def label_efficiency_figure(done: list[dict], inits: list[str], unit: str = "cas
             ]
             for f in fr
         ]
-        if not means:
-            continue
         ax.errorbar(
-            [counts[f] for f in fr] if by_count else [100 * f for f in fr],
+            [dodge * (counts[f] if by_count else 100 * f) for f in fr],
             [100 * np.mean(m) for m in means],
             yerr=[100 * np.std(m) for m in means],
             marker="o",
