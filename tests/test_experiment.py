@@ -890,12 +890,13 @@ def test_the_label_efficiency_curve_names_the_seeds_of_each_point_and_labels_onl
     ax = fig.axes[0]
     # arms that ran different seeds say so point by point; an arm with no cell yet is left out
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["random (seeds: 2, 1)", "imagenet (seeds: 1, 1)"]
-    random, imagenet = (np.asarray(bars.lines[0].get_xdata(), float) for bars in ax.containers)
+    random, imagenet = (bars.lines[0] for bars in ax.containers)  # each arm's data line
+    x_random, x_imagenet = (np.asarray(line.get_xdata(), float) for line in (random, imagenet))
     # at the counts, side by side: no arm's error bar on top of another's
-    np.testing.assert_allclose(random, [3, 7], rtol=0.05)
-    np.testing.assert_allclose(imagenet, [3, 7], rtol=0.05)
-    assert (random < imagenet).all()
-    np.testing.assert_allclose(np.asarray(ax.get_lines()[0].get_ydata(), float), [70.0, 81.0])
+    np.testing.assert_allclose(x_random, [3, 7], rtol=0.05)
+    np.testing.assert_allclose(x_imagenet, [3, 7], rtol=0.05)
+    assert (x_random < x_imagenet).all()
+    np.testing.assert_allclose(np.asarray(random.get_ydata(), float), [70.0, 81.0])
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "7"]
     assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))  # no 4x10^0 between the counts
