@@ -26,21 +26,19 @@ patients with both frames, dealt over its ``split_strata_key`` strata), so the s
 labelled. With ``tracking: mlflow`` each cell is one MLflow run (named by its coordinates) in
 ``<output_dir>/mlruns.db``.
 
-Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class, with the cell's wall times
-and device), per label fraction and lambda
-a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and HD95, mean +- sd over seeds) and, against
-each ``reference`` (one init or a list), the tests: per unit of analysis (``"unit"``: a key of the datalist's items
-such as ``"patient"``; default the test case), the Wilcoxon p and the mean Dice difference with its bootstrap
-95 % CI, each unit the mean over its cases and classes averaged over the seeds both inits ran (a seed may draw
-the training cases, so only the same seeds pair); and, for parity with the paper, the Wilcoxon p paired per class
-on the test-set means over those seeds. ``contrasts`` (``[["mosmos", "mosmos_random_queries"]]``) adds, per label
-fraction and lambda, ``contrasts_frac<f>_lambda<l>.{csv,md}``: each pair tested per unit the same way, and its
-difference seed by seed (the spread over seeds), each p also adjusted by Holm's method over the table's
-contrasts, with ``.png`` (a forest plot: each unit's difference, the mean and
-its interval). Figures: ``label_efficiency.png`` (mean Dice
-against the label fraction, as the paper's Fig. 6), with several lambdas ``lambda_box.png`` (per-class Dice for
-each lambda, as Fig. 5), and ``qualitative.png`` (one test slice, its ground truth and each method's prediction,
-as Fig. 7).
+Aggregation (``<output_dir>/results/``): ``cells.csv`` (one row per cell and class, with the cell's wall times and
+device), per label fraction and lambda a Table-2-style ``table_frac<f>_lambda<l>.{csv,md}`` (per-class Dice and
+HD95, mean +- sd over seeds, n - 1) and, against each ``reference`` (one init or a list), the tests: per unit of
+analysis (``"unit"``: a key of the datalist's items such as ``"patient"``; default the test case), the Wilcoxon p
+and the mean Dice difference with its bootstrap 95 % CI, each unit the mean over its cases and classes averaged over
+the seeds both inits ran (a seed may draw the training cases, so only the same seeds pair); and, for parity with the
+paper, the Wilcoxon p paired per class on the test-set means over those seeds. ``contrasts`` (``[["mosmos",
+"mosmos_random_queries"]]``) adds, per label fraction and lambda, ``contrasts_frac<f>_lambda<l>.{csv,md}``: each
+pair tested per unit the same way, and its difference seed by seed (the spread over seeds), each p also adjusted by
+Holm's method over the table's contrasts, with ``.png`` (a forest plot: each unit's difference, the mean and its
+interval). Figures: ``label_efficiency.png`` (mean Dice against the label fraction, as the paper's Fig. 6), with
+several lambdas ``lambda_box.png`` (per-class Dice for each lambda, as Fig. 5), and ``qualitative.png`` (one test
+slice, its ground truth and each method's prediction, as Fig. 7).
 
 ``records`` (or ``--records``): a folder the runner keeps up to date with the grid's weightless record
 (:func:`write_records`: the split, each finished cell's results and histories, each pre-training's histories), from
@@ -1176,7 +1174,8 @@ def _fmt(values: list[float], pct: bool) -> str:
     if not v:
         return "-"
     k = 100.0 if pct else 1.0
-    return f"{k * np.mean(v):.2f} ± {k * np.std(v):.2f}" if len(v) > 1 else f"{k * v[0]:.2f}"
+    # the spread over seeds: the sample standard deviation (n - 1), the seeds being a sample of the possible ones
+    return f"{k * np.mean(v):.2f} ± {k * np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{k * v[0]:.2f}"
 
 
 def aggregate(out: str | Path, spec: dict | None = None) -> dict:
@@ -1405,8 +1404,8 @@ def _table(
     against = " and ".join(refs) or "no reference"
     mixed = _mixed_init_weights([d for d in done if d["label_fraction"] == frac and d["lambda_pta"] == lam])
     caption = (
-        f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sd over seeds. Against "
-        f"{against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
+        f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sample sd over seeds. "
+        f"Against {against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
         f"cases and classes, averaged over the seeds both ran; smallest possible p {_min_p(n_units):.3g}) with "
         f"the mean difference in Dice points and its bootstrap 95 % CI over {unit}s (BCa, 10,000 resamples); and, "
         f"for parity with the paper, paired per class on the class means over the seeds both ran (with "
@@ -1575,8 +1574,8 @@ def _plt():
 
 
 def label_efficiency_figure(done: list[dict], inits: list[str], unit: str = "case"):
-    """Mean Dice against the labelled share (the paper's Fig. 6), mean ± sd over the seeds each point holds (their
-    number in the legend, point by point, as arms may have run different seeds); where every cell records its
+    """Mean Dice against the labelled share (the paper's Fig. 6), mean ± sd (n − 1) over the seeds each point holds
+    (their number in the legend, point by point, as arms may have run different seeds); where every cell records its
     training units, against their number (e.g. patients) on a log axis labelled at those numbers only. The arms
     stand side by side at each point (a few per cent apart, in the legend's order), so that no error bar hides
     another. Returns the matplotlib figure."""
@@ -1599,7 +1598,7 @@ def label_efficiency_figure(done: list[dict], inits: list[str], unit: str = "cas
         ax.errorbar(
             [dodge * (counts[f] if by_count else 100 * f) for f in fr],
             [100 * np.mean(m) for m in means],
-            yerr=[100 * np.std(m) for m in means],
+            yerr=[100 * np.std(m, ddof=1) if len(m) > 1 else 0.0 for m in means],
             marker="o",
             capsize=3,
             label=f"{init} (seeds: {', '.join(str(len(m)) for m in means)})",

@@ -193,7 +193,8 @@ def test_tables_hold_the_cells_numbers_and_scipys_p_values(finished):
     for init, row in zip(("random", "mosmos"), rows):
         per_seed = [cells[f"{init}__frac1__seed{s}__lambdadefault"] for s in (0, 1)]
         liver = [next(r["dice"] for r in c["summary"] if r["class"] == "liver") for c in per_seed]
-        assert row["liver Dice"] == f"{100 * np.mean(liver):.2f} ± {100 * np.std(liver):.2f}"
+        # the spread over seeds is the sample standard deviation (n - 1)
+        assert row["liver Dice"] == f"{100 * np.mean(liver):.2f} ± {100 * np.std(liver, ddof=1):.2f}"
         # the cell's summary is its per_case.csv's
         pc = list(csv.DictReader(open(per_seed[0]["per_case"])))
         assert liver[0] == pytest.approx(np.mean([float(r["dice"]) for r in pc if r["class"] == "liver"]))
@@ -897,6 +898,9 @@ def test_the_label_efficiency_curve_names_the_seeds_of_each_point_and_labels_onl
     np.testing.assert_allclose(x_imagenet, [3, 7], rtol=0.05)
     assert (x_random < x_imagenet).all()
     np.testing.assert_allclose(np.asarray(random.get_ydata(), float), [70.0, 81.0])
+    # the bar at 3 patients spans the sample sd of 65 and 75 % (7.07 points), not the population sd (5)
+    (low, high), _ = (seg[:, 1] for seg in ax.containers[0].lines[2][0].get_segments())
+    np.testing.assert_allclose([low, high], [70 - 50**0.5, 70 + 50**0.5])
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "7"]
     assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))  # no 4x10^0 between the counts
