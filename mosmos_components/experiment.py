@@ -1169,13 +1169,18 @@ def _done_cells(out: Path) -> list[dict]:
     return cells
 
 
+def _seed_sd(values: list[float]) -> float:
+    """The spread over seeds: the sample standard deviation (n - 1), the seeds being a sample of the possible ones;
+    0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _fmt(values: list[float], pct: bool) -> str:
     v = [x for x in values if not math.isnan(x)]
     if not v:
         return "-"
     k = 100.0 if pct else 1.0
-    # the spread over seeds: the sample standard deviation (n - 1), the seeds being a sample of the possible ones
-    return f"{k * np.mean(v):.2f} ± {k * np.std(v, ddof=1):.2f}" if len(v) > 1 else f"{k * v[0]:.2f}"
+    return f"{k * np.mean(v):.2f} ± {k * _seed_sd(v):.2f}" if len(v) > 1 else f"{k * v[0]:.2f}"
 
 
 def aggregate(out: str | Path, spec: dict | None = None) -> dict:
@@ -1598,7 +1603,7 @@ def label_efficiency_figure(done: list[dict], inits: list[str], unit: str = "cas
         ax.errorbar(
             [dodge * (counts[f] if by_count else 100 * f) for f in fr],
             [100 * np.mean(m) for m in means],
-            yerr=[100 * np.std(m, ddof=1) if len(m) > 1 else 0.0 for m in means],
+            yerr=[100 * _seed_sd(m) for m in means],
             marker="o",
             capsize=3,
             label=f"{init} (seeds: {', '.join(str(len(m)) for m in means)})",
