@@ -222,6 +222,7 @@ class MosmosCLI:
         spacing_range: str | None = None,
         fov_range: str | None = None,
         check_geometry: bool = True,
+        keep_largest: bool | str = False,
         output: str | None = None,
     ) -> str:
         """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
@@ -238,7 +239,9 @@ class MosmosCLI:
         and sform that disagree) is refused before any work: --spacing_range MIN,MAX and --fov_range MIN,MAX (mm)
         change the limits, --nocheck_geometry skips the checks. A scan whose outputs all exist is skipped unless
         --overwrite (one with some of them gets the missing ones); a scan that fails is reported, the others go
-        on, and the command fails at the end."""
+        on, and the command fails at the end. --keep_largest: only the largest connected piece of each structure
+        kept (--keep_largest LV,myocardium: of those), for models that leave fragments far from the organ (needs
+        scikit-image: pip install "mosmos[post]")."""
         from mosmos_components.inference import segment
         from mosmos_components.inference.run import report
 
@@ -274,6 +277,7 @@ class MosmosCLI:
             compile=compile,
             crop_foreground=crop_foreground,
             geometry_limits=limits,
+            keep_largest=keep_largest,
         )
         return "mosmos segment: " + report(res, time.time() - t)
 

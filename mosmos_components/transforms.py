@@ -33,6 +33,8 @@ __all__ = [
     "CheckNiftiHeaderd",
     "CheckGeometryd",
     "nifti_header_problem",
+    "largest_component",
+    "keep_largest_postprocessing",
 ]
 
 #: the CT intensity window (HU) of the BTCV recipe, mapped to [0, 1]: the default wherever a window is not given
@@ -541,3 +543,31 @@ class RegionsToMSDLabelsd(MapTransform):
             out[:] = lab
             d[key] = out
         return d
+
+
+def largest_component(applied_labels: Sequence[int], is_onehot: bool, keys: KeysCollection | None = None):
+    """MONAI's ``KeepLargestConnectedComponent`` (``...d`` on ``keys`` when given) for ``applied_labels`` (label
+    values, or channels of a one-hot map), each on its own, components joined across faces only (the convention of
+    nnU-Net's post-processing); what is not in a label's largest component becomes background. MONAI's connected
+    components need scikit-image on a CPU: an ImportError that says how to install it, before any work."""
+    from monai.transforms import KeepLargestConnectedComponent, KeepLargestConnectedComponentd
+    from monai.utils import optional_import
+
+    if not optional_import("skimage.measure")[1]:
+        raise ImportError(
+            "keeping the largest connected component needs scikit-image (MONAI's connected components use it): "
+            'pip install "mosmos[post]"'
+        )
+    kw = dict(applied_labels=[int(v) for v in applied_labels], is_onehot=is_onehot, independent=True, connectivity=1)
+    return KeepLargestConnectedComponent(**kw) if keys is None else KeepLargestConnectedComponentd(keys, **kw)
+
+
+def keep_largest_postprocessing(keep_largest: bool, num_classes: int, sigmoid: bool) -> list:
+    """What the bundles' ``keep_largest`` adds to the validation and evaluation post-processing (after the outputs
+    are discretised into one channel per class): the largest component of every class channel — background
+    excluded for softmax outputs — or nothing when ``keep_largest`` is false."""
+    if not isinstance(keep_largest, bool):
+        raise ValueError(f"keep_largest must be true or false, got {keep_largest!r}")
+    if not keep_largest:
+        return []
+    return [largest_component(range(0 if sigmoid else 1, num_classes), is_onehot=True, keys="pred")]

@@ -31,17 +31,8 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 from scipy import ndimage
 
 from mosmos_components.checkpoint import load_segmentation_network, read_sidecar
+from mosmos_components.inference.labels import keep_largest_components
 from mosmos_components.transforms import ModalityIntensityd
-
-
-def largest_components(pred: np.ndarray, labels) -> np.ndarray:
-    out = np.zeros_like(pred)
-    for c in labels:
-        lab, n = ndimage.label(pred == c)
-        if n:
-            sizes = ndimage.sum(np.ones_like(lab), lab, range(1, n + 1))
-            out[lab == 1 + int(np.argmax(sizes))] = c
-    return out
 
 
 def dice(p: np.ndarray, g: np.ndarray, c: int) -> float:
@@ -133,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             if far.max() > worst[0]:
                 worst = (int(far.max()), it, int(far.argmax()))
         centre = (slice(max(0, h // 2 - half), h // 2 + half), slice(max(0, w // 2 - half), w // 2 + half))
-        kept = largest_components(pred, classes)
+        kept = keep_largest_components(torch.as_tensor(pred), classes).numpy()
         row = {"case": it["label"].split("/")[-1]}
         for name, p, g in (("whole", pred, gt), ("centre", pred[centre], gt[centre]), ("largest", kept, gt)):
             row[name] = [dice(p, g, c) for c in classes]

@@ -144,3 +144,37 @@ def test_per_class_wilcoxon_reproduces_the_papers_p_values(tmp_path, rows, print
             w.writeheader()
             w.writerows({"case": "test", "class": f"c{k:02d}", "dice": v, "hd95": v} for k, v in enumerate(values))
     assert f"{wilcoxon_test(tmp_path / 'a.csv', tmp_path / 'b.csv')['p']:.1e}".replace("e-02", "e-2") == printed
+
+
+@pytest.mark.parametrize("bundle", ["acdc_seg", "brats_seg"])
+def test_bundles_keep_largest_option_removes_fragments_in_validation_and_evaluation(repo, bundle):
+    """``--keep_largest true`` on a bundle's train/evaluate run: only the largest piece of each class channel is
+    scored (softmax bundles: background left alone; sigmoid ones: every region); off by default."""
+    from monai.bundle import ConfigParser
+
+    files = [str(repo / "bundles" / bundle / "configs" / f) for f in ("train.json", "evaluate.json")]
+    k = 4 if bundle == "acdc_seg" else 3
+    logits = torch.full((k, 12, 12, 4), -5.0)
+    organ, fragment = (slice(1, 6), slice(1, 6), slice(0, 3)), (slice(9, 11), slice(9, 11), slice(3, 4))
+    for c in range(1, k) if bundle == "acdc_seg" else range(k):
+        logits[c][organ] = logits[c][fragment] = 5.0 + c  # the highest channel wins the argmax there
+    if bundle == "acdc_seg":
+        logits[0] = 0.0
+    top = k - 1
+    out = {}
+    for keep in (False, True):
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser["keep_largest"] = keep
+        post = parser.get_parsed_content("validate#postprocessing")
+        out[keep] = post({"pred": logits.clone(), "label": torch.zeros(1, 12, 12, 4)})["pred"]
+    assert out[False][top][10, 10, 3] == 1 and out[False][top][2, 2, 1] == 1
+    assert out[True][top][10, 10, 3] == 0 and out[True][top][2, 2, 1] == 1
+    if bundle == "acdc_seg":  # the background channel keeps every voxel it had
+        assert torch.equal(out[True][0], out[False][0])
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["keep_largest"] = "yes"
+    with pytest.raises(RuntimeError) as err:  # MONAI's config error, the cause named under it
+        parser.get_parsed_content("validate#postprocessing")
+    assert "keep_largest must be true or false, got 'yes'" in str(err.value.__cause__)

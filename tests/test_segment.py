@@ -82,6 +82,45 @@ def test_label_map_is_on_the_inputs_exact_grid(tmp_path, orientation):
     assert pred[19, 16, 10] == 1 and pred[2, 2, 2] == 0
 
 
+def test_keep_largest_removes_fragments_away_from_the_organ_and_only_when_asked(tmp_path):
+    vol = cube_volume()
+    vol[34:37, 30:33, 16:18] = 200.0  # a second, small bright piece far from the cube
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.5, 1.0])), tmp_path / "scan.nii.gz")
+    out = {}
+    for keep in (False, True, "bright", ["bright"]):
+        res = segment(
+            tmp_path / "scan.nii.gz", tmp_path / f"out_{keep}", threshold_model(), progress=False, keep_largest=keep
+        )
+        assert not res["failed"], res["failed"]
+        assert ("keep_largest" in res["done"][0]["stage_seconds"]) == (keep is not False)
+        out[str(keep)] = np.asarray(nib.load(tmp_path / f"out_{keep}" / "scan.nii.gz").dataobj)
+    assert out["False"][35, 31, 17] == 1 and out["False"][19, 16, 10] == 1  # the network finds both pieces
+    for keep in ("True", "bright", "['bright']"):
+        assert out[keep][35, 31, 17] == 0  # the small piece is gone
+        assert np.array_equal(out[keep][:30, :28], out["False"][:30, :28])  # the cube is untouched
+    for bad, match in (("kidney", r"--keep_largest: \['kidney'\] are not structures"), (3, "structure names")):
+        with pytest.raises(ValueError, match=match):
+            segment(tmp_path / "scan.nii.gz", tmp_path / "bad", threshold_model(), progress=False, keep_largest=bad)
+
+
+def test_keep_largest_joins_components_across_faces_only():
+    from mosmos_components.inference.labels import keep_largest_components
+
+    label = torch.zeros(6, 6, 4, dtype=torch.int16)
+    label[0:3, 0:3, 0:2] = 1  # 18 voxels
+    label[5, 5, 3] = 1  # a fragment of class 1
+    label[3, 3, 3] = label[3, 4, 3] = 2  # class 2: two voxels sharing a face...
+    label[4, 5, 2] = 2  # ...and one touching them at a corner only
+    label[4, 0, 0] = 2
+    before = label.clone()
+    kept = keep_largest_components(label, [1, 2])
+    assert torch.equal(label, before)  # the input is left as it was
+    assert kept.dtype == torch.int16 and int((kept == 1).sum()) == 18 and int((kept == 2).sum()) == 2
+    assert kept[3, 4, 3] == 2 and kept[4, 5, 2] == 0 and kept[5, 5, 3] == 0
+    assert torch.equal(keep_largest_components(label, [2])[label == 1], label[label == 1])  # class 1 untouched
+    assert torch.equal(keep_largest_components(label, []), label)
+
+
 class CountingNet(torch.nn.Module):
     """``ThresholdNet``, or "bright" everywhere with ``everywhere``, counting the voxels the windows hand it."""
 
@@ -187,8 +226,9 @@ def test_cli_writes_masks_statistics_and_preview_and_skips_what_exists(tiny_mode
         roi_subset="spleen",
         statistics=True,
         preview=True,
+        keep_largest="spleen",
     )
-    assert "1 scan(s) segmented" in line
+    assert "1 scan(s) segmented" in line and "keep_largest" in capsys.readouterr().out  # its stage is timed
     assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == ["spleen.nii.gz"]  # only the subset
     stats = json.loads((tmp_path / "out" / "a_statistics.json").read_text())
     assert [s["structure"] for s in stats["structures"]] == ["spleen"] and stats["modality"] == "ct"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LabelDecoding", "LABEL_DECODINGS", "decoding_of", "decode_labels"]
+__all__ = ["LabelDecoding", "LABEL_DECODINGS", "decoding_of", "decode_labels", "keep_largest_components"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,16 @@ def decoding_of(output_labels: str | None, sigmoid: bool) -> str:
 def decode_labels(logits: torch.Tensor, name: str) -> torch.Tensor:
     """The label map (int16, on ``logits``' grid) of ``logits`` (K, *size) by the decoding ``name``."""
     return LABEL_DECODINGS[name].decode(logits)
+
+
+def keep_largest_components(label: torch.Tensor, values) -> torch.Tensor:
+    """``label`` (an integer label map, ``(*size)``) with only the largest connected component of each label value
+    in ``values`` kept, the rest of that value set to background (0)
+    (:func:`~mosmos_components.transforms.largest_component`); ``label`` itself is left as it is. Fragments far
+    from an organ go; so does a second piece of a structure that really has two."""
+    from mosmos_components.transforms import largest_component
+
+    if not len(values):
+        return label
+    kept = largest_component(values, is_onehot=False)(label[None].clone())  # MONAI's transform works in place
+    return torch.as_tensor(kept)[0].to(label.dtype)

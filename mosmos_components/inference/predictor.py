@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mosmos_components.inference.labels import decode_labels
+from mosmos_components.inference.labels import decode_labels, keep_largest_components
 from mosmos_components.inference.model import SegmentationModel
 from mosmos_components.inference.preprocess import preprocessing
 
@@ -73,6 +73,7 @@ def segment_scan(
     progress: bool = False,
     pre=None,
     amp: bool | None = None,
+    keep_largest: Sequence[int] = (),
 ) -> dict:
     """Segment one scan (``{"image": path[, "series_uid": uid]}``): returns ``label`` (the label map on the input
     grid, uint8/uint16 numpy, values 1..K = :attr:`SegmentationModel.structures`), ``raw`` (the input as read,
@@ -80,7 +81,8 @@ def segment_scan(
     (an ONNX model runs in the precision it was exported in). ``sw_batch_size``: windows per forward pass; by
     default 4 on a GPU; on a CPU 8 slices of a 2D network, 2 windows of a 3D one, 1 in bf16 (PyTorch's CPU kernels
     run a 3D convolution of batch 1 with few channels on a slower path, and bf16 windows in pairs on a slower one
-    still; the timings are in ``docs/benchmarks.md``)."""
+    still; the timings are in ``docs/benchmarks.md``). ``keep_largest``: label values of which only the largest
+    connected component is kept (:func:`keep_largest_components`, on the model's grid); none by default."""
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
@@ -100,7 +102,11 @@ def segment_scan(
         logits = windows(image.as_tensor()[None].float(), m.network.to(device).eval())[0].float()
         label = decode_labels(logits, m.decoding)
     del logits
-    t["restore"] = time.perf_counter()
+    t["restore"] = t["keep"] = time.perf_counter()
+    if keep_largest:
+        with torch.inference_mode():  # the label map is an inference tensor
+            label = keep_largest_components(label, keep_largest)
+        t["restore"] = time.perf_counter()
     meta = {k: v for k, v in image.meta.items() if k != "affine"}
     pred = MetaTensor(label[None].float(), affine=image.affine, meta=meta)
     pred.applied_operations = list(image.applied_operations)
@@ -117,9 +123,8 @@ def segment_scan(
     k = len(m.structures)
     label_np = out.astype(np.uint8 if k < 256 else np.uint16)
     t["end"] = time.perf_counter()
-    seconds = {
-        "read_preprocess": t["infer"] - t["read"],
-        "sliding_window": t["restore"] - t["infer"],
-        "to_input_grid": t["end"] - t["restore"],
-    }
+    seconds = {"read_preprocess": t["infer"] - t["read"], "sliding_window": t["keep"] - t["infer"]}
+    if keep_largest:
+        seconds["keep_largest"] = t["restore"] - t["keep"]
+    seconds["to_input_grid"] = t["end"] - t["restore"]
     return {"label": label_np, "raw": raw, "affine": np.asarray(raw.affine, dtype=float), "seconds": seconds}

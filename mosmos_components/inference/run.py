@@ -28,18 +28,30 @@ from mosmos_components.inference.writers import (
 logger = logging.getLogger(__name__)
 
 
-def _subset(names: list[str], roi_subset: str | list[str] | tuple | None) -> list[int]:
+def _subset(names: list[str], roi_subset: str | list[str] | tuple | None, flag: str = "--roi_subset") -> list[int]:
     """Label values kept (1..K) for ``--roi_subset`` names (comma-separated or a list); all when None."""
     if roi_subset is None:
         return list(range(1, len(names) + 1))
     wanted = [s.strip() for s in (roi_subset.split(",") if isinstance(roi_subset, str) else roi_subset) if s.strip()]
     if not wanted:
-        raise ValueError(f"--roi_subset {roi_subset!r} names no structure; give names of {names}, or leave it out")
+        raise ValueError(f"{flag} {roi_subset!r} names no structure; give names of {names}, or leave it out")
     lower = {n.lower(): i for i, n in enumerate(names, start=1)}
     unknown = [w for w in wanted if w.lower() not in lower]
     if unknown:
-        raise ValueError(f"--roi_subset: {unknown} are not structures of this model; it knows {names}")
+        raise ValueError(f"{flag}: {unknown} are not structures of this model; it knows {names}")
     return [lower[w.lower()] for w in wanted]
+
+
+def _largest(names: list[str], keep_largest: bool | str | list[str] | tuple | None) -> list[int]:
+    """Label values whose largest connected component alone is kept, for ``--keep_largest`` (True: every structure;
+    names: those); none when False."""
+    if keep_largest is None or keep_largest is False:
+        return []
+    if keep_largest is True:
+        return list(range(1, len(names) + 1))
+    if not isinstance(keep_largest, (str, list, tuple)):
+        raise ValueError(f"--keep_largest takes no value (every structure) or structure names, got {keep_largest!r}")
+    return _subset(names, keep_largest, "--keep_largest")
 
 
 def segment(
@@ -65,6 +77,7 @@ def segment(
     nonfinite: str = "error",
     output_postfix: str = "",
     output_labels: str | None = None,
+    keep_largest: bool | str | list[str] = False,
 ) -> dict:
     """Segment every scan of INPUT (a NIfTI file, a folder of them, or DICOM series folders) with MODEL into
     OUTPUT_DIR (a folder; ``<case>.nii.gz`` per scan, or ``<case>/<structure>.nii.gz`` with ``split``). A scan that
@@ -73,7 +86,10 @@ def segment(
     ``crop_foreground``, ``geometry_limits``, ``nonfinite``: see :func:`preprocessing`. ``modality``: ``"ct"`` or
     ``"mri"`` for every scan (a model trained on both, AMOS); default the model's. ``output_postfix``: ends the
     label map's name. ``output_labels``: how outputs become labels (:mod:`~mosmos_components.inference.labels`);
-    default the sidecar's.
+    default the sidecar's. ``keep_largest``: only the largest connected component of each structure kept (``True``),
+    or of the named ones (comma-separated or a list); the rest of it becomes background (fragments far from an
+    organ go, and so does a second piece of a structure that has two); off by default, as in every evaluation of
+    the bundles unless they are asked.
 
     A scan is done when every output asked of it exists (:func:`planned_outputs`; each is written under a
     temporary name and renamed into place): it is skipped then, unless ``overwrite``; a scan with some of its
@@ -94,6 +110,7 @@ def segment(
         m = replace(m, output_labels=output_labels)
         _ = m.decoding  # a decoding that does not fit the model's outputs is an error here, before any scan
     keep = _subset(m.structures, roi_subset)
+    largest = _largest(m.structures, keep_largest)
     kept = [m.structures[k - 1] for k in keep]
     items = inference_inputs(input, series_uid, keep_going=True)
     if modality is not None:
@@ -126,7 +143,7 @@ def segment(
                 raise ValueError(item["error"])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                res = segment_scan(item, m, device, sw_batch_size, overlap, window_bar, pre, amp)
+                res = segment_scan(item, m, device, sw_batch_size, overlap, window_bar, pre, amp, largest)
             label = res["label"]
             if len(keep) < len(m.structures):
                 label = np.where(np.isin(label, keep), label, 0).astype(label.dtype)
