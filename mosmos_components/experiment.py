@@ -40,6 +40,11 @@ interval). Figures: ``label_efficiency.png`` (mean Dice against the label fracti
 several lambdas ``lambda_box.png`` (per-class Dice for each lambda, as Fig. 5), and ``qualitative.png`` (one test
 slice, its ground truth and each method's prediction, as Fig. 7).
 
+``evaluations`` (``{"largest_component": {"keep_largest": true}}``): further tests of every trained cell, each with
+its overrides of ``evaluate.json``, in ``<cell>/eval/<name>/``, recorded in ``done.json`` (``evaluations``) and
+tabled in ``results/<name>/`` like the cells' own test; cells finished before the entry was added are tested when the
+runner comes by, not trained again (those whose weights are gone are left without it, with a warning).
+
 ``records`` (or ``--records``): a folder the runner keeps up to date with the grid's weightless record
 (:func:`write_records`: the split, each finished cell's results and histories, each pre-training's histories), from
 which the grid goes on after its machine and checkpoints are lost.
@@ -82,6 +87,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +354,7 @@ SPEC_KEYS = (
     "positioning",
     "results",
     "records",
+    "evaluations",
 )
 
 #: what a block of a spec may hold: its own bundle, data and output, configs added to the spec's, overrides and
@@ -490,6 +497,21 @@ def _check_spec(spec: dict, where, configs: Path) -> None:
     groups += [(f"fraction_overrides '{k}'", v) for k, v in (spec.get("fraction_overrides") or {}).items()]
     groups += [(f"init '{k}'", {a: b for a, b in v.items() if a not in INIT_KEYS}) for k, v in spec["inits"].items()]
     _check_keys(files, groups, where, spec["bundle"])
+    evaluations = spec.get("evaluations") or {}
+    if not isinstance(evaluations, dict):
+        raise ValueError(f"{where}: 'evaluations' must map names to overrides of evaluate.json, got {evaluations!r}")
+    for name in evaluations:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)) or name == "report":
+            raise ValueError(
+                f"{where}: evaluation name {name!r} must be a folder name of letters, digits, '_', '.' or '-' "
+                "(not 'report', the cell's own evaluation)"
+            )
+    _check_keys(
+        files + [configs / "evaluate.json"],
+        [(f"evaluations '{k}'", v) for k, v in evaluations.items()],
+        where,
+        spec["bundle"],
+    )
 
 
 def _check_keys(files: list[Path], groups: list[tuple[str, dict]], where, bundle: str) -> None:
@@ -697,25 +719,87 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     eval_over["validate#report#slices"] = int(spec.get("panel_cases", 3))  # slices kept for the qualitative panel
     run_bundle(spec["bundle"], configs + ["evaluate.json"], **eval_over)
     per_case = folder / "eval" / "report" / "per_case.csv"
-    with open(per_case, encoding="utf-8") as fh:
-        rows = [dict(r, dice=float(r["dice"]), hd95=float(r["hd95"])) for r in csv.DictReader(fh)]
-    names = list(dict.fromkeys(r["class"] for r in rows))
+    rows, names = _read_scores(per_case)
+    t2 = time.time()
+    evaluations = {name: _evaluation(spec, cell, name) for name in spec.get("evaluations") or {}}
     done = {
         **cell.coords(),
         "cell": cell.name,
         "training_units": units,
         "train_s": round(t1 - t0 + earlier_s, 1),  # with the epochs of earlier, interrupted runs
         "resumed_at_epoch": resumed_at,
-        "eval_s": round(time.time() - t1, 1),
+        "eval_s": round(t2 - t1, 1),
         "per_case": str(per_case),
         "summary": summarize(rows, names),
         "recipe": recipe,
     }
+    if evaluations:
+        done["evaluations"] = evaluations
     if start_from is not None:
         done["init_weights"] = start_from
     done["ran_on"] = where_it_runs()
     atomic_json_save(done, folder / "done.json")
     return done
+
+
+def _read_scores(per_case: Path) -> tuple[list[dict], list[str]]:
+    """A ``per_case.csv``'s rows (Dice and HD95 as numbers) and its class names in order."""
+    with open(per_case, encoding="utf-8") as fh:
+        rows = [dict(r, dice=float(r["dice"]), hd95=float(r["hd95"])) for r in csv.DictReader(fh)]
+    return rows, list(dict.fromkeys(r["class"] for r in rows))
+
+
+def _evaluation(spec: dict, cell: Cell, name: str) -> dict:
+    """The spec's further evaluation ``name`` of a trained cell (``evaluations``: overrides of ``evaluate.json``,
+    e.g. ``{"keep_largest": true}``): the same test with those overrides, written to ``eval/<name>/``; returns its
+    record for ``done.json`` (overrides, per-case file, summary, wall time)."""
+    from mosmos_components.bundle_runner import run_bundle
+
+    out = Path(spec["output_dir"])
+    folder = out / "cells" / cell.name
+    extra = dict(spec["evaluations"][name])
+    over = _overrides(spec, cell, folder, out)
+    over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+    over.update(extra, output_dir=str(folder / "eval" / name))
+    over["validate#report#slices"] = 0
+    t = time.time()
+    run_bundle(spec["bundle"], cell_configs(spec, cell) + ["evaluate.json"], **over)
+    per_case = folder / "eval" / name / "report" / "per_case.csv"
+    rows, names = _read_scores(per_case)
+    return {
+        "overrides": extra,
+        "per_case": str(per_case),
+        "summary": summarize(rows, names),
+        "eval_s": round(time.time() - t, 1),
+    }
+
+
+def _catch_up_evaluations(spec: dict, cell: Cell) -> bool:
+    """Run the spec's evaluations that a finished cell lacks (added to the spec after it ran, or changed since) and
+    add them to its ``done.json``; a cell whose weights are gone (a grid restored from its records) is left as it
+    is, with a warning. Returns whether ``done.json`` changed."""
+    folder = _cell_folder(spec, cell)
+    done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    have = done.get("evaluations") or {}
+    wanted = spec.get("evaluations") or {}
+    missing = [n for n, o in wanted.items() if (have.get(n) or {}).get("overrides") != o]
+    if not missing:
+        return False
+    if not (folder / "models" / "model.pt").is_file():
+        logger.warning(
+            "experiment %s: %s lacks the evaluation(s) %s and its weights are gone (%s): left without them",
+            spec["name"],
+            cell.name,
+            ", ".join(missing),
+            folder / "models" / "model.pt",
+        )
+        return False
+    for name in missing:
+        logger.warning("experiment %s: %s: evaluation '%s'", spec["name"], cell.name, name)
+        have[name] = _evaluation(grid_of(spec, cell), cell, name)
+    done["evaluations"] = have
+    atomic_json_save(done, folder / "done.json")
+    return True
 
 
 def where_it_runs() -> dict:
@@ -947,6 +1031,8 @@ def run_experiment(
         grid = grid_of(spec, cell)
         if (_cell_folder(spec, cell) / "done.json").is_file():
             skipped += 1
+            if _catch_up_evaluations(spec, cell) and records:
+                write_records(spec, records)
             continue
         if max_cells is not None and ran >= max_cells:
             break
@@ -977,7 +1063,7 @@ def run_experiment(
 
 
 #: a finished cell's record, relative to its folder: enough to keep it in its grid and recompute every table
-CELL_RECORD = ("done.json", "eval/report/per_case.csv", "eval/*_history.csv")
+CELL_RECORD = ("done.json", "eval/report/per_case.csv", "eval/*/report/per_case.csv", "eval/*_history.csv")
 #: a finished pre-training's record, relative to its folder (its held-out test report where one was written)
 PRETRAINING_RECORD = ("done.json", "eval/*_history.csv", "test/*.json", "test/metrics.csv")
 
@@ -1165,6 +1251,8 @@ def _done_cells(out: Path) -> list[dict]:
     for p in sorted((out / "cells").glob("*/done.json")):
         d = json.loads(p.read_text(encoding="utf-8"))
         d["per_case"] = str(p.parent / "eval" / "report" / "per_case.csv")
+        for name, e in (d.get("evaluations") or {}).items():
+            e["per_case"] = str(p.parent / "eval" / name / "report" / "per_case.csv")
         cells.append(d)
     return cells
 
@@ -1217,12 +1305,23 @@ def aggregate(out: str | Path, spec: dict | None = None) -> dict:
     unit, unit_of = spec.get("unit") or "case", _unit_map(out, spec)
     gates = _pretraining_verdicts(res, spec, Path(spec.get("_pretrain_dir") or out / "pretrain"), inits)
     tables = []
-    for frac in sorted({d["label_fraction"] for d in done}):
-        for lam in sorted({d["lambda_pta"] for d in done}, key=lambda x: -1 if x is None else x):
-            table = _table(res, done, inits, classes, frac, lam, refs, unit, unit_of, spec.get("open_set"), gates)
-            tables.append(table)
-            if spec.get("contrasts"):
-                tables.append(_contrasts(res, done, frac, lam, spec["contrasts"], unit, unit_of))
+    views = [(res, done, "")]  # the cells' own evaluation, then each of the spec's further evaluations
+    for name, extra in (spec.get("evaluations") or {}).items():
+        evaluated = [dict(d, **d["evaluations"][name]) for d in done if name in (d.get("evaluations") or {})]
+        if evaluated:
+            (res / name).mkdir(exist_ok=True)
+            note = f"Evaluation '{name}' ({json.dumps(extra)}; {len(evaluated)} of {len(done)} cells). "
+            views.append((res / name, evaluated, note))
+    for folder, cells, note in views:
+        for frac in sorted({d["label_fraction"] for d in cells}):
+            for lam in sorted({d["lambda_pta"] for d in cells}, key=lambda x: -1 if x is None else x):
+                tables.append(
+                    _table(
+                        folder, cells, inits, classes, frac, lam, refs, unit, unit_of, spec.get("open_set"), gates, note
+                    )
+                )
+                if spec.get("contrasts"):
+                    tables.append(_contrasts(folder, cells, frac, lam, spec["contrasts"], unit, unit_of, note))
     _label_efficiency(res, done, inits, unit if spec.get("unit") else "case")
     _qualitative_panel(res, done, inits)
     if len({d["lambda_pta"] for d in done}) > 1:
@@ -1358,7 +1457,18 @@ def _pretraining_verdicts(res: Path, spec: dict, pretrain_dir: Path, inits: list
 
 
 def _table(
-    res: Path, done, inits, classes, frac, lam, refs, unit: str, unit_of: dict[str, str], open_set=None, gates=None
+    res: Path,
+    done,
+    inits,
+    classes,
+    frac,
+    lam,
+    refs,
+    unit: str,
+    unit_of: dict[str, str],
+    open_set=None,
+    gates=None,
+    note: str = "",
 ) -> str:
     lam_name = "default" if lam is None else f"{lam:g}"
     stem = res / f"table_frac{frac:g}_lambda{lam_name}"
@@ -1408,7 +1518,7 @@ def _table(
         rows.append(row)
     against = " and ".join(refs) or "no reference"
     mixed = _mixed_init_weights([d for d in done if d["label_fraction"] == frac and d["lambda_pta"] == lam])
-    caption = (
+    caption = note + (
         f"Label fraction {frac:g}, lambda {lam_name}: test-set Dice % and HD95 mm, mean ± sample sd over seeds. "
         f"Against {against}: the Wilcoxon signed-rank test per {unit} ({n_units} {unit}s, each the mean Dice over its "
         f"cases and classes, averaged over the seeds both ran; smallest possible p {_min_p(n_units):.3g}) with "
@@ -1478,7 +1588,7 @@ def _points(test: dict) -> str:
     return f"{100 * test['mean']:+.2f} [{100 * test['lo']:+.2f}, {100 * test['hi']:+.2f}]"
 
 
-def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, str]) -> str:
+def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, str], note: str = "") -> str:
     """``contrasts_frac<f>_lambda<l>.{csv,md}``: for each [init, against] pair of the spec's ``contrasts`` (e.g.
     pixel-tag attention with the class queries of the pre-training against random ones), the test per unit of
     analysis over the seeds both ran, and the same difference seed by seed: the spread over seeds."""
@@ -1515,7 +1625,7 @@ def _contrasts(res: Path, done, frac, lam, pairs, unit: str, unit_of: dict[str, 
     if tests:
         _contrast_figure(Path(f"{stem}.png"), tests, unit, f"label fraction {frac:g}, lambda {lam_name}")
     n = max([int(r[2]) for r in rows] or [0])
-    caption = (
+    caption = note + (
         f"Label fraction {frac:g}, lambda {lam_name}: each contrast per {unit} (each the mean Dice over its cases and "
         f"classes, averaged over the seeds both inits ran): the mean difference in Dice points with its bootstrap "
         f"95 % CI (BCa, 10,000 resamples) and the Wilcoxon signed-rank p (smallest possible with {n} {unit}s: "

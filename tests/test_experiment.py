@@ -151,6 +151,61 @@ def test_a_grid_goes_on_from_its_small_records_alone(finished, tmp_path):
     assert (out / "results" / table).read_text() == (Path(spec["output_dir"]) / "results" / table).read_text()
 
 
+def test_further_evaluations_of_a_spec_run_once_per_cell_without_training_and_get_tables_of_their_own(
+    finished, tmp_path
+):
+    """``evaluations`` (``{"largest": {"keep_largest": true}}``): every cell is also tested with those overrides of
+    evaluate.json, in ``eval/<name>/``; cells finished before the entry was added are evaluated when the runner comes
+    by (not trained again), cells without weights are left with a warning; the records keep the results and the
+    aggregation writes ``results/<name>/`` tables from them."""
+    import shutil
+
+    spec, _, third = finished
+    out, records = tmp_path / "out", tmp_path / "records"
+    shutil.copytree(spec["output_dir"], out)
+    raw = json.loads(Path(spec["_path"]).read_text())
+    raw.update(output_dir=str(out), records=str(records), evaluations={"largest": {"keep_largest": True}})
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(raw))
+    cells = cells_of(spec)
+    history = {c.name: (out / "cells" / c.name / "eval" / "train_history.csv").read_text() for c in cells}
+    gone = cells[-1]
+    (out / "cells" / gone.name / "models" / "model.pt").unlink()  # as in a grid restored from its records
+    (out / "cells" / third.name / "done.json").unlink()  # and one cell cut short after its training
+    import logging
+
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("mosmos_components.experiment").addHandler(handler)
+    try:
+        got = run_experiment(path)
+    finally:
+        logging.getLogger("mosmos_components.experiment").removeHandler(handler)
+    assert (got["ran"], got["skipped"]) == (1, 3)
+    assert any(f"{gone.name} lacks the evaluation(s) largest and its weights are gone" in m for m in logged)
+    for c in cells:
+        folder = out / "cells" / c.name
+        assert (folder / "eval" / "train_history.csv").read_text() == history[c.name]  # nothing trained again
+        done = json.loads((folder / "done.json").read_text())
+        if c == gone:
+            assert "evaluations" not in done
+            continue
+        e = done["evaluations"]["largest"]
+        assert e["overrides"] == {"keep_largest": True} and e["eval_s"] > 0
+        assert Path(e["per_case"]) == folder / "eval" / "largest" / "report" / "per_case.csv"
+        assert [r["class"] for r in e["summary"]] == [r["class"] for r in done["summary"]]
+        assert (records / "cells" / c.name / "eval" / "largest" / "report" / "per_case.csv").is_file()
+        assert json.loads((records / "cells" / c.name / "done.json").read_text())["evaluations"]["largest"]
+    table = (out / "results" / "largest" / "table_frac1_lambdadefault.md").read_text()
+    assert table.startswith("Evaluation 'largest' ({\"keep_largest\": true}; 3 of 4 cells). Label fraction 1")
+    assert (out / "results" / "table_frac1_lambdadefault.md").read_text().startswith("Label fraction 1")
+    stamps = {c.name: (out / "cells" / c.name / "done.json").stat().st_mtime_ns for c in cells}
+    again = run_experiment(path)  # every evaluation there: none runs again
+    assert (again["ran"], again["skipped"]) == (0, 4)
+    assert stamps == {c.name: (out / "cells" / c.name / "done.json").stat().st_mtime_ns for c in cells}
+
+
 def test_a_grid_refuses_cells_made_with_other_settings_than_its_spec_gives(finished, tmp_path):
     """Changing a spec's budget and going on in the same output folder would mix two settings in one table: the
     runner refuses before any cell, naming the cells and the changed settings; a change of description does not
@@ -519,6 +574,9 @@ def _spec(tmp_path, **changes):
         ({"lambdas": [0.8, 2]}, r"'lambdas' holds 2; each must lie in \[0, 1\]"),
         ({"seeds": [0, 1, 0]}, r"'seeds' lists \[0\] more than once"),
         ({"seeds": ["0"]}, r"'seeds' must be a non-empty list of integers"),
+        ({"evaluations": [{"keep_largest": True}]}, r"'evaluations' must map names to overrides of evaluate.json"),
+        ({"evaluations": {"report": {"keep_largest": True}}}, r"evaluation name 'report' must be a folder name"),
+        ({"evaluations": {"lcc": {"keep_larges": True}}}, r"evaluations 'lcc': 'keep_larges' is not a key"),
     ],
 )
 def test_a_spec_with_a_typo_is_refused_before_its_first_cell(tmp_path, changes, message):
