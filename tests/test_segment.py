@@ -103,6 +103,16 @@ def test_keep_largest_removes_fragments_away_from_the_organ_and_only_when_asked(
             segment(tmp_path / "scan.nii.gz", tmp_path / "bad", threshold_model(), progress=False, keep_largest=bad)
 
 
+def test_keep_largest_without_scikit_image_says_how_to_install_it_before_any_scan(tmp_path, monkeypatch):
+    import monai.utils
+
+    nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 2.5, 1.0])), tmp_path / "scan.nii.gz")
+    monkeypatch.setattr(monai.utils, "optional_import", lambda name, *a, **k: (None, False))
+    with pytest.raises(ImportError, match=r'needs scikit-image .*pip install "mosmos\[post\]"'):
+        segment(tmp_path / "scan.nii.gz", tmp_path / "out", threshold_model(), progress=False, keep_largest=True)
+    assert not (tmp_path / "out" / "scan.nii.gz").exists()
+
+
 def test_keep_largest_joins_components_across_faces_only():
     from mosmos_components.inference.labels import keep_largest_components
 

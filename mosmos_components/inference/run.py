@@ -111,6 +111,10 @@ def segment(
         _ = m.decoding  # a decoding that does not fit the model's outputs is an error here, before any scan
     keep = _subset(m.structures, roi_subset)
     largest = _largest(m.structures, keep_largest)
+    if largest:
+        from mosmos_components.transforms import largest_component
+
+        largest_component(largest, is_onehot=False)  # scikit-image missing: said here, not once per scan
     kept = [m.structures[k - 1] for k in keep]
     items = inference_inputs(input, series_uid, keep_going=True)
     if modality is not None:
