@@ -715,7 +715,7 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     run_bundle(spec["bundle"], configs, **over)  # resumes from models/checkpoint.pt if interrupted
     t1 = time.time()
     earlier_s = _epochs_s(folder / "eval" / "train_history.csv", resumed_at)
-    eval_over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+    eval_over = _test_overrides(over)
     eval_over["validate#report#slices"] = int(spec.get("panel_cases", 3))  # slices kept for the qualitative panel
     run_bundle(spec["bundle"], configs + ["evaluate.json"], **eval_over)
     per_case = folder / "eval" / "report" / "per_case.csv"
@@ -742,6 +742,12 @@ def _run_cell(spec: dict, cell: Cell) -> dict:
     return done
 
 
+def _test_overrides(over: dict) -> dict:
+    """A cell's overrides for its tests: those of its training, less the tracking ones (a test is not a run of its
+    own in MLflow)."""
+    return {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+
+
 def _read_scores(per_case: Path) -> tuple[list[dict], list[str]]:
     """A ``per_case.csv``'s rows (Dice and HD95 as numbers) and its class names in order."""
     with open(per_case, encoding="utf-8") as fh:
@@ -758,8 +764,7 @@ def _evaluation(spec: dict, cell: Cell, name: str) -> dict:
     out = Path(spec["output_dir"])
     folder = out / "cells" / cell.name
     extra = dict(spec["evaluations"][name])
-    over = _overrides(spec, cell, folder, out)
-    over = {k: v for k, v in over.items() if k not in ("tracking", "experiment_name", "run_name", "tracking_uri")}
+    over = _test_overrides(_overrides(spec, cell, folder, out))
     over.update(extra, output_dir=str(folder / "eval" / name))
     over["validate#report#slices"] = 0
     t = time.time()
