@@ -17,5 +17,5 @@ _warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCode
 _warnings.filterwarnings("ignore", message=".*get_mask_edges:always_return_as_numpy")
 from mosmos_components.tags import DEFAULT_TAGS, TagExtractor, TagVocabulary, extract_tags, tags_to_multi_hot  # noqa: E402
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 __all__ = ["DEFAULT_TAGS", "TagExtractor", "TagVocabulary", "extract_tags", "tags_to_multi_hot", "__version__"]

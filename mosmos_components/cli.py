@@ -72,13 +72,13 @@ class MosmosCLI:
         kind: str = "roco",
         n: int | None = None,
         seed: int = 0,
-        out_dir: str | None = None,
     ) -> str:
-        """Write synthetic data in the real layout of KIND (roco, btcv, amos, mmwhs, brats) under OUT_DIR."""
+        """Write synthetic data in the real layout of KIND (roco, btcv, amos, mmwhs, brats) under OUTPUT_DIR."""
         if kind not in DEMO_KINDS:
             raise ValueError(f"--kind must be one of {sorted(DEMO_KINDS)}, got {kind!r}")
         t = time.time()
-        output_dir = _renamed(output_dir, out_dir, "--output_dir", "--out_dir")
+        if output_dir is None:
+            raise ValueError("OUTPUT_DIR is required: the folder to write the data into")
         root = write_demo_data(output_dir, kind=kind, n=n, seed=seed)
         return f"wrote {kind} demo data to {root} in {time.time() - t:.1f} s"
 
@@ -103,17 +103,15 @@ class MosmosCLI:
     def tag_stats(
         self,
         corpus: str,
-        output_dir: str | None = None,
+        output_dir: str = "tag_stats",
         layout: str = "auto",
         vocab: str | list[str] | None = None,
-        out_dir: str | None = None,
     ) -> str:
         """Tag statistics of an image-report CORPUS (ROCO or MedPix 2.0 folder; the paper's Fig. 2): tag
         frequencies, tags per report and the share of reports without a tag, as CSV files, JSON and a bar chart."""
         from mosmos_components.data.corpus_stats import tag_statistics
 
         files = [vocab] if isinstance(vocab, str) else vocab
-        output_dir = _renamed(output_dir, out_dir, "--output_dir", "--out_dir", default="tag_stats")
         s = tag_statistics(corpus, output_dir, layout, files)
         top = sorted(s["tag_reports"].items(), key=lambda kv: -kv[1])[:5]
         return (
@@ -177,11 +175,10 @@ class MosmosCLI:
         self,
         bundle: str,
         pretrained_ckpt: str,
-        output_dir: str | None = None,
+        output_dir: str = "demo_output",
         seed: int = 0,
         n: int | None = None,
         max_epochs: int | None = None,
-        out_dir: str | None = None,
     ) -> str:
         """Demo of one segmentation BUNDLE (btcv_seg, amos_seg, mmwhs_seg, brats_seg): generated data in its real
         layout, fine-tuning (demo.json) from PRETRAINED_CKPT, evaluation and inference; prints the table."""
@@ -193,7 +190,6 @@ class MosmosCLI:
         if bundle not in BUNDLE_KINDS:
             raise ValueError(f"bundle must be one of {sorted(BUNDLE_KINDS)}, got {bundle!r}")
         t = time.time()
-        output_dir = _renamed(output_dir, out_dir, "--output_dir", "--out_dir", default="demo_output")
         stage = segmentation_stage(bundle, Path(output_dir).resolve(), Path(pretrained_ckpt), seed, n, max_epochs)
         run = stage["runs"]["mosmos"]
         return (
@@ -223,10 +219,9 @@ class MosmosCLI:
         fov_range: str | None = None,
         check_geometry: bool = True,
         keep_largest: bool | str = False,
-        output: str | None = None,
     ) -> str:
-        """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT (a folder) with
-        MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
+        """Segment INPUT (a NIfTI file, a folder of NIfTI files, or a DICOM series folder) into OUTPUT_DIR (a folder)
+        with MODEL (a segmentation bundle folder or name, its models/ folder, a model.pt with its model.json, or an
         exported model.ts with the model.json of its weights beside it). How the scan is read (orientation,
         spacing, intensities, window) comes from the model. --split: one mask per structure; --roi_subset
         liver,spleen; --statistics: volumes (mL), intensities and bounding boxes as JSON and CSV; --preview: a
@@ -245,7 +240,8 @@ class MosmosCLI:
         from mosmos_components.inference import segment
         from mosmos_components.inference.run import report
 
-        output_dir = _renamed(output_dir, output, "OUTPUT_DIR", "--output")
+        if output_dir is None:
+            raise ValueError("OUTPUT_DIR is required: the folder to write the segmentations into")
         if model is None:
             raise ValueError("--model is required: a segmentation bundle folder or name, its models/, or a model.pt")
         t = time.time()
@@ -290,7 +286,6 @@ class MosmosCLI:
         modality: str = "ct",
         series_uid: str | None = None,
         overwrite: bool = False,
-        pretrained: str | None = None,
     ) -> str:
         """Where is each named structure in the scan INPUT? The pre-trained tag decoder's attention for NAMES (any
         text: names outside the training tags are zero-shot) as NIfTI heat maps on the input grid (each a
@@ -299,7 +294,8 @@ class MosmosCLI:
         folder. --modality ct (abdominal window) or mri."""
         from mosmos_components.locate import locate
 
-        model = _renamed(model, pretrained, "--model", "--pretrained")
+        if model is None:
+            raise ValueError("--model is required: the pre-training checkpoint, its models/ folder or its bundle")
         res = locate(
             input, list(names), model, output_dir, modality=modality, series_uid=series_uid, overwrite=overwrite
         )
@@ -317,33 +313,22 @@ class MosmosCLI:
 
         return export_onnx(resolve_model(model), out_path, opset=opset, overwrite=overwrite)
 
-    def demo(
-        self, output_dir: str | None = None, seed: int = 0, quick: bool = False, out_dir: str | None = None
-    ) -> str:
+    def demo(self, output_dir: str = "demo_output", seed: int = 0, quick: bool = False) -> str:
         """Run the MOSMOS pipeline end to end on generated data (see the README)."""
         from mosmos_components.demo import run_demo
 
-        return run_demo(
-            _renamed(output_dir, out_dir, "--output_dir", "--out_dir", default="demo_output"), seed=seed, quick=quick
-        )
+        return run_demo(output_dir, seed=seed, quick=quick)
 
 
-_REQUIRED = object()
-
-
-def _renamed(value, old_value, name: str, old_name: str, default=_REQUIRED):
-    """An option's value given under its name or, for one release, under its former name (with a warning)."""
-    if old_value is not None:
-        if value is not None:
-            raise ValueError(f"{old_name} is the former name of {name}: give one of them")
-        from mosmos_components.errors import former_name
-
-        return former_name(old_value, old_name, name)
-    if value is None:
-        if default is _REQUIRED:
-            raise ValueError(f"{name} is required")
-        return default
-    return value
+# options renamed in 0.7.0 and removed in 0.8.0: command -> {former: current}
+_REMOVED_OPTIONS = {
+    "demo": {"out_dir": "output_dir"},
+    "demo_data": {"out_dir": "output_dir"},
+    "tag_stats": {"out_dir": "output_dir"},
+    "bundle_demo": {"out_dir": "output_dir"},
+    "segment": {"output": "output_dir (or OUTPUT_DIR, the second argument)"},
+    "locate": {"pretrained": "model"},
+}
 
 
 def _range(value, flag: str) -> tuple[float, float]:
@@ -392,6 +377,9 @@ def check_arguments(argv: list[str]) -> None:
         flag = token[2:].split("=", 1)[0].replace("-", "_")
         if flag in known or (flag.startswith("no") and flag[2:] in known) or flag in _FIRE_FLAGS:
             continue
+        renamed = _REMOVED_OPTIONS.get(name, {}).get(flag)
+        if renamed:
+            raise SystemExit(f"mosmos {args[0]}: --{flag} was renamed --{renamed} (removed in 0.8.0); nothing was run")
         close = difflib.get_close_matches(flag, sorted(known), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         raise SystemExit(

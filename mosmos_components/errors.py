@@ -65,11 +65,10 @@ def install_summary_hook() -> None:
     sys.excepthook = hook
 
 
-def former_name(value, old: str, new: str):
-    """``value`` given under a setting's former name ``old``: returned, with a warning naming ``new`` (names are
-    kept working for one release; docs/architecture.md, "Glossary"); ``None`` when it was not given."""
+def removed_name(value, old: str, new: str, since: str = "0.8.0"):
+    """Refuse ``value`` given under a setting's former name ``old`` (docs/architecture.md, "Glossary"): the name was
+    renamed ``new`` and kept working, with a warning, for one release; from ``since`` it is refused rather than
+    ignored, so that an old command never runs on a default in its place. ``None`` when it was not given."""
     if value is not None:
-        import logging
-
-        logging.getLogger("mosmos").warning("'%s' is now '%s'; the old name goes in the next release", old, new)
+        raise ValueError(f"'{old}' was renamed '{new}' (removed in {since}): give {new} instead")
     return value

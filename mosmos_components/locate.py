@@ -114,7 +114,7 @@ def locate(
     batch: int = 16,
 ) -> dict:
     """Write one heat map per name (``<case>_<name>.nii.gz``, on the input grid, summing to 1; file names unique
-    and bounded: :func:`~mosmos_components.segment.file_names`), ``<case>_locate.json`` (name -> file, peak) and
+    and bounded: :func:`~mosmos_components.inference.file_names`), ``<case>_locate.json`` (name -> file, peak) and
     ``<case>_locate.png`` for the scan INPUT; returns per name the peak (voxel and world mm) and whether the name
     was a training tag. ``pretrained``: the pre-training checkpoint (``model.pt``), its ``models/`` folder or the
     bundle folder."""

@@ -135,7 +135,7 @@ def window_benchmark(size: str, device: torch.device, repeats: int) -> dict:
 
 def compile_benchmark(size: str, device: torch.device, repeats: int) -> dict:
     """``mosmos segment --compile``: one window of MOSMOS with PTA, eager against the network through
-    ``torch.compile`` (as :func:`mosmos_components.segment.compiled` wraps it), fp32, and the seconds the compilation
+    ``torch.compile`` (as :func:`mosmos_components.inference.compiled` wraps it), fp32, and the seconds the compilation
     took (its first call)."""
     net = _networks(size, device)["mosmos_pta"].eval()
     x = torch.rand(1, 1, *SIZES[size]["unetr"]["img_size"], device=device)

@@ -128,7 +128,7 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x))
     # mosmos segment runs the exported model (the sidecar of the weights beside it) and answers as the weights do
-    from mosmos_components.segment import segment
+    from mosmos_components.inference import segment
 
     (tmp_path / "model.json").write_text((trained / "models" / "model.json").read_text())
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]
@@ -151,7 +151,7 @@ def test_torchscript_export_matches_the_trained_network(trained, btcv_dir, pretr
 def test_onnx_export_runs_in_mosmos_segment(trained, btcv_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     from mosmos_components.cli import MosmosCLI
-    from mosmos_components.segment import segment
+    from mosmos_components.inference import segment
 
     onnx = MosmosCLI().export_onnx(str(trained), str(tmp_path / "btcv.onnx"))
     side = json.loads((tmp_path / "btcv.json").read_text())
@@ -167,7 +167,7 @@ def test_onnx_export_runs_in_mosmos_segment(trained, btcv_dir, tmp_path):
 
 
 def test_real_ct_through_inference(real_ct, trained, btcv_dir, pretrained, tmp_path, bundle_run):
-    from mosmos_components.segment import segment
+    from mosmos_components.inference import segment
 
     res = segment(
         real_ct / "image.nii.gz", tmp_path / "seg", trained, device="cpu", statistics=True, preview=True, progress=False
@@ -192,7 +192,7 @@ def test_inference_json_crops_to_the_body_unless_told_not_to(trained, bundle_run
 
 def test_mosmos_segment_reads_the_bundles_model_like_its_inference(trained, btcv_dir, pretrained, tmp_path, bundle_run):
     """``mosmos segment`` takes everything from the trained model's sidecar and agrees with ``inference.json``."""
-    from mosmos_components.segment import load_model, segment
+    from mosmos_components.inference import load_model, segment
 
     first = nib.load(sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0])
     affine = np.diag([-8.0, -8.0, 9.0, 1.0])  # on the model's spacing (LPS), so that no resampling blurs the comparison
@@ -239,7 +239,7 @@ def test_unet2d_variant(btcv_dir, pretrained, tmp_path, bundle_run):
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts))(x), net(x))
-    from mosmos_components.segment import load_model, segment  # slice by slice, as the sidecar says
+    from mosmos_components.inference import load_model, segment  # slice by slice, as the sidecar says
 
     assert load_model(tmp_path).slice_inference
     src = sorted((btcv_dir / "RawData" / "Training" / "img").glob("*.nii.gz"))[0]

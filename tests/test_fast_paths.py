@@ -139,7 +139,7 @@ def test_tag_prompts_are_encoded_up_to_their_last_token_only():
 
 
 def test_amp_autocast_picks_the_device_precision():
-    from mosmos_components.segment import autocast
+    from mosmos_components.inference import autocast
 
     assert not autocast("cpu")._enabled  # off on a CPU unless asked
     cpu = autocast("cpu", True)
@@ -149,7 +149,7 @@ def test_amp_autocast_picks_the_device_precision():
 
 
 def test_stitched_output_stays_on_the_cpu_without_a_gpu():
-    from mosmos_components.segment import stitch_device
+    from mosmos_components.inference import stitch_device
 
     assert stitch_device("cpu", 14, (512, 512, 100)) == torch.device("cpu")
 

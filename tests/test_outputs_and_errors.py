@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from test_segment import cube_volume, threshold_model
 
-from mosmos_components.segment import segment
+from mosmos_components.inference import segment
 
 
 def _scan(tmp_path):
@@ -46,7 +47,7 @@ def test_an_empty_roi_subset_is_an_error():
 
 
 def test_split_masks_of_names_that_share_a_slug_get_distinct_files(tmp_path):
-    from mosmos_components.segment import file_names, planned_outputs
+    from mosmos_components.inference import file_names, planned_outputs
 
     names = ["left kidney", "left-kidney", "肝臓", "x" * 300]
     stems = file_names(names)
@@ -68,11 +69,47 @@ def test_a_misspelt_option_is_refused_before_any_work(tmp_path):
     for fine in (
         ["segment", "a", "b", "--model=m", "--noamp", "--split", "--roi-subset", "liver"],
         ["export-onnx", "m", "o.onnx", "--opset", "17"],
-        ["locate", "a", "liver", "--pretrained", "p"],  # the former name still works for a release
+        ["locate", "a", "liver", "--model", "p"],
         ["segment", "--", "--help"],
         [],
     ):
         check_arguments(fine)
+
+
+def test_a_removed_option_name_is_refused_naming_its_replacement(tmp_path):
+    from mosmos_components.cli import check_arguments
+
+    for argv, new in (
+        (["locate", "a", "liver", "--pretrained", "p"], "--model"),
+        (["segment", "scan.nii.gz", "--output", str(tmp_path / "out"), "--model", "m"], "--output_dir"),
+        (["demo-data", "--out_dir=d"], "--output_dir"),
+    ):
+        with pytest.raises(SystemExit, match=rf"was renamed {new}.*removed in 0\.8\.0\); nothing was run"):
+            check_arguments(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_refuses_the_former_ckpt_path_instead_of_running_its_default_model(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from mosmos_components.errors import removed_name
+
+    assert removed_name(None, "ckpt_path", "model_path") is None
+    bundles = Path(__file__).resolve().parents[1] / "bundles"
+    for bundle, config in (
+        ("btcv_seg", "inference.json"),
+        ("acdc_seg", "evaluate.json"),
+        ("mosmos_pretrain", "evaluate.json"),
+    ):
+        configs = bundles / bundle / "configs"
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.json"), str(configs / config)])
+        parser.update({"bundle_root": str(configs.parent), "ckpt_dir": str(tmp_path)})
+        assert parser.get_parsed_content("model_path") == f"{tmp_path}/model.pt"
+        parser.update({"ckpt_path": str(tmp_path / "mine.pt")})
+        with pytest.raises(Exception) as caught:  # MONAI's "Failed to evaluate", caused by our message
+            parser.get_parsed_content("model_path", lazy=False)
+        assert "'ckpt_path' was renamed 'model_path' (removed in 0.8.0)" in str(caught.value.__cause__)
 
 
 def test_the_command_line_refuses_a_misspelt_option_without_writing(tmp_path):
@@ -106,7 +143,7 @@ def test_an_edited_sidecar_is_refused_naming_what_changed(tmp_path):
 
 def test_a_sidecar_without_class_names_is_named(tmp_path):
     from mosmos_components.checkpoint import save_network
-    from mosmos_components.segment import load_model
+    from mosmos_components.inference import load_model
 
     save_network(torch.nn.Linear(2, 2), tmp_path / "model.pt", extra={"data": {"pixdim": [1, 1, 1]}})
     with pytest.raises(ValueError, match=r"model\.json: the sidecar gives no class_names"):

@@ -154,6 +154,8 @@ def test_clip_initialisation_from_local_file(tmp_path):
         MosmosPretrainNet("mosmos-tiny-rn", decoder_heads=4)
     with pytest.raises(FileNotFoundError, match="neither an existing file nor an open_clip tag"):
         MosmosPretrainNet("mosmos-tiny-rn", clip_pretrained="/no/such/weights.pt")
+    with pytest.raises(TypeError, match="'pretrained'"):  # the name replaced by clip_pretrained in 0.7.0
+        MosmosPretrainNet("mosmos-tiny-rn", pretrained=str(f), decoder_heads=4)
 
 
 def test_held_out_retrieval_counts_ties_against_the_image_and_gives_intervals():

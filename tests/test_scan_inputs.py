@@ -81,7 +81,7 @@ def _patched_nifti(path, affine, pixdim=None, srow_x=None):
 
 
 def _failure(tmp_path, scan, **kw):
-    from mosmos_components.segment import segment
+    from mosmos_components.inference import segment
 
     res = segment(scan, tmp_path / "out", threshold_model(), device="cpu", progress=False, **kw)
     assert not res["done"] and not (tmp_path / "out" / scan.name).exists()
@@ -103,7 +103,7 @@ def test_a_scan_at_an_impossible_spacing_is_refused(tmp_path, spacing, message):
 
 
 def test_a_field_of_view_too_small_for_a_body_is_refused_and_limits_can_be_changed(tmp_path):
-    from mosmos_components.segment import segment
+    from mosmos_components.inference import segment
 
     scan = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(cube_volume((40, 36, 20)), np.diag([0.11] * 3 + [1.0])), scan)  # 2.2 mm deep
@@ -152,7 +152,7 @@ def test_a_qform_and_sform_that_disagree_are_named(tmp_path):
 
 
 def test_segment_reports_a_broken_series_and_goes_on_with_the_folder(tmp_path, ct_series):
-    from mosmos_components.segment import segment
+    from mosmos_components.inference import segment
 
     (tmp_path / "in").mkdir()
     nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 3.0, 1])), tmp_path / "in" / "good.nii.gz")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mosmos_components.segment import SegmentationModel, load_model, segment, structure_statistics
+from mosmos_components.inference import SegmentationModel, load_model, segment, structure_statistics
 
 CT_RANGE = [-175.0, 250.0]
 
@@ -290,7 +290,7 @@ def test_compile_option_gives_the_eager_labels(tiny_model, tmp_path):
     import dataclasses
 
     from mosmos_components.cli import MosmosCLI
-    from mosmos_components.segment import compiled
+    from mosmos_components.inference import compiled
 
     nib.save(nib.Nifti1Image(cube_volume(), np.diag([2.0, 2.0, 3.0, 1])), tmp_path / "scan.nii.gz")
     for flag in (False, True):
@@ -379,7 +379,7 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
         "liver",
         "pineal gland",
         overwrite=True,
-        pretrained=str(pretrained["mosmos-tiny-vit"]),
+        model=str(pretrained["mosmos-tiny-vit"]),
         output_dir=str(tmp_path / "out"),
     )
     assert "pineal gland (zero-shot" in line

@@ -265,7 +265,7 @@ def resolve_clip(
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(
                     f"could not fetch open_clip weights '{model_name}/{pretrained}' ({e}). Without internet access, "
-                    "download the weights elsewhere and pass the local file as `pretrained`."
+                    "download the weights elsewhere and pass the local file as `clip_pretrained`."
                 ) from e
     if image_tower_weights:
         load_image_tower_weights(model.visual, image_tower_weights)
@@ -276,7 +276,7 @@ def resolve_clip(
         else:
             warnings.warn(
                 f"MOSMOS: no CLIP weights given for '{model_name}': the image and text encoders are initialised "
-                "RANDOMLY (the paper's 'without CLIP initialisation' ablation). Pass `pretrained` (a local file, "
+                "RANDOMLY (the paper's 'without CLIP initialisation' ablation). Pass `clip_pretrained` (a local file, "
                 "a local-dir: model folder or, online, an open_clip tag such as 'openai'), or pretrained towers.",
                 stacklevel=2,
             )
@@ -531,13 +531,9 @@ class MosmosPretrainNet(nn.Module):
         image_tower_weights: str | None = None,
         ctx_init: str | None = None,
         _warn_random: bool = True,
-        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         register_model_configs()
-        if pretrained is not None:  # the former name, kept for one release
-            warnings.warn("MosmosPretrainNet(pretrained=...) is now clip_pretrained=...", FutureWarning, stacklevel=2)
-            clip_pretrained = clip_pretrained or pretrained
         pretrained = clip_pretrained
         if pretrained and str(pretrained).startswith(SCHEMAS):
             model_name, pretrained = str(pretrained), None
