@@ -52,6 +52,8 @@ which the grid goes on after its machine and checkpoints are lost.
 ``fraction_overrides`` (``{"0.1": {"max_epochs": 100}}``) gives some label fractions their own overrides, e.g. the
 same number of training iterations at every fraction (or set ``epoch_length`` once for all), and
 ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some initialisations at a fraction.
+``later_fractions`` (``[1.0]``) runs those label fractions' cells after every other cell: the scarce-label cells of
+every seed first, then the ceiling.
 
 ``blocks`` (``{"unet_resnet50": {"configs": ["unet2d.json"], "inits": {"imagenet": {...}}}, "unetr_vitb16": {}}``)
 runs several grids from one spec, each in ``<output_dir>/<block>/`` with its own split, cells and results: a
@@ -343,6 +345,7 @@ SPEC_KEYS = (
     "lambdas",
     "fraction_inits",
     "fraction_overrides",
+    "later_fractions",
     "split_seed",
     "tracking",
     "unit",
@@ -486,6 +489,13 @@ def _check_spec(spec: dict, where, configs: Path) -> None:
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)
     ):
         raise ValueError(f"{where}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    later = spec.get("later_fractions", [])
+    fractions = spec.get("label_fractions", [1.0])
+    if not isinstance(later, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and any(math.isclose(v, f) for f in fractions)
+        for v in later
+    ):
+        raise ValueError(f"{where}: 'later_fractions' must list some of the label_fractions {fractions}, got {later!r}")
     for key in ("label_fractions", "seeds", "lambdas"):
         values = [v for v in spec.get(key) or [] if v is not None and not isinstance(v, (list, dict))]
         twice = sorted({v for v in values if values.count(v) > 1})
@@ -538,19 +548,25 @@ def _check_keys(files: list[Path], groups: list[tuple[str, dict]], where, bundle
 
 def cells_of(spec: dict) -> list[Cell]:
     """The spec's cells, block by block, each block seed-major: a run cut short leaves whole seeds (every method at
-    every fraction). ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some inits at a fraction."""
+    every fraction). ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some inits at a fraction;
+    ``later_fractions`` (``[1.0]``) puts those fractions' cells, seed-major too, after all the others."""
     if "_blocks" in spec:
         return [
             Cell(c.init, c.fraction, c.seed, c.lam, name)
             for name, sub in spec["_blocks"].items()
             for c in cells_of(sub)
         ]
+    later = [float(f) for f in spec.get("later_fractions") or []]
+    fractions = [float(f) for f in spec["label_fractions"]]
+    is_later = [any(math.isclose(f, g) for g in later) for f in fractions]
     return [
-        Cell(i, float(f), int(s), None if lam is None else float(lam))
+        Cell(i, f, int(s), None if lam is None else float(lam))
+        for run_later in (False, True)
         for s in spec["seeds"]
-        for f in spec["label_fractions"]
+        for f, flag in zip(fractions, is_later)
+        if flag == run_later
         for lam in spec["lambdas"]
-        for i in _inits_at(spec, float(f))
+        for i in _inits_at(spec, f)
     ]
 
 

@@ -230,3 +230,36 @@ def test_a_spec_can_run_some_inits_at_a_fraction(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="s.json: fraction_inits '1.0' names \\['ramdon'\\]"):
         load_spec(tmp_path / "s.json")
+
+
+def test_a_spec_can_run_the_ceiling_after_every_seed_of_the_scarce_fractions(tmp_path):
+    from mosmos_components.experiment import cells_of, load_spec
+
+    spec = {
+        "bundle": "btcv_seg",
+        "configs": ["train.json"],
+        "dataset_dir": "d",
+        "label_fractions": [0.1, 1.0],
+        "seeds": [0, 1],
+        "inits": {"random": {}, "mosmos": {}},
+        "fraction_inits": {"1.0": ["mosmos"]},
+    }
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    seed_major = [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(tmp_path / "s.json"))]
+    assert seed_major[:4] == [(0.1, 0, "random"), (0.1, 0, "mosmos"), (1.0, 0, "mosmos"), (0.1, 1, "random")]
+    spec["later_fractions"] = [1.0]
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    cells = [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(tmp_path / "s.json"))]
+    assert cells == [
+        (0.1, 0, "random"),
+        (0.1, 0, "mosmos"),
+        (0.1, 1, "random"),
+        (0.1, 1, "mosmos"),
+        (1.0, 0, "mosmos"),
+        (1.0, 1, "mosmos"),
+    ]
+    assert sorted(cells) == sorted(seed_major)  # the same cells, in another order
+    spec["later_fractions"] = [0.5]
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"s.json: 'later_fractions' must list some of the label_fractions"):
+        load_spec(tmp_path / "s.json")
