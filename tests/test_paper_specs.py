@@ -157,6 +157,8 @@ def smoke_spec(name: str, smoke: dict, pretrained: dict) -> dict | None:
     spec["label_fractions"] = [
         max(fractions, key=lambda f: (len(inits_at.get(f"{f}", inits_at.get(str(f), spec["inits"]))), -f))
     ]
+    if "later_fractions" in spec:  # only the fraction kept
+        spec["later_fractions"] = [f for f in spec["later_fractions"] if f in spec["label_fractions"]]
     for grid in _grids(spec):
         bundle = grid.get("bundle", spec.get("bundle"))
         if smoke["data"][bundle] is None:
