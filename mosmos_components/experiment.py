@@ -32,7 +32,9 @@ HD95, mean +- sd over seeds, n - 1) and, against each ``reference`` (one init or
 analysis (``"unit"``: a key of the datalist's items such as ``"patient"``; default the test case), the Wilcoxon p
 and the mean Dice difference with its bootstrap 95 % CI, each unit the mean over its cases and classes averaged over
 the seeds both inits ran (a seed may draw the training cases, so only the same seeds pair); and, for parity with the
-paper, the Wilcoxon p paired per class on the test-set means over those seeds. ``contrasts`` (``[["mosmos",
+paper, the Wilcoxon p paired per class on the test-set means over those seeds; ``summary_frac<f>_lambda<l>.{csv,md}``
+is the same at a glance (mean Dice per class and overall, mean HD95, each difference with its interval and p).
+``contrasts`` (``[["mosmos",
 "mosmos_random_queries"]]``) adds, per label fraction and lambda, ``contrasts_frac<f>_lambda<l>.{csv,md}``: each
 pair tested per unit the same way, and its difference seed by seed (the spread over seeds), each p also adjusted by
 Holm's method over the table's contrasts, with ``.png`` (a forest plot: each unit's difference, the mean and its
@@ -1556,7 +1558,36 @@ def _table(
     shown_gates = dict.fromkeys(gates[r[0]] for r in rows if r[0] in (gates or {}))
     if shown_gates:
         caption += " Pre-training" + "s" * (len(shown_gates) > 1) + ": " + "; ".join(shown_gates) + "."
+    _summary(res / f"summary_frac{frac:g}_lambda{lam_name}", header, rows, shown, refs, unit, note)
     return _write_table(stem, caption, header, rows)
+
+
+def _summary(stem: Path, header: list[str], rows: list[list[str]], classes, refs, unit: str, note: str) -> str:
+    """The table of :func:`_table` at a glance (``summary_frac<f>_lambda<l>``): per method its seeds, the mean Dice
+    per class and over classes (± sd over seeds), the mean HD95, and per reference the difference per unit with its
+    interval and p, in one cell each."""
+    col = {name: i for i, name in enumerate(header)}
+    mean = lambda text: text.split(" ± ")[0]  # noqa: E731
+    short = ["method", "n seeds", *[f"{c} Dice" for c in classes], "mean Dice", "mean HD95"]
+    short += [f"Δ mean Dice per {unit} vs {ref} [95% CI], p" for ref in refs]
+    table = []
+    for r in rows:
+        row = [r[0], r[col["n seeds"]], *[mean(r[col[f"{c} Dice"]]) for c in classes], r[col["mean Dice"]]]
+        row.append(mean(r[col["mean HD95"]]))
+        for ref in refs:
+            delta, p = (
+                r[col[f"Δ mean Dice per {unit} vs {ref} [95% CI]"]],
+                r[col[f"Wilcoxon p Dice per {unit} vs {ref}"]],
+            )
+            row.append("-" if delta == "-" else f"{delta}, p = {p}")
+        table.append(row)
+    caption = note + (
+        f"At a glance (in full: {stem.name.replace('summary_', 'table_')}.md): mean Dice % per class and over the "
+        f"classes (± sample sd over seeds), mean HD95 mm, and against each reference the mean difference in Dice "
+        f"points per {unit} over the seeds both ran, its bootstrap 95 % CI and Wilcoxon p. Methods that ran other "
+        "seeds are compared in the Δ columns, not row against row: which cases a seed labels moves every method."
+    )
+    return _write_table(stem, caption, short, table)
 
 
 def _mixed_init_weights(cells: list[dict]) -> str:

@@ -387,6 +387,16 @@ def test_comparisons_pair_only_the_seeds_both_methods_ran(tmp_path):
     assert rows["mosmos"]["n seeds"] == "3"
     assert rows["other"]["Wilcoxon p Dice per case vs random"] == "-"  # no seed in common: nothing to pair
     assert "over the seeds both ran" in (tmp_path / "results" / "table_frac1_lambdadefault.md").read_text()
+    # the same at a glance: one cell per reference, the means without their spread where it says so
+    glance = {r["method"]: r for r in csv.DictReader(open(tmp_path / "results" / "summary_frac1_lambdadefault.csv"))}
+    assert glance["mosmos"]["Δ mean Dice per case vs random [95% CI], p"] == (
+        f"{rows['mosmos']['Δ mean Dice per case vs random [95% CI]']}, p = "
+        f"{rows['mosmos']['Wilcoxon p Dice per case vs random']}"
+    )
+    assert glance["mosmos"]["mean Dice"] == rows["mosmos"]["mean Dice"] and " ± " in glance["mosmos"]["mean Dice"]
+    assert glance["mosmos"]["rv Dice"] == rows["mosmos"]["rv Dice"].split(" ± ")[0]
+    assert glance["mosmos"]["n seeds"] == "3" and glance["other"]["Δ mean Dice per case vs random [95% CI], p"] == "-"
+    assert "At a glance" in (tmp_path / "results" / "summary_frac1_lambdadefault.md").read_text()
 
 
 def test_contrasts_test_named_pairs_per_unit_and_give_the_difference_seed_by_seed(tmp_path):
