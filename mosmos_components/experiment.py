@@ -1558,19 +1558,19 @@ def _table(
     shown_gates = dict.fromkeys(gates[r[0]] for r in rows if r[0] in (gates or {}))
     if shown_gates:
         caption += " Pre-training" + "s" * (len(shown_gates) > 1) + ": " + "; ".join(shown_gates) + "."
-    _summary(res / f"summary_frac{frac:g}_lambda{lam_name}", header, rows, shown, refs, unit, note)
+    _summary(stem, header, rows, shown, refs, unit, note)
     return _write_table(stem, caption, header, rows)
 
 
-def _summary(stem: Path, header: list[str], rows: list[list[str]], classes, refs, unit: str, note: str) -> str:
-    """The table of :func:`_table` at a glance (``summary_frac<f>_lambda<l>``): per method its seeds, the mean Dice
-    per class and over classes (± sd over seeds), the mean HD95, and per reference the difference per unit with its
-    interval and p, in one cell each."""
+def _summary(table: Path, header: list[str], rows: list[list[str]], classes, refs, unit: str, note: str) -> str:
+    """The table of :func:`_table` (its stem ``table``: ``table_frac<f>_lambda<l>``) at a glance, as
+    ``summary_frac<f>_lambda<l>``: per method its seeds, the mean Dice per class and over classes (± sd over seeds),
+    the mean HD95, and per reference the difference per unit with its interval and p, in one cell each."""
     col = {name: i for i, name in enumerate(header)}
     mean = lambda text: text.split(" ± ")[0]  # noqa: E731
     short = ["method", "n seeds", *[f"{c} Dice" for c in classes], "mean Dice", "mean HD95"]
     short += [f"Δ mean Dice per {unit} vs {ref} [95% CI], p" for ref in refs]
-    table = []
+    summary = []
     for r in rows:
         row = [r[0], r[col["n seeds"]], *[mean(r[col[f"{c} Dice"]]) for c in classes], r[col["mean Dice"]]]
         row.append(mean(r[col["mean HD95"]]))
@@ -1580,14 +1580,14 @@ def _summary(stem: Path, header: list[str], rows: list[list[str]], classes, refs
                 r[col[f"Wilcoxon p Dice per {unit} vs {ref}"]],
             )
             row.append("-" if delta == "-" else f"{delta}, p = {p}")
-        table.append(row)
+        summary.append(row)
     caption = note + (
-        f"At a glance (in full: {stem.name.replace('summary_', 'table_')}.md): mean Dice % per class and over the "
+        f"At a glance (in full: {table.name}.md): mean Dice % per class and over the "
         f"classes (± sample sd over seeds), mean HD95 mm, and against each reference the mean difference in Dice "
         f"points per {unit} over the seeds both ran, its bootstrap 95 % CI and Wilcoxon p. Methods that ran other "
         "seeds are compared in the Δ columns, not row against row: which cases a seed labels moves every method."
     )
-    return _write_table(stem, caption, short, table)
+    return _write_table(table.with_name(table.name.replace("table_", "summary_", 1)), caption, short, summary)
 
 
 def _mixed_init_weights(cells: list[dict]) -> str:
