@@ -55,7 +55,8 @@ which the grid goes on after its machine and checkpoints are lost.
 same number of training iterations at every fraction (or set ``epoch_length`` once for all), and
 ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some initialisations at a fraction.
 ``later_fractions`` (``[1.0]``) runs those label fractions' cells after every other cell: the scarce-label cells of
-every seed first, then the ceiling.
+every seed first, then the ceiling. ``later_inits`` (``["ssl"]``) runs those initialisations' cells last of all (after
+the later fractions'): arms to add when time allows, which never delay the others.
 
 ``blocks`` (``{"unet_resnet50": {"configs": ["unet2d.json"], "inits": {"imagenet": {...}}}, "unetr_vitb16": {}}``)
 runs several grids from one spec, each in ``<output_dir>/<block>/`` with its own split, cells and results: a
@@ -240,6 +241,8 @@ def _block_spec(spec: dict, name: str, block: dict) -> dict:
     sub["inits"] = inits
     if isinstance(sub.get("contrasts"), list):  # the spec's contrasts, where the block kept both inits
         sub["contrasts"] = [p for p in sub["contrasts"] if isinstance(p, list) and set(p) <= set(inits)]
+    if isinstance(sub.get("later_inits"), list):  # those the block kept
+        sub["later_inits"] = [i for i in sub["later_inits"] if i in inits]
     for key in ("bundle", "dataset_dir", "open_set", "positioning", "reference", "contrasts", "results"):
         if key in block:
             sub[key] = block[key]
@@ -267,6 +270,9 @@ def _load_block(spec: dict, path: Path, where, root: Path) -> dict:
             raise ValueError(
                 f"{where}: fraction_inits '{key}' names {unknown}, not among the inits {sorted(spec['inits'])}"
             )
+    later = spec.get("later_inits", [])
+    if not isinstance(later, list) or not all(isinstance(i, str) and i in spec["inits"] for i in later):
+        raise ValueError(f"{where}: 'later_inits' must list some of the inits {sorted(spec['inits'])}, got {later!r}")
     from mosmos_components.bundle_runner import bundles_dir
 
     configs = bundles_dir() / str(spec["bundle"]) / "configs"
@@ -348,6 +354,7 @@ SPEC_KEYS = (
     "fraction_inits",
     "fraction_overrides",
     "later_fractions",
+    "later_inits",
     "split_seed",
     "tracking",
     "unit",
@@ -551,25 +558,30 @@ def _check_keys(files: list[Path], groups: list[tuple[str, dict]], where, bundle
 def cells_of(spec: dict) -> list[Cell]:
     """The spec's cells, block by block, each block seed-major: a run cut short leaves whole seeds (every method at
     every fraction). ``fraction_inits`` (``{"1.0": ["random", "mosmos"]}``) runs only some inits at a fraction;
-    ``later_fractions`` (``[1.0]``) puts those fractions' cells, seed-major too, after all the others."""
+    ``later_fractions`` (``[1.0]``) puts those fractions' cells, seed-major too, after all the others, and
+    ``later_inits`` (``["ssl"]``) those inits' cells, seed-major too, after those."""
     if "_blocks" in spec:
         return [
             Cell(c.init, c.fraction, c.seed, c.lam, name)
             for name, sub in spec["_blocks"].items()
             for c in cells_of(sub)
         ]
-    later = [float(f) for f in spec.get("later_fractions") or []]
-    fractions = [float(f) for f in spec["label_fractions"]]
-    is_later = [any(math.isclose(f, g) for g in later) for f in fractions]
-    return [
-        Cell(i, f, int(s), None if lam is None else float(lam))
-        for run_later in (False, True)
+    later_fractions = [float(f) for f in spec.get("later_fractions") or []]
+    later_inits = set(spec.get("later_inits") or [])
+
+    def stage(cell: Cell) -> int:  # 0: the grid; 1: the later fractions; 2: the later inits
+        if cell.init in later_inits:
+            return 2
+        return int(any(math.isclose(cell.fraction, g) for g in later_fractions))
+
+    cells = [
+        Cell(i, float(f), int(s), None if lam is None else float(lam))
         for s in spec["seeds"]
-        for f, flag in zip(fractions, is_later)
-        if flag == run_later
+        for f in spec["label_fractions"]
         for lam in spec["lambdas"]
-        for i in _inits_at(spec, f)
+        for i in _inits_at(spec, float(f))
     ]
+    return sorted(cells, key=stage)  # stable: seed-major inside each stage
 
 
 def grid_of(spec: dict, cell: Cell) -> dict:

@@ -351,6 +351,16 @@ def test_ssl_proxy_tasks_learn_and_give_a_transferable_checkpoint(tiny_unetr, ro
         opt.step()
         losses.append(float(loss))
     assert sum(losses[-5:]) < sum(losses[:5])
+    # the pre-training bundle's tower rates hold for the proxy tasks too (an ImageNet tower adapted gently)
+    tower, heads = net.parameter_groups(1e-3, image_tower_lr=1e-4, text_tower_lr=0)
+    assert (tower["lr"], heads["lr"]) == (1e-4, 1e-3)
+    visual = {id(p) for n, p in net.named_parameters() if n.startswith("pretrain.clip.visual.")}
+    assert {id(p) for p in tower["params"]} < visual and {id(p) for p in net.rotation_head.parameters()} < {
+        id(p) for p in heads["params"]
+    }
+    assert all(p.requires_grad for p in heads["params"])  # the frozen text side is in no group
+    with pytest.raises(ValueError, match="image_tower_lr is 0"):
+        net.parameter_groups(1e-3, image_tower_lr=0)
 
     bundle_run("mosmos_pretrain", ["train.json", "demo.json", "ssl.json"], roco_dir, tmp_path, max_epochs=1)
     side = read_sidecar(tmp_path / "models" / "model.pt")

@@ -694,6 +694,15 @@ def test_blocks_are_grids_of_their_own_over_the_specs_settings(tmp_path):
     assert all(c.coords()["block"] == c.block for c in cells)
 
 
+def test_later_inits_hold_in_the_blocks_that_keep_them(tmp_path):
+    """``later_inits`` of a spec with blocks: each block runs those it keeps last; a block that dropped one is not
+    an error."""
+    spec = load_spec(_blocks_spec(tmp_path, later_inits=["mosmos"], label_fractions=[0.5, 1.0]))
+    assert spec["_blocks"]["unet"]["later_inits"] == []
+    unetr = [(c.init, c.fraction) for c in cells_of(spec) if c.block == "unetr"]
+    assert unetr == [("random", 0.5), ("random", 1.0), ("mosmos", 0.5), ("mosmos", 1.0)]
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

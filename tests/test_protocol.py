@@ -263,3 +263,37 @@ def test_a_spec_can_run_the_ceiling_after_every_seed_of_the_scarce_fractions(tmp
     (tmp_path / "s.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"s.json: 'later_fractions' must list some of the label_fractions"):
         load_spec(tmp_path / "s.json")
+
+
+def test_a_spec_can_run_the_arms_added_when_time_allows_after_every_other_cell(tmp_path):
+    from mosmos_components.experiment import cells_of, load_spec
+
+    spec = {
+        "bundle": "btcv_seg",
+        "configs": ["train.json"],
+        "dataset_dir": "d",
+        "label_fractions": [0.1, 1.0],
+        "seeds": [0, 1],
+        "inits": {"random": {}, "ssl": {}, "mosmos": {}},
+        "fraction_inits": {"1.0": ["random", "mosmos"]},
+        "later_fractions": [1.0],
+        "later_inits": ["ssl"],
+    }
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    cells = [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(tmp_path / "s.json"))]
+    assert cells == [
+        (0.1, 0, "random"),
+        (0.1, 0, "mosmos"),
+        (0.1, 1, "random"),
+        (0.1, 1, "mosmos"),
+        (1.0, 0, "random"),
+        (1.0, 0, "mosmos"),
+        (1.0, 1, "random"),
+        (1.0, 1, "mosmos"),
+        (0.1, 0, "ssl"),  # last, seed-major, only where fraction_inits runs it
+        (0.1, 1, "ssl"),
+    ]
+    spec["later_inits"] = ["sll"]
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"s.json: 'later_inits' must list some of the inits \['mosmos', 'random'"):
+        load_spec(tmp_path / "s.json")

@@ -6,12 +6,16 @@ segmentation networks (without PTA: the text side is never trained).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from mosmos_components.networks.mosmos_clip import MosmosPretrainNet
 
 __all__ = ["SSLPretrainNet", "mask_patches"]
+
+logger = logging.getLogger(__name__)
 
 
 def mask_patches(
@@ -58,6 +62,26 @@ class SSLPretrainNet(nn.Module):
 
     def config(self) -> dict:
         return self.pretrain.config()
+
+    def parameter_groups(
+        self, learning_rate: float, image_tower_lr: float | None = None, text_tower_lr: float | None = None
+    ) -> list[dict]:
+        """Optimiser parameter groups, as :meth:`MosmosPretrainNet.parameter_groups` gives MOSMOS's: the image tower
+        at ``image_tower_lr`` (``None``: ``learning_rate``), its projection and the proxy-task heads at
+        ``learning_rate``. The text tower never learns here, so a ``text_tower_lr`` other than ``None``/``0`` is
+        ignored with a warning, and ``image_tower_lr`` 0 (nothing left to pre-train) is an error."""
+        if image_tower_lr is not None and float(image_tower_lr) == 0.0:
+            raise ValueError("image_tower_lr is 0: the SSL proxy tasks train only the image tower, nothing would learn")
+        if text_tower_lr is not None and float(text_tower_lr) != 0.0:
+            logger.warning("text_tower_lr %s ignored: the SSL proxy tasks never train the text tower", text_tower_lr)
+        tower = self.pretrain.tower_parameters("image")
+        taken = {id(p) for p in tower}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        lr = float(learning_rate if image_tower_lr is None else image_tower_lr)
+        return [
+            {"params": tower, "lr": lr, "name": "image"},
+            {"params": rest, "lr": float(learning_rate), "name": "heads"},
+        ]
 
     def _view(self, image: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
         k = torch.randint(0, 4, (image.shape[0],), generator=generator, device=image.device)
