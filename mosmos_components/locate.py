@@ -19,6 +19,7 @@ The maps are written as NIfTI heat maps on the input's exact grid (float32, summ
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,19 +106,37 @@ def _preview(
 def locate(
     input: str | os.PathLike,
     names: list[str],
-    pretrained: str | os.PathLike,
-    output_dir: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
     modality: str = "ct",
     ct_range: tuple[float, float] | None = None,
     series_uid: str | None = None,
     overwrite: bool = False,
     batch: int = 16,
+    *,
+    pretrained: str | os.PathLike | None = None,
 ) -> dict:
     """Write one heat map per name (``<case>_<name>.nii.gz``, on the input grid, summing to 1; file names unique
     and bounded: :func:`~mosmos_components.inference.file_names`), ``<case>_locate.json`` (name -> file, peak) and
     ``<case>_locate.png`` for the scan INPUT; returns per name the peak (voxel and world mm) and whether the name
-    was a training tag. ``pretrained``: the pre-training checkpoint (``model.pt``), its ``models/`` folder or the
-    bundle folder."""
+    was a training tag. ``model``: the pre-training checkpoint (``model.pt``), its ``models/`` folder or the
+    bundle folder, as ``mosmos locate --model`` (``pretrained``, its former name, works with a ``FutureWarning``
+    until 0.9.0)."""
+    if pretrained is not None:
+        if model is not None:
+            raise TypeError("locate() got both 'model' and 'pretrained', its former name: give model only")
+        warnings.warn(
+            "locate(pretrained=) was renamed locate(model=), as mosmos locate --model; the former name goes in 0.9.0",
+            FutureWarning,
+            stacklevel=2,
+        )
+        model = pretrained
+    for value, what in (
+        (model, "model (the pre-training checkpoint, its models/ folder or its bundle)"),
+        (output_dir, "output_dir"),
+    ):
+        if value is None:
+            raise TypeError(f"locate() needs {what}")
     from monai.data import MetaTensor
     from monai.transforms import Compose, CopyItemsd, EnsureChannelFirstd, Orientationd
 
@@ -140,7 +159,7 @@ def locate(
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists (--overwrite to replace it)")
-    net = load_pretrain_network(resolve_model(pretrained)).eval()
+    net = load_pretrain_network(resolve_model(model)).eval()
     pre = Compose(
         [
             LoadImageNamed(keys="image", image_only=True),

@@ -383,3 +383,14 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
         output_dir=str(tmp_path / "out"),
     )
     assert "pineal gland (zero-shot" in line
+    # the Python name follows the command's (--model); the former keyword still works, with a warning
+    with pytest.warns(FutureWarning, match=r"locate\(pretrained=\) was renamed locate\(model=\)"):
+        again = locate(
+            tmp_path / "scan.nii.gz",
+            ["liver", "pineal gland"],
+            pretrained=pretrained["mosmos-tiny-vit"],
+            output_dir=tmp_path / "o2",
+        )
+    assert [r["peak_voxel"] for r in again["names"].values()] == [r["peak_voxel"] for r in res["names"].values()]
+    with pytest.raises(TypeError, match="got both 'model' and 'pretrained'"):
+        locate(tmp_path / "scan.nii.gz", ["liver"], "a.pt", tmp_path / "o3", pretrained="b.pt")
