@@ -1214,9 +1214,40 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
+def _chained_pretrainings(spec: dict) -> dict[Path, tuple[str, dict]]:
+    """The pre-trainings the spec's inits consume: their folder -> (name, the grid that names them)."""
+    return {
+        Path(grid["_pretrain_dir"]) / init["pretraining"]: (init["pretraining"], grid)
+        for grid in (spec.get("_blocks") or {None: spec}).values()
+        for init in grid["inits"].values()
+        if init.get("pretraining")
+    }
+
+
+def _pretrainings_left(spec: dict) -> str:
+    """How many chained pre-trainings are still to write (none done, or done without their checkpoint) and, where
+    some have been written, their time at the pace of those (``""`` when none is left)."""
+    todo, paces = 0, []
+    for folder, (name, grid) in _chained_pretrainings(spec).items():
+        record = folder / "done.json"
+        done = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        if done.get("train_s"):
+            paces.append(float(done["train_s"]))
+        if not (done and pretraining_checkpoint(grid, name).is_file()):
+            todo += 1
+    if not todo:
+        return ""
+    left = f"{todo} pre-training{'s' if todo > 1 else ''} to write"
+    if paces:
+        left += f", about {_hours(todo * sum(paces) / len(paces))} at the pace of the {len(paces)} written"
+    return left
+
+
 def _time_left(spec: dict, cells: list[Cell]) -> str:
     left, n = _estimate_s(spec, cells)
-    return "" if left is None else f" (about {_hours(left)} of cells left at the pace of the {n} finished)"
+    parts = [] if left is None else [f"about {_hours(left)} of cells left at the pace of the {n} finished"]
+    parts += [p for p in [_pretrainings_left(spec)] if p]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
@@ -1239,13 +1270,7 @@ def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
         else:
             detail = ""
         lines.append(f"[{i}/{len(cells)}] {state:8s}{cell.where}" + (f"  {detail}" if detail else ""))
-    pretrainings = {
-        Path(grid["_pretrain_dir"]) / init["pretraining"]: (init["pretraining"], grid)
-        for grid in (spec.get("_blocks") or {None: spec}).values()
-        for init in grid["inits"].values()
-        if init.get("pretraining")
-    }
-    for folder, (name, grid) in pretrainings.items():
+    for folder, (name, grid) in _chained_pretrainings(spec).items():
         if (folder / "done.json").is_file():
             done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
             if pretraining_checkpoint(grid, name).is_file():
@@ -1257,8 +1282,10 @@ def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
         lines.append(f"pre-training {name}: {state} ({folder})")
     left, n = _estimate_s(spec, cells)
     pace = "" if not left else f"; about {_hours(left)} of cells left at the pace of the {n} finished"
+    pre = _pretrainings_left(spec)
     lines.append(
         f"{counts['done']} done, {counts['started']} started, {counts['pending']} pending of {len(cells)}{pace}"
+        + (f"; {pre}" if pre else "")
     )
     return "\n".join(lines)
 

@@ -803,18 +803,24 @@ def test_status_lists_each_cell_and_the_time_left_at_the_finished_cells_pace(tmp
     assert lines[2] == f"[3/3] pending unetr/{third.name}"
     assert lines[3] == f"pre-training full: pending ({tmp_path / 'out' / 'pretrain' / 'full'})"
     # two cells to go: unetr/random at random's pace, unetr/mosmos (none finished yet) at the mean pace
-    assert lines[4] == "1 done, 1 started, 1 pending of 3; about 60 min of cells left at the pace of the 1 finished"
+    assert lines[4] == (
+        "1 done, 1 started, 1 pending of 3; about 60 min of cells left at the pace of the 1 finished; "
+        "1 pre-training to write"
+    )
     assert not (tmp_path / "out" / "unetr" / "cells" / third.name).exists()
     assert MosmosCLI().experiment(str(path), status=True) == "\n".join(lines)
 
     pre = tmp_path / "out" / "pretrain" / "full"
     (pre / "models").mkdir(parents=True)
-    (pre / "done.json").write_text(json.dumps({"pretraining": "full", "gate": {"passed": True, "checks": {}}}))
-    assert grid_status(path).splitlines()[3] == (
-        f"pre-training full: its record without its checkpoint: runs again before its first cell ({pre})"
-    )
+    record = {"pretraining": "full", "train_s": 2400.0, "gate": {"passed": True, "checks": {}}}
+    (pre / "done.json").write_text(json.dumps(record))
+    lines = grid_status(path).splitlines()
+    assert lines[3] == f"pre-training full: its record without its checkpoint: runs again before its first cell ({pre})"
+    assert lines[4].endswith("; 1 pre-training to write, about 40 min at the pace of the 1 written")  # its own pace
     (pre / "models" / "model.pt").write_bytes(b"weights")
-    assert grid_status(path).splitlines()[3] == f"pre-training full: done, passed Gate 1 ({pre})"
+    lines = grid_status(path).splitlines()
+    assert lines[3] == f"pre-training full: done, passed Gate 1 ({pre})"
+    assert lines[4].endswith("at the pace of the 1 finished")  # nothing left to pre-train
 
 
 def test_records_hold_each_blocks_finished_cells_and_the_finished_pretrainings_without_weights(tmp_path):
