@@ -232,9 +232,8 @@ def test_a_spec_can_run_some_inits_at_a_fraction(tmp_path):
         load_spec(tmp_path / "s.json")
 
 
-def test_a_spec_can_run_the_ceiling_after_every_seed_of_the_scarce_fractions(tmp_path):
-    from mosmos_components.experiment import cells_of, load_spec
-
+def _order_spec(tmp_path, **changes) -> Path:
+    """A two-fraction, two-seed spec (mosmos alone at 1.0 unless ``changes`` say otherwise) in ``tmp_path/s.json``."""
     spec = {
         "bundle": "btcv_seg",
         "configs": ["train.json"],
@@ -243,13 +242,24 @@ def test_a_spec_can_run_the_ceiling_after_every_seed_of_the_scarce_fractions(tmp
         "seeds": [0, 1],
         "inits": {"random": {}, "mosmos": {}},
         "fraction_inits": {"1.0": ["mosmos"]},
+        **changes,
     }
     (tmp_path / "s.json").write_text(json.dumps(spec))
-    seed_major = [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(tmp_path / "s.json"))]
+    return tmp_path / "s.json"
+
+
+def _order(path: Path) -> list[tuple]:
+    from mosmos_components.experiment import cells_of, load_spec
+
+    return [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(path))]
+
+
+def test_a_spec_can_run_the_ceiling_after_every_seed_of_the_scarce_fractions(tmp_path):
+    from mosmos_components.experiment import load_spec
+
+    seed_major = _order(_order_spec(tmp_path))
     assert seed_major[:4] == [(0.1, 0, "random"), (0.1, 0, "mosmos"), (1.0, 0, "mosmos"), (0.1, 1, "random")]
-    spec["later_fractions"] = [1.0]
-    (tmp_path / "s.json").write_text(json.dumps(spec))
-    cells = [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(tmp_path / "s.json"))]
+    cells = _order(_order_spec(tmp_path, later_fractions=[1.0]))
     assert cells == [
         (0.1, 0, "random"),
         (0.1, 0, "mosmos"),
@@ -259,28 +269,18 @@ def test_a_spec_can_run_the_ceiling_after_every_seed_of_the_scarce_fractions(tmp
         (1.0, 1, "mosmos"),
     ]
     assert sorted(cells) == sorted(seed_major)  # the same cells, in another order
-    spec["later_fractions"] = [0.5]
-    (tmp_path / "s.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"s.json: 'later_fractions' must list some of the label_fractions"):
-        load_spec(tmp_path / "s.json")
+        load_spec(_order_spec(tmp_path, later_fractions=[0.5]))
 
 
 def test_a_spec_can_run_the_arms_added_when_time_allows_after_every_other_cell(tmp_path):
-    from mosmos_components.experiment import cells_of, load_spec
+    from mosmos_components.experiment import load_spec
 
-    spec = {
-        "bundle": "btcv_seg",
-        "configs": ["train.json"],
-        "dataset_dir": "d",
-        "label_fractions": [0.1, 1.0],
-        "seeds": [0, 1],
-        "inits": {"random": {}, "ssl": {}, "mosmos": {}},
-        "fraction_inits": {"1.0": ["random", "mosmos"]},
-        "later_fractions": [1.0],
-        "later_inits": ["ssl"],
-    }
-    (tmp_path / "s.json").write_text(json.dumps(spec))
-    cells = [(c.fraction, c.seed, c.init) for c in cells_of(load_spec(tmp_path / "s.json"))]
+    inits = {"random": {}, "ssl": {}, "mosmos": {}}
+    at_ceiling = {"1.0": ["random", "mosmos"]}
+    cells = _order(
+        _order_spec(tmp_path, inits=inits, fraction_inits=at_ceiling, later_fractions=[1.0], later_inits=["ssl"])
+    )
     assert cells == [
         (0.1, 0, "random"),
         (0.1, 0, "mosmos"),
@@ -293,7 +293,5 @@ def test_a_spec_can_run_the_arms_added_when_time_allows_after_every_other_cell(t
         (0.1, 0, "ssl"),  # last, seed-major, only where fraction_inits runs it
         (0.1, 1, "ssl"),
     ]
-    spec["later_inits"] = ["sll"]
-    (tmp_path / "s.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"s.json: 'later_inits' must list some of the inits \['mosmos', 'random'"):
-        load_spec(tmp_path / "s.json")
+        load_spec(_order_spec(tmp_path, inits=inits, later_inits=["sll"]))
