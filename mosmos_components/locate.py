@@ -40,10 +40,23 @@ def name_queries(net, names: list[str]) -> tuple[torch.Tensor, list[bool]]:
 
 
 def slice_attention(
-    net, slices: torch.Tensor, queries: torch.Tensor, batch: int = 16
+    net,
+    slices: torch.Tensor,
+    queries: torch.Tensor,
+    batch: int = 16,
+    context: torch.Tensor | None = None,
+    rows: list[int | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``slices`` (Z, X, Y) in [0, 1], already in the pre-training's display layout -> attention (Z, K, X, Y)
-    upsampled to the slice and summing to 1 per slice and name, and the slice-to-name similarity logits (Z, K)."""
+    upsampled to the slice and summing to 1 per slice and name, and the slice-to-name similarity logits (Z, K).
+
+    The tag decoder's queries attend to each other, so a name's map depends on the queries decoded with it. Without
+    ``context`` the K queries are decoded together. With ``context`` (T, d; :func:`locate` gives the training tags',
+    the set the decoder learned with) each name is decoded with the context alone: name k is the context's row
+    ``rows[k]`` where that is given (a training tag), else the query appended to the context — its map is then the
+    same whichever other names are asked with it."""
+    if context is not None and (rows is None or len(rows) != queries.shape[0]):
+        raise ValueError(f"slice_attention: give one row (or None) per query, got {rows!r} for {queries.shape[0]}")
     mean = torch.tensor(net.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(net.image_std).view(1, 3, 1, 1)
     size = int(net.image_size)
@@ -55,7 +68,21 @@ def slice_attention(
             x = slices[start : start + batch, None].float()
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
             g, s, grid = net.encode_image((x - mean) / std)
-            _, attn = net.decoder(queries, s, grid, output="attention")  # (B, K, h*w)
+            if context is None:
+                _, attn = net.decoder(queries, s, grid, output="attention")  # (B, K, h*w)
+            else:
+                _, tags = net.decoder(context, s, grid, output="attention")  # (B, T, h*w)
+                attn = torch.stack(
+                    [
+                        tags[:, row]
+                        if row is not None
+                        else net.decoder(torch.cat([context, queries[k : k + 1]]), s, grid, output="attention")[1][
+                            :, -1
+                        ]
+                        for k, row in enumerate(rows)
+                    ],
+                    dim=1,
+                )
             a = attn.reshape(attn.shape[0], attn.shape[1], *grid)
             a = F.interpolate(a, size=slices.shape[1:], mode="bilinear", align_corners=False).clamp(min=0)
             maps.append(a / a.sum(dim=(2, 3), keepdim=True).clamp(min=1e-12))
@@ -176,7 +203,11 @@ def locate(
     vol = image[0].as_tensor().float()  # (X, Y, Z) RAS in [0, 1]
     display = vol.flip(0, 1).permute(2, 0, 1)  # slices as the pre-training saw pictures (see MosmosUNETR's flip)
     queries, known = name_queries(net, names)
-    maps, sims = slice_attention(net, display, queries, batch)  # (Z, K, X, Y), (Z, K)
+    with torch.inference_mode():
+        tag_queries = net.tag_queries()  # the context each name is decoded in: every training tag, as in pre-training
+    row_of = {t.lower(): i for i, t in enumerate(net.tags)}
+    rows = [row_of.get(n.lower()) for n in names]
+    maps, sims = slice_attention(net, display, queries, batch, context=tag_queries, rows=rows)  # (Z, K, X, Y), (Z, K)
     weights = torch.softmax(sims, dim=0)  # across slices, per name
     heat = (maps * weights[:, :, None, None]).flip(2, 3).permute(1, 2, 3, 0)  # (K, X, Y, Z) RAS
     heat = heat / heat.sum(dim=(1, 2, 3), keepdim=True)

@@ -392,5 +392,14 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
             output_dir=tmp_path / "o2",
         )
     assert [r["peak_voxel"] for r in again["names"].values()] == [r["peak_voxel"] for r in res["names"].values()]
+    # each name is decoded among the training tags alone: its map does not depend on the other names asked with it
+    for name in ("liver", "pineal gland"):
+        alone = locate(tmp_path / "scan.nii.gz", [name], pretrained["mosmos-tiny-vit"], tmp_path / f"alone_{name}")
+        np.testing.assert_allclose(
+            np.asarray(nib.load(alone["names"][name]["map"]).dataobj),
+            np.asarray(nib.load(res["names"][name]["map"]).dataobj),
+            rtol=1e-5,
+            atol=1e-9,
+        )
     with pytest.raises(TypeError, match="got both 'model' and 'pretrained'"):
         locate(tmp_path / "scan.nii.gz", ["liver"], "a.pt", tmp_path / "o3", pretrained="b.pt")
