@@ -39,6 +39,12 @@ def name_queries(net, names: list[str]) -> tuple[torch.Tensor, list[bool]]:
     return queries, [n.lower() in known for n in names]
 
 
+def _appended(net, context: torch.Tensor, query: torch.Tensor, s: torch.Tensor, grid) -> torch.Tensor:
+    """The attention (B, h*w) of ``query`` (d,) decoded as one more query beside ``context`` (T, d)."""
+    _, attn = net.decoder(torch.cat([context, query[None]]), s, grid, output="attention")
+    return attn[:, -1]
+
+
 def slice_attention(
     net,
     slices: torch.Tensor,
@@ -72,17 +78,10 @@ def slice_attention(
                 _, attn = net.decoder(queries, s, grid, output="attention")  # (B, K, h*w)
             else:
                 _, tags = net.decoder(context, s, grid, output="attention")  # (B, T, h*w)
-                attn = torch.stack(
-                    [
-                        tags[:, row]
-                        if row is not None
-                        else net.decoder(torch.cat([context, queries[k : k + 1]]), s, grid, output="attention")[1][
-                            :, -1
-                        ]
-                        for k, row in enumerate(rows)
-                    ],
-                    dim=1,
-                )
+                each = [
+                    tags[:, r] if r is not None else _appended(net, context, q, s, grid) for q, r in zip(queries, rows)
+                ]
+                attn = torch.stack(each, dim=1)
             a = attn.reshape(attn.shape[0], attn.shape[1], *grid)
             a = F.interpolate(a, size=slices.shape[1:], mode="bilinear", align_corners=False).clamp(min=0)
             maps.append(a / a.sum(dim=(2, 3), keepdim=True).clamp(min=1e-12))
