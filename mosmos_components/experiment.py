@@ -1243,10 +1243,16 @@ def _pretrainings_left(spec: dict) -> str:
     return left
 
 
-def _time_left(spec: dict, cells: list[Cell]) -> str:
+def _left(spec: dict, cells: list[Cell]) -> list[str]:
+    """What is left to run, as phrases: the cells' time at the pace of the finished ones, the pre-trainings to
+    write."""
     left, n = _estimate_s(spec, cells)
-    parts = [] if left is None else [f"about {_hours(left)} of cells left at the pace of the {n} finished"]
-    parts += [p for p in [_pretrainings_left(spec)] if p]
+    parts = [f"about {_hours(left)} of cells left at the pace of the {n} finished"] if left else []
+    return parts + [p for p in [_pretrainings_left(spec)] if p]
+
+
+def _time_left(spec: dict, cells: list[Cell]) -> str:
+    parts = _left(spec, cells)
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -1280,13 +1286,8 @@ def grid_status(spec_path: str | Path, output_dir: str | None = None) -> str:
         else:
             state = "started" if folder.is_dir() else "pending"
         lines.append(f"pre-training {name}: {state} ({folder})")
-    left, n = _estimate_s(spec, cells)
-    pace = "" if not left else f"; about {_hours(left)} of cells left at the pace of the {n} finished"
-    pre = _pretrainings_left(spec)
-    lines.append(
-        f"{counts['done']} done, {counts['started']} started, {counts['pending']} pending of {len(cells)}{pace}"
-        + (f"; {pre}" if pre else "")
-    )
+    counted = f"{counts['done']} done, {counts['started']} started, {counts['pending']} pending of {len(cells)}"
+    lines.append("; ".join([counted, *_left(spec, cells)]))
     return "\n".join(lines)
 
 
