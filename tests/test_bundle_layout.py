@@ -102,3 +102,38 @@ def test_gpu_check_script_names_only_what_exists():
         sys.path.remove(str(ROOT / "scripts"))
     assert set(re.findall(r"--size (\w+)", text)) <= set(benchmark.SIZES)
     assert set(re.findall(r"--only (\w+)", text)) <= set(benchmark.PARTS + benchmark.EXTRA_PARTS)
+
+
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS += [b / "docs" / "README.md" for b in BUNDLES] + [ROOT / "experiments" / "records" / "README.md"]
+
+
+def _relative_links() -> list[tuple[Path, str]]:
+    """(document, target) for every relative Markdown link or image of the documents, outside code blocks."""
+    import re
+
+    pairs = []
+    for md in DOCS:
+        text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+        for url in re.findall(r"\]\(([^)\s]+)\)", text):
+            target = url.split("#")[0]
+            if target and not re.match(r"[a-z]+:", url):
+                pairs.append((md, target))
+    return pairs
+
+
+def test_the_documents_link_only_files_that_exist():
+    broken = [f"{md.relative_to(ROOT)} -> {u}" for md, u in _relative_links() if not (md.parent / u).exists()]
+    assert not broken, broken
+
+
+def test_every_figure_kept_in_docs_is_shown_or_named_by_a_document():
+    """A picture in ``docs/figures`` that no document links or names is a stale result nobody reads."""
+    named = "\n".join(md.read_text() for md in DOCS)
+    linked = {(md.parent / u).resolve() for md, u in _relative_links()}
+    orphans = [
+        f.name
+        for f in sorted((ROOT / "docs" / "figures").iterdir())
+        if f.resolve() not in linked and f.name not in named
+    ]
+    assert not orphans, f"docs/figures holds files no document shows or names: {orphans}"
