@@ -70,7 +70,8 @@ def case_scores(
 
 
 def summarize(rows: Sequence[dict], names: Sequence[str]) -> list[dict]:
-    """Per class: mean/std Dice, mean HD95 and the number of cases scored; plus a 'mean' row (mean over classes)."""
+    """Per class: mean Dice, ``dice_std`` (the standard deviation over the cases scored, ddof 0: a description of this
+    test set, not an estimate), mean HD95 and the number of cases scored; plus a 'mean' row (mean over classes)."""
     out = []
     for name in names:
         d = np.array([r["dice"] for r in rows if r["class"] == name], dtype=float)
