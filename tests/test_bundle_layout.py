@@ -1,5 +1,5 @@
-"""The model zoo's static checks on every bundle: required files, metadata schema, version in changelog, JSON style; and
-that the GPU check script names only what exists."""
+"""The model zoo's static checks on every bundle: required files, metadata schema, version in changelog, JSON style;
+that the GPU check script names only what exists; and that the documents' links resolve and show every figure kept."""
 
 import json
 from pathlib import Path
