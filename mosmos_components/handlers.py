@@ -320,15 +320,48 @@ class MetricsHistory:
     trainer, with the validation and checkpoint handlers attached before this one). Rows are appended: a resumed run
     continues the file, so its epoch times add up to the whole training's. Each row is written under the file's own
     header; a metric the file has no column for yet adds one (the file rewritten atomically, earlier rows blank
-    there), so a run that reports other metrics than the one before it never shifts values into wrong columns."""
+    there), so a run that reports other metrics than the one before it never shifts values into wrong columns.
+
+    Rows of epochs after the one a run starts from (0 afresh, the checkpoint's epoch when resumed; for an evaluator
+    the trainer's epoch before the one it validates) are an earlier run's, whose training went on past that point
+    and was lost — a folder whose weights are gone trained again, a run stopped between its validation and its
+    checkpoint: at start they leave the file, which is first copied whole into ``previous-<time>/`` beside it, so
+    each epoch has one row, of the run that made the weights. Attach it after the handler that resumes the trainer.
+    """
 
     def __init__(self, path: str, rank0_only: bool = True) -> None:
         self.path, self.rank0_only = Path(path), rank0_only
         self._started: float | None = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._drop_later_epochs)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _drop_later_epochs(self, engine: Engine) -> None:
+        import shutil
+        import time as _time
+
+        if (self.rank0_only and not is_rank0()) or not self.path.is_file():
+            return
+        with open(self.path, encoding="utf-8", newline="") as fh:
+            header, *rows = list(csv.reader(fh)) or [[]]
+        start = int(engine.state.epoch)
+        keep = [r for r in rows if not (r and r[0].strip().isdigit() and int(r[0]) > start)]
+        if len(keep) == len(rows):
+            return
+        dest = self.path.parent / f"previous-{_time.strftime('%Y%m%d-%H%M%S')}"
+        dest.mkdir(exist_ok=True)
+        shutil.copy2(self.path, dest / self.path.name)
+        atomic_text_save(_csv_text([header, *keep]), self.path)
+        logger.warning(
+            "%s: %d row(s) of epochs after %d, where this run starts, were an earlier run's: removed (the file as "
+            "it was is in %s)",
+            self.path,
+            len(rows) - len(keep),
+            start,
+            dest,
+        )
 
     def _start(self, engine: Engine) -> None:
         self._started = time.perf_counter()

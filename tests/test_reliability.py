@@ -182,21 +182,50 @@ def test_a_resumed_run_reporting_other_metrics_keeps_every_value_in_its_column(t
 
     path = tmp_path / "val_history.csv"
 
-    def run(metrics, epochs):
+    def run(metrics, epochs, resume_at=0):
         engine = Engine(lambda e, b: time.sleep(0.01))
+        engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", resume_at))  # the checkpointer
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(metrics))
         MetricsHistory(str(path)).attach(engine)
         engine.run([0, 1], max_epochs=epochs)
 
     run({"dice": 0.5}, 2)
-    run({"hd95": 12.0, "dice": 0.7}, 1)  # the resumed run reports one more metric, sorted before the first
+    run({"hd95": 12.0, "dice": 0.7}, 3, resume_at=2)  # resumed, it reports one more metric, sorted before the first
     lines = path.read_text().splitlines()
     assert lines[0] == "epoch,dice,epoch_s,hd95" and lines[1].startswith("1,0.5,") and lines[1].endswith(",")
-    assert lines[3].startswith("1,0.7,") and lines[3].endswith(",12")
+    assert lines[3].startswith("3,0.7,") and lines[3].endswith(",12")
     h = read_history(path)
     assert h["dice"] == [0.5, 0.5, 0.7] and np.isnan(h["hd95"][:2]).all() and h["hd95"][2] == 12.0
     assert all(0.015 <= s < 5 for s in h["epoch_s"])  # two 10 ms iterations an epoch
 
+
+
+def test_a_history_keeps_one_row_per_epoch_when_a_lost_run_is_trained_again(tmp_path):
+    """A folder that holds the history of a run whose weights are gone (a record copied back, a machine lost) and
+    trains again from the start, or resumes from an earlier checkpoint than the history reached, gets the new run's
+    rows in place of the old ones past its start — not both under the same epochs — and the old file is kept aside."""
+    from ignite.engine import Events
+
+    from mosmos_components.handlers import MetricsHistory
+    from mosmos_components.visualize import read_history
+
+    path = tmp_path / "train_history.csv"
+
+    def run(loss, epochs, resume_at=0):
+        engine = Engine(lambda e, b: None)
+        engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", resume_at))
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(loss=loss))
+        MetricsHistory(str(path)).attach(engine)
+        engine.run([0], max_epochs=epochs)
+
+    run(3.0, 3)  # the lost run: epochs 1-3
+    run(2.0, 1)  # trained again from the start, one epoch so far
+    assert read_history(path)["epoch"] == [1] and read_history(path)["loss"] == [2.0]
+    kept = list(tmp_path.glob("previous-*/train_history.csv"))
+    assert len(kept) == 1 and read_history(kept[0])["loss"] == [3.0, 3.0, 3.0]
+    run(1.0, 3, resume_at=1)  # resumed from its epoch-1 checkpoint: nothing to drop, the file continues
+    assert read_history(path)["epoch"] == [1, 2, 3] and read_history(path)["loss"] == [2.0, 1.0, 1.0]
+    assert len(list(tmp_path.glob("previous-*"))) == 1
 
 def _draws(ckpt, epochs, *, keep_rng=True):
     """A training's random draws per epoch — the data loader's order and its transforms' draws (no worker
