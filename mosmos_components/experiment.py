@@ -841,7 +841,9 @@ def where_it_runs() -> dict:
     """The machine a cell ran on, for its wall time (and its last digits) to be read against: the device (a GPU's
     name, or "cpu"), the processor, the vector instructions torch's CPU kernels use (``cpu_capability``: ``AVX512``,
     ``AVX2``, ...; two processors that differ there sum in another order, as another number of threads does), its
-    cores and the threads torch uses, and the versions of torch and MONAI."""
+    cores and the threads torch uses, and the versions of torch and MONAI; and, where set, the environment variables
+    that choose those kernels (``kernel_settings``: ``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 processor makes torch
+    use its AVX2 kernels, the ones ``cpu_capability`` then names)."""
     import platform
 
     import monai
@@ -852,7 +854,7 @@ def where_it_runs() -> dict:
     if info.is_file():
         names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")]
         cpu = names[0] if names else cpu
-    return {
+    where = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "cpu": cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -861,6 +863,14 @@ def where_it_runs() -> dict:
         "torch": torch.__version__,
         "monai": monai.__version__,
     }
+    chosen = {k: os.environ[k] for k in KERNEL_SETTINGS if k in os.environ}
+    if chosen:
+        where["kernel_settings"] = chosen
+    return where
+
+
+#: environment variables that choose the CPU kernels of torch, oneDNN and MKL (recorded with a run where set)
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
 
 
 def _init_weights(over: dict) -> dict | None:

@@ -63,6 +63,18 @@ def finished(spec_file):
     return spec, second, third
 
 
+
+def test_where_a_cell_ran_names_the_settings_that_chose_its_kernels(monkeypatch):
+    """A run whose kernels were chosen by the environment (AVX2 kernels on an AVX-512 processor) says so beside the
+    kernels it used; one without such settings records none."""
+    from mosmos_components.experiment import KERNEL_SETTINGS, where_it_runs
+
+    for key in KERNEL_SETTINGS:
+        monkeypatch.delenv(key, raising=False)
+    assert "kernel_settings" not in where_it_runs()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert where_it_runs()["kernel_settings"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
 def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
     spec, second, third = finished
     assert (second["ran"], second["skipped"], second["cells"]) == (2, 2, 4)
