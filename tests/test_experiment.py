@@ -63,7 +63,6 @@ def finished(spec_file):
     return spec, second, third
 
 
-
 def test_where_a_cell_ran_names_the_settings_that_chose_its_kernels(monkeypatch):
     """A run whose kernels were chosen by the environment (AVX2 kernels on an AVX-512 processor) says so beside the
     kernels it used; one without such settings records none."""
@@ -74,6 +73,7 @@ def test_where_a_cell_ran_names_the_settings_that_chose_its_kernels(monkeypatch)
     assert "kernel_settings" not in where_it_runs()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert where_it_runs()["kernel_settings"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
 
 def test_an_interrupted_grid_resumes_without_running_a_cell_twice(finished):
     spec, second, third = finished

@@ -199,7 +199,6 @@ def test_a_resumed_run_reporting_other_metrics_keeps_every_value_in_its_column(t
     assert all(0.015 <= s < 5 for s in h["epoch_s"])  # two 10 ms iterations an epoch
 
 
-
 def test_a_history_keeps_one_row_per_epoch_when_a_lost_run_is_trained_again(tmp_path):
     """A folder that holds the history of a run whose weights are gone (a record copied back, a machine lost) and
     trains again from the start, or resumes from an earlier checkpoint than the history reached, gets the new run's
@@ -226,6 +225,7 @@ def test_a_history_keeps_one_row_per_epoch_when_a_lost_run_is_trained_again(tmp_
     run(1.0, 3, resume_at=1)  # resumed from its epoch-1 checkpoint: nothing to drop, the file continues
     assert read_history(path)["epoch"] == [1, 2, 3] and read_history(path)["loss"] == [2.0, 1.0, 1.0]
     assert len(list(tmp_path.glob("previous-*"))) == 1
+
 
 def _draws(ckpt, epochs, *, keep_rng=True):
     """A training's random draws per epoch — the data loader's order and its transforms' draws (no worker
