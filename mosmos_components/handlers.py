@@ -340,7 +340,6 @@ class MetricsHistory:
 
     def _drop_later_epochs(self, engine: Engine) -> None:
         import shutil
-        import time as _time
 
         if (self.rank0_only and not is_rank0()) or not self.path.is_file():
             return
@@ -350,8 +349,7 @@ class MetricsHistory:
         keep = [r for r in rows if not (r and r[0].strip().isdigit() and int(r[0]) > start)]
         if len(keep) == len(rows):
             return
-        dest = self.path.parent / f"previous-{_time.strftime('%Y%m%d-%H%M%S')}"
-        dest.mkdir(exist_ok=True)
+        dest = _aside(self.path.parent)
         shutil.copy2(self.path, dest / self.path.name)
         atomic_text_save(_csv_text([header, *keep]), self.path)
         logger.warning(
@@ -386,6 +384,13 @@ class MetricsHistory:
         else:  # a new file, or new metrics: the whole file under the wider header
             padded = [r + [""] * (len(columns) - len(r)) for r in rows]
             atomic_text_save(_csv_text([columns, *padded, line]), self.path)
+
+
+def _aside(folder: Path) -> Path:
+    """The folder ``previous-<time>/`` in ``folder`` (made if need be), where an earlier run's files are kept."""
+    dest = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(exist_ok=True)
+    return dest
 
 
 def _csv_text(rows: list[list[str]]) -> str:
@@ -506,15 +511,11 @@ class RunGuard:
         self._locks.append(fh)
 
     def _move_aside(self) -> None:
-        import time
-
-        stamp = time.strftime("%Y%m%d-%H%M%S")
         for folder in self.folders:
             old = [p for p in folder.iterdir() if p.name != self.LOCK and not p.name.startswith("previous-")]
             if not old:
                 continue
-            dest = folder / f"previous-{stamp}"
-            dest.mkdir(exist_ok=True)
+            dest = _aside(folder)
             for p in old:
                 p.replace(dest / p.name)
             logger.warning(
