@@ -343,8 +343,7 @@ class MetricsHistory:
 
         if (self.rank0_only and not is_rank0()) or not self.path.is_file():
             return
-        with open(self.path, encoding="utf-8", newline="") as fh:
-            header, *rows = list(csv.reader(fh)) or [[]]
+        header, rows = self._read()
         start = int(engine.state.epoch)
         keep = [r for r in rows if not (r and r[0].strip().isdigit() and int(r[0]) > start)]
         if len(keep) == len(rows):
@@ -364,6 +363,12 @@ class MetricsHistory:
     def _start(self, engine: Engine) -> None:
         self._started = time.perf_counter()
 
+    def _read(self) -> tuple[list[str], list[list[str]]]:
+        """The file's header and rows."""
+        with open(self.path, encoding="utf-8", newline="") as fh:
+            header, *rows = list(csv.reader(fh)) or [[]]
+        return header, rows
+
     def __call__(self, engine: Engine) -> None:
         if self.rank0_only and not is_rank0():
             return
@@ -372,10 +377,7 @@ class MetricsHistory:
         row.update((k, f"{float(v):.6g}") for k, v in metrics if isinstance(v, (int, float)))
         if self._started is not None:
             row["epoch_s"] = f"{time.perf_counter() - self._started:.3f}"
-        header, rows = [], []
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8", newline="") as fh:
-                header, *rows = list(csv.reader(fh)) or [[]]
+        header, rows = self._read() if self.path.is_file() else ([], [])
         columns = header + [k for k in row if k not in header]
         line = [row.get(k, "") for k in columns]
         if columns == header:
@@ -386,9 +388,10 @@ class MetricsHistory:
             atomic_text_save(_csv_text([columns, *padded, line]), self.path)
 
 
-def _aside(folder: Path) -> Path:
-    """The folder ``previous-<time>/`` in ``folder`` (made if need be), where an earlier run's files are kept."""
-    dest = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+def _aside(folder: Path, stamp: str | None = None) -> Path:
+    """The folder ``previous-<stamp>/`` in ``folder`` (made if need be; the stamp the time by default), where an
+    earlier run's files are kept."""
+    dest = folder / f"previous-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
     dest.mkdir(exist_ok=True)
     return dest
 
@@ -511,11 +514,12 @@ class RunGuard:
         self._locks.append(fh)
 
     def _move_aside(self) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")  # one for all the run's folders
         for folder in self.folders:
             old = [p for p in folder.iterdir() if p.name != self.LOCK and not p.name.startswith("previous-")]
             if not old:
                 continue
-            dest = _aside(folder)
+            dest = _aside(folder, stamp)
             for p in old:
                 p.replace(dest / p.name)
             logger.warning(
