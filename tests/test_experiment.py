@@ -516,7 +516,7 @@ def test_qualitative_panel_shows_the_evaluated_slices(finished):
 
 
 def test_qualitative_panel_shows_the_label_fraction_with_the_most_methods(tmp_path):
-    """A grid that runs fewer methods at its largest fraction (acdc_real: three at 70 patients) draws its panel where
+    """A grid that runs fewer methods at its largest fraction (acdc_real: four at 70 patients) draws its panel where
     the most methods finished."""
     import matplotlib.image as mpimg
 
