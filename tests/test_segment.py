@@ -403,3 +403,28 @@ def test_locate_writes_one_distribution_per_name_on_the_input_grid(pretrained, t
         )
     with pytest.raises(TypeError, match="got both 'model' and 'pretrained'"):
         locate(tmp_path / "scan.nii.gz", ["liver"], "a.pt", tmp_path / "o3", pretrained="b.pt")
+
+
+def test_names_that_are_no_training_tag_cost_one_decoding_each(pretrained):
+    """Zero-shot names are each decoded with the training tags appended; the tags alone are decoded only when a
+    name asked is one of them."""
+    import torch
+
+    from mosmos_components.checkpoint import load_pretrain_network
+    from mosmos_components.locate import name_queries, slice_attention
+
+    net = load_pretrain_network(pretrained["mosmos-tiny-vit"]).eval()
+    calls = []
+    decode = net.decoder.forward
+    net.decoder.forward = lambda queries, *a, **k: calls.append(queries.shape[0]) or decode(queries, *a, **k)
+    with torch.inference_mode():
+        context = net.tag_queries()
+    slices = torch.rand(2, 24, 24)
+    queries, known = name_queries(net, ["pineal gland", "cochlea"])
+    assert known == [False, False]
+    slice_attention(net, slices, queries, context=context, rows=[None, None])
+    assert calls == [context.shape[0] + 1] * 2  # one decoding per name, none of the context alone
+    calls.clear()
+    queries, _ = name_queries(net, [net.tags[0], "cochlea"])
+    slice_attention(net, slices, queries, context=context, rows=[0, None])
+    assert calls == [context.shape[0], context.shape[0] + 1]
