@@ -76,8 +76,10 @@ def slice_attention(
             g, s, grid = net.encode_image((x - mean) / std)
             if context is None:
                 _, attn = net.decoder(queries, s, grid, output="attention")  # (B, K, h*w)
-            else:  # the context decoded alone only where a name is one of its rows
-                tags = net.decoder(context, s, grid, output="attention")[1] if any(r is not None for r in rows) else None
+            else:
+                tags = None  # the context decoded alone only where a name is one of its rows
+                if any(r is not None for r in rows):
+                    _, tags = net.decoder(context, s, grid, output="attention")  # (B, T, h*w)
                 each = [
                     tags[:, r] if r is not None else _appended(net, context, q, s, grid) for q, r in zip(queries, rows)
                 ]
