@@ -388,10 +388,13 @@ class MetricsHistory:
             atomic_text_save(_csv_text([columns, *padded, line]), self.path)
 
 
+_STAMP = "%Y%m%d-%H%M%S"  # the time in the name of a folder of an earlier run's files
+
+
 def _aside(folder: Path, stamp: str | None = None) -> Path:
     """The folder ``previous-<stamp>/`` in ``folder`` (made if need be; the stamp the time by default), where an
     earlier run's files are kept."""
-    dest = folder / f"previous-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    dest = folder / f"previous-{stamp or time.strftime(_STAMP)}"
     dest.mkdir(exist_ok=True)
     return dest
 
@@ -514,7 +517,7 @@ class RunGuard:
         self._locks.append(fh)
 
     def _move_aside(self) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")  # one for all the run's folders
+        stamp = time.strftime(_STAMP)  # one for all the run's folders
         for folder in self.folders:
             old = [p for p in folder.iterdir() if p.name != self.LOCK and not p.name.startswith("previous-")]
             if not old:
